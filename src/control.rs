@@ -1,0 +1,386 @@
+//! The control socket: a small versioned request/response protocol over a unix stream socket.
+//!
+//! One request per connection, one JSON object per line each way:
+//! `{"version":1,"command":"status"}` → `{"version":1,"ok":true,"status":{...}}`.
+//! A request of another protocol version gets an error reply naming both versions; a client
+//! checks the reply's version the same way, so mismatched binaries say so instead of
+//! misreading each other. Only root and the supervisor's own user may connect (SO_PEERCRED).
+
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream as StdStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::Error;
+use crate::supervisor::Snapshot;
+
+pub const PROTOCOL_VERSION: u32 = 1;
+/// A request line longer than this is refused.
+const MAX_REQUEST: u64 = 64 * 1024;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "lowercase")]
+pub enum Command {
+    Status,
+    Reload,
+    Restart {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        worker: Option<u32>,
+    },
+    Scale {
+        /// "4", "+2" or "-1"
+        workers: String,
+    },
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Request {
+    pub version: u32,
+    #[serde(flatten)]
+    pub command: Command,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Response {
+    pub version: u32,
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<StatusReply>,
+}
+
+/// What `status` returns: the supervisor's snapshot plus what only the runtime knows.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StatusReply {
+    pub app: String,
+    pub pid: u32,
+    pub config: PathBuf,
+    pub state: String,
+    pub generation: u32,
+    pub desired: u32,
+    pub ready: u32,
+    pub restarts: u64,
+    pub reload: Option<ReloadProgress>,
+    pub workers: Vec<WorkerStatus>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReloadProgress {
+    pub generation: u32,
+    pub replaced: u32,
+    pub total: u32,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WorkerStatus {
+    pub slot: u32,
+    pub pid: Option<i32>,
+    pub state: String,
+    pub generation: u32,
+    pub restarts: u32,
+    pub uptime_s: Option<f64>,
+    pub rss_bytes: Option<u64>,
+    pub status: Option<String>,
+}
+
+impl StatusReply {
+    pub fn new(app: &str, config: &Path, snap: Snapshot) -> StatusReply {
+        StatusReply {
+            app: app.to_string(),
+            pid: std::process::id(),
+            config: config.to_path_buf(),
+            state: snap.state.to_string(),
+            generation: snap.generation,
+            desired: snap.desired,
+            ready: snap.ready,
+            restarts: snap.restarts,
+            reload: snap.reload.map(|r| ReloadProgress {
+                generation: r.generation,
+                replaced: r.replaced,
+                total: r.total,
+            }),
+            workers: snap
+                .workers
+                .into_iter()
+                .map(|w| WorkerStatus {
+                    slot: w.slot,
+                    pid: w.pid,
+                    state: w.state.to_string(),
+                    generation: w.generation,
+                    restarts: w.restarts,
+                    uptime_s: w.uptime_s.map(|u| (u * 10.0).round() / 10.0),
+                    rss_bytes: w.pid.and_then(rss_bytes),
+                    status: w.status,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Resident set size from /proc/PID/statm (proc(5)): pages × page size.
+fn rss_bytes(pid: i32) -> Option<u64> {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .unwrap_or(4096) as u64;
+    Some(pages * page)
+}
+
+impl Response {
+    pub fn ok(message: impl Into<String>) -> Response {
+        Response {
+            version: PROTOCOL_VERSION,
+            ok: true,
+            message: Some(message.into()),
+            error: None,
+            status: None,
+        }
+    }
+    pub fn err(error: impl Into<String>) -> Response {
+        Response {
+            version: PROTOCOL_VERSION,
+            ok: false,
+            message: None,
+            error: Some(error.into()),
+            status: None,
+        }
+    }
+}
+
+/// The default control socket path (see CONTRACT.md): `$RUNTIME_DIRECTORY/APP.sock` under
+/// systemd, else `/run/corral/APP.sock` as root, else `$XDG_RUNTIME_DIR/corral/APP.sock`.
+pub fn default_path(app: &str) -> PathBuf {
+    let file = format!("{app}.sock");
+    if let Some(dir) = std::env::var_os("RUNTIME_DIRECTORY") {
+        // systemd.exec(5): several directories are separated by colons; the first is ours.
+        if let Some(first) = std::env::split_paths(&dir).next() {
+            if !first.as_os_str().is_empty() {
+                return first.join(file);
+            }
+        }
+    }
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from("/run/corral").join(file);
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(d) if !d.is_empty() => PathBuf::from(d).join("corral").join(file),
+        _ => std::env::temp_dir()
+            .join(format!("corral-{}", nix::unistd::geteuid()))
+            .join(file),
+    }
+}
+
+/// A request from a connection, for the event loop to answer.
+pub struct Incoming {
+    pub command: Command,
+    pub reply: oneshot::Sender<Response>,
+}
+
+/// The listening control socket; removed from the file system when dropped.
+pub struct Server {
+    path: PathBuf,
+}
+
+impl Server {
+    /// Binds `path` with mode 0600. A socket file left by a dead supervisor is replaced; one a
+    /// live supervisor answers on is an error (two supervisors of one app would fight).
+    pub fn bind(path: &Path) -> Result<(Server, UnixListener), Error> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
+        }
+        if path.exists() {
+            if StdStream::connect(path).is_ok() {
+                return Err(Error::io(
+                    format!("control socket {}", path.display()),
+                    io::Error::new(
+                        io::ErrorKind::AddrInUse,
+                        "another corral is running this app",
+                    ),
+                ));
+            }
+            let _ = std::fs::remove_file(path);
+        }
+        let listener = UnixListener::bind(path)
+            .map_err(|e| Error::io(format!("cannot bind control socket {}", path.display()), e))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| Error::io(format!("cannot chmod {}", path.display()), e))?;
+        Ok((
+            Server {
+                path: path.to_path_buf(),
+            },
+            listener,
+        ))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Accepts connections forever, handing each request to the event loop.
+pub async fn serve(listener: UnixListener, to_loop: mpsc::Sender<Incoming>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        tokio::spawn(connection(stream, to_loop.clone()));
+    }
+}
+
+fn peer_allowed(stream: &UnixStream) -> Result<(), String> {
+    let cred = stream
+        .peer_cred()
+        .map_err(|e| format!("cannot read peer credentials: {e}"))?;
+    let me = nix::unistd::geteuid().as_raw();
+    if cred.uid() == 0 || cred.uid() == me {
+        Ok(())
+    } else {
+        Err(format!(
+            "permission denied: uid {} may not control this corral (only root and uid {me})",
+            cred.uid()
+        ))
+    }
+}
+
+async fn connection(stream: UnixStream, to_loop: mpsc::Sender<Incoming>) {
+    let allowed = peer_allowed(&stream);
+    let (read, mut write) = stream.into_split();
+    let response = match allowed {
+        Err(e) => Response::err(e),
+        Ok(()) => {
+            let mut line = String::new();
+            let mut reader = tokio::io::BufReader::new(tokio::io::AsyncReadExt::take(
+                read,
+                MAX_REQUEST,
+            ));
+            let read = tokio::time::timeout(Duration::from_secs(10), reader.read_line(&mut line));
+            match read.await {
+                Err(_) => Response::err("no request within 10s"),
+                Ok(Err(e)) => Response::err(format!("cannot read request: {e}")),
+                Ok(Ok(_)) if !line.ends_with('\n') => {
+                    Response::err("request too long or not terminated by a newline")
+                }
+                Ok(Ok(_)) => handle(&line, &to_loop).await,
+            }
+        }
+    };
+    let mut text = serde_json::to_string(&response).expect("a response serialises");
+    text.push('\n');
+    let _ = write.write_all(text.as_bytes()).await;
+}
+
+async fn handle(line: &str, to_loop: &mpsc::Sender<Incoming>) -> Response {
+    let value: serde_json::Value = match serde_json::from_str(line) {
+        Ok(v) => v,
+        Err(e) => return Response::err(format!("malformed request: {e}")),
+    };
+    match value.get("version").and_then(|v| v.as_u64()) {
+        Some(v) if v == u64::from(PROTOCOL_VERSION) => {}
+        Some(v) => {
+            return Response::err(format!(
+                "protocol version {v} is not supported: this supervisor speaks version \
+                 {PROTOCOL_VERSION} (corral {}); use the corral binary of the same version",
+                env!("CARGO_PKG_VERSION")
+            ))
+        }
+        None => return Response::err("malformed request: no \"version\""),
+    }
+    let request: Request = match serde_json::from_value(value) {
+        Ok(r) => r,
+        Err(e) => return Response::err(format!("unknown or malformed command: {e}")),
+    };
+    let (tx, rx) = oneshot::channel();
+    let incoming = Incoming {
+        command: request.command,
+        reply: tx,
+    };
+    if to_loop.send(incoming).await.is_err() {
+        return Response::err("corral is shutting down");
+    }
+    rx.await
+        .unwrap_or_else(|_| Response::err("corral is shutting down"))
+}
+
+/// Sends one request and waits for the reply (as long as the operation takes: a reload
+/// answers when its roll is done).
+pub fn request(path: &Path, command: Command) -> Result<Response, Error> {
+    let stream = StdStream::connect(path).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => Error::NotRunning {
+            path: path.to_path_buf(),
+            source: e,
+        },
+        _ => Error::io(format!("cannot connect to {}", path.display()), e),
+    })?;
+    let mut text = serde_json::to_string(&Request {
+        version: PROTOCOL_VERSION,
+        command,
+    })
+    .expect("a request serialises");
+    text.push('\n');
+    (&stream)
+        .write_all(text.as_bytes())
+        .map_err(|e| Error::io(format!("cannot send to {}", path.display()), e))?;
+    let mut line = String::new();
+    BufReader::new(&stream)
+        .read_line(&mut line)
+        .map_err(|e| Error::io(format!("cannot read from {}", path.display()), e))?;
+    if line.is_empty() {
+        return Err(Error::Protocol(format!(
+            "{} closed the connection without an answer",
+            path.display()
+        )));
+    }
+    let value: serde_json::Value = serde_json::from_str(&line).map_err(|e| {
+        Error::Protocol(format!(
+            "{} answered something that is not corral's protocol: {e}",
+            path.display()
+        ))
+    })?;
+    match value.get("version").and_then(|v| v.as_u64()) {
+        Some(v) if v == u64::from(PROTOCOL_VERSION) => {}
+        other => {
+            return Err(Error::Protocol(format!(
+                "the supervisor speaks control protocol version {}, this client {PROTOCOL_VERSION} \
+                 (corral {}): use the corral binary of the same version",
+                other.map_or("?".to_string(), |v| v.to_string()),
+                env!("CARGO_PKG_VERSION")
+            )))
+        }
+    }
+    let response: Response = serde_json::from_value(value)
+        .map_err(|e| Error::Protocol(format!("malformed answer: {e}")))?;
+    Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_have_a_stable_wire_form() {
+        let r = Request {
+            version: 1,
+            command: Command::Restart { worker: Some(2) },
+        };
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            r#"{"version":1,"command":"restart","worker":2}"#
+        );
+        let r: Request = serde_json::from_str(r#"{"version":1,"command":"status"}"#).unwrap();
+        assert_eq!(r.command, Command::Status);
+    }
+}

@@ -1,0 +1,21 @@
+//! corral: run N copies of a server behind shared, socket-activated listeners, the systemd way.
+//!
+//! The crate is split by what each part is:
+//! - [`config`]: the app config file, validated with line:column diagnostics;
+//! - [`supervisor`]: the pure decision core, `step(event, now) -> actions`;
+//! - [`runtime`]: the single event loop that performs those actions;
+//! - [`spawn`]: fork/exec of workers (the only `unsafe` in corral);
+//! - [`notify`]: the sd_notify protocol, both as a receiver for workers and a sender to systemd;
+//! - [`listen`]: listening sockets, inherited from systemd or bound here;
+//! - [`control`]: the control socket protocol and its client;
+//! - [`output`]: relay of worker stdout/stderr lines.
+
+pub mod config;
+pub mod control;
+pub mod error;
+pub mod listen;
+pub mod notify;
+pub mod output;
+pub mod runtime;
+pub mod spawn;
+pub mod supervisor;

@@ -1,0 +1,295 @@
+//! Listening sockets: taken from systemd (sd_listen_fds(3)) or bound here.
+//!
+//! The supervisor never accepts on them; it only keeps them open for its whole life, so that
+//! workers can come and go while the socket and its accept queue stay. They are left in blocking
+//! mode, as systemd passes them (O_NONBLOCK is shared by every process holding the socket).
+
+use std::cell::RefCell;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::PathBuf;
+use std::rc::{Rc, Weak};
+
+use socket2::{Domain, SockAddr, Socket, Type};
+
+use crate::config::{Address, Config, Listen};
+use crate::error::Error;
+
+/// One open listening socket. A unix socket file bound here is removed when the last
+/// generation using it lets go (and it is still ours).
+#[derive(Debug)]
+pub struct ListenSocket {
+    fd: OwnedFd,
+    unix_path: Option<(PathBuf, u64, u64)>,
+}
+
+impl AsRawFd for ListenSocket {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+impl Drop for ListenSocket {
+    fn drop(&mut self) {
+        if let Some((path, dev, ino)) = &self.unix_path {
+            if let Ok(m) = std::fs::symlink_metadata(path) {
+                if m.dev() == *dev && m.ino() == *ino {
+                    let _ = std::fs::remove_file(path);
+                }
+            }
+        }
+    }
+}
+
+/// The listeners one generation hands its workers, in `[[listen]]` order.
+#[derive(Clone, Debug, Default)]
+pub struct Set {
+    pub names: Vec<String>,
+    pub sockets: Vec<Rc<ListenSocket>>,
+}
+
+impl Set {
+    pub fn fds(&self) -> Vec<RawFd> {
+        self.sockets.iter().map(|s| s.as_raw_fd()).collect()
+    }
+    /// The `LISTEN_FDNAMES` value.
+    pub fn fdnames(&self) -> String {
+        self.names.join(":")
+    }
+}
+
+/// Where listeners come from for the supervisor's whole life.
+pub enum Pool {
+    /// systemd passed these (socket activation); they are matched to the config by name.
+    Systemd(Vec<(String, Rc<ListenSocket>)>),
+    /// corral binds what the config says; sockets still used by some generation are reused.
+    Standalone(RefCell<Vec<(Address, Weak<ListenSocket>)>>),
+}
+
+/// Reads `LISTEN_PID`, `LISTEN_FDS`, `LISTEN_FDNAMES` (sd_listen_fds(3)) and takes the fds, which
+/// are then made close-on-exec so they reach workers only where corral places them. The variables
+/// are removed from the environment: they were meant for corral, not for what it runs.
+/// `None` when this process was not socket-activated.
+pub fn take_systemd_fds() -> Result<Option<Vec<(String, OwnedFd)>>, Error> {
+    let pid = std::env::var("LISTEN_PID").ok();
+    let fds = std::env::var("LISTEN_FDS").ok();
+    let names = std::env::var("LISTEN_FDNAMES").ok();
+    for v in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
+        std::env::remove_var(v);
+    }
+    let Some(fds) = fds else { return Ok(None) };
+    // sd_listen_fds(3): the variables are for the process whose pid LISTEN_PID names.
+    if pid.as_deref().and_then(|p| p.parse::<u32>().ok()) != Some(std::process::id()) {
+        return Ok(None);
+    }
+    let n: i32 = fds
+        .parse()
+        .map_err(|_| Error::Listen(format!("LISTEN_FDS={fds:?} is not a number")))?;
+    let names: Vec<String> = match names {
+        Some(n) => n.split(':').map(str::to_string).collect(),
+        None => Vec::new(),
+    };
+    let mut out = Vec::new();
+    for i in 0..n {
+        let fd = 3 + i;
+        let owned = crate::spawn::adopt_inherited_fd(fd)
+            .map_err(|e| Error::io(format!("LISTEN_FDS: fd {fd} is not open"), e))?;
+        nix::fcntl::fcntl(
+            &owned,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        )
+        .map_err(|e| Error::io(format!("LISTEN_FDS: fd {fd}"), e.into()))?;
+        // systemd names unnamed sockets "unknown" (sd_listen_fds_with_names(3)).
+        let name = names
+            .get(i as usize)
+            .cloned()
+            .unwrap_or_else(|| "unknown".into());
+        out.push((name, owned));
+    }
+    Ok(Some(out))
+}
+
+impl Pool {
+    pub fn new(inherited: Option<Vec<(String, OwnedFd)>>) -> Pool {
+        match inherited {
+            Some(list) => Pool::Systemd(
+                list.into_iter()
+                    .map(|(n, fd)| {
+                        (
+                            n,
+                            Rc::new(ListenSocket {
+                                fd,
+                                unix_path: None,
+                            }),
+                        )
+                    })
+                    .collect(),
+            ),
+            None => Pool::Standalone(RefCell::new(Vec::new())),
+        }
+    }
+
+    pub fn from_systemd(&self) -> bool {
+        matches!(self, Pool::Systemd(_))
+    }
+
+    /// The listener set for `config`, binding what is new. On error nothing is kept open
+    /// that was not open before.
+    pub fn set_for(&self, config: &Config) -> Result<Set, Error> {
+        let mut set = Set::default();
+        match self {
+            Pool::Systemd(inherited) => {
+                if config.listen.is_empty() {
+                    // No [[listen]]: hand on whatever the socket unit passed, as systemd would.
+                    for (name, s) in inherited {
+                        set.names.push(name.clone());
+                        set.sockets.push(s.clone());
+                    }
+                    return Ok(set);
+                }
+                let passed: Vec<&str> = inherited.iter().map(|(n, _)| n.as_str()).collect();
+                let mut missing = Vec::new();
+                for l in &config.listen {
+                    match inherited.iter().find(|(n, _)| *n == l.name) {
+                        Some((_, s)) => {
+                            set.names.push(l.name.clone());
+                            set.sockets.push(s.clone());
+                        }
+                        None => missing.push(l.name.as_str()),
+                    }
+                }
+                if !missing.is_empty() {
+                    return Err(Error::Listen(format!(
+                        "{}: [[listen]] name(s) {} not among the sockets systemd passed \
+                         (LISTEN_FDNAMES={}); the socket unit's FileDescriptorName= must match \
+                         each [[listen]] name",
+                        config.path.display(),
+                        missing.join(", "),
+                        passed.join(":")
+                    )));
+                }
+            }
+            Pool::Standalone(bound) => {
+                for l in &config.listen {
+                    let existing = bound
+                        .borrow()
+                        .iter()
+                        .find(|(a, _)| *a == l.address)
+                        .and_then(|(_, w)| w.upgrade());
+                    let sock = match existing {
+                        Some(s) => {
+                            adjust(&s, l).map_err(|e| listen_error(config, l, e))?;
+                            s
+                        }
+                        None => {
+                            let s = Rc::new(bind(l).map_err(|e| listen_error(config, l, e))?);
+                            let mut b = bound.borrow_mut();
+                            b.retain(|(_, w)| w.strong_count() > 0);
+                            b.push((l.address.clone(), Rc::downgrade(&s)));
+                            s
+                        }
+                    };
+                    set.names.push(l.name.clone());
+                    set.sockets.push(sock);
+                }
+            }
+        }
+        Ok(set)
+    }
+}
+
+fn listen_error(config: &Config, l: &Listen, e: io::Error) -> Error {
+    Error::Listen(format!(
+        "{}:{}: cannot listen on {} (listener `{}`): {e}",
+        config.path.display(),
+        l.span_line,
+        l.address,
+        l.name
+    ))
+}
+
+/// Binds and listens. TCP gets SO_REUSEADDR (so a restart does not wait out TIME_WAIT); a unix
+/// path left over by a dead process is replaced, one a live process answers on is not.
+fn bind(l: &Listen) -> io::Result<ListenSocket> {
+    let backlog = i32::try_from(l.backlog).unwrap_or(i32::MAX);
+    match &l.address {
+        Address::Tcp(addr) => {
+            let s = Socket::new(Domain::for_address(*addr), Type::STREAM, None)?;
+            s.set_reuse_address(true)?;
+            s.bind(&(*addr).into())?;
+            s.listen(backlog)?;
+            Ok(ListenSocket {
+                fd: s.into(),
+                unix_path: None,
+            })
+        }
+        Address::Unix(path) => {
+            if let Ok(m) = std::fs::symlink_metadata(path) {
+                if !m.file_type().is_socket() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::AlreadyExists,
+                        "a file that is not a socket is in the way",
+                    ));
+                }
+                if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::AddrInUse,
+                        "another process is listening there",
+                    ));
+                }
+                std::fs::remove_file(path)?;
+            }
+            let s = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+            s.bind(&SockAddr::unix(path)?)?;
+            let ours = ListenSocket {
+                fd: s.try_clone()?.into(),
+                unix_path: std::fs::symlink_metadata(path)
+                    .ok()
+                    .map(|m| (path.clone(), m.dev(), m.ino())),
+            };
+            drop(s);
+            if let Some(mode) = l.mode {
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+            }
+            chown(path, l)?;
+            let s = socket2::SockRef::from(&ours.fd);
+            s.listen(backlog)?;
+            Ok(ours)
+        }
+    }
+}
+
+fn chown(path: &std::path::Path, l: &Listen) -> io::Result<()> {
+    let uid = match &l.owner {
+        Some(u) => Some(
+            nix::unistd::User::from_name(u)?
+                .ok_or_else(|| io::Error::other(format!("no user {u}")))?
+                .uid,
+        ),
+        None => None,
+    };
+    let gid = match &l.group {
+        Some(g) => Some(
+            nix::unistd::Group::from_name(g)?
+                .ok_or_else(|| io::Error::other(format!("no group {g}")))?
+                .gid,
+        ),
+        None => None,
+    };
+    if uid.is_some() || gid.is_some() {
+        nix::unistd::chown(path, uid, gid)?;
+    }
+    Ok(())
+}
+
+/// A socket reused by a new generation takes its new backlog and mode (listen(2) on a listening
+/// socket only updates the backlog).
+fn adjust(s: &ListenSocket, l: &Listen) -> io::Result<()> {
+    let backlog = i32::try_from(l.backlog).unwrap_or(i32::MAX);
+    socket2::SockRef::from(&s.fd).listen(backlog)?;
+    if let (Some(mode), Address::Unix(path)) = (l.mode, &l.address) {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,304 @@
+//! The `corral` command line. Errors are printed here, once, and mapped to stable exit codes.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use corral::config::Config;
+use corral::control::{self, Command, StatusReply};
+use corral::error::{exit, Error};
+use corral::runtime::{self, RunOptions};
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  failure: invalid config, refused or failed reload, error
+  2  usage error
+  3  not running: no supervisor answers on the control socket";
+
+#[derive(Parser)]
+#[command(
+    name = "corral",
+    version,
+    about = "Run N copies of a server behind shared, socket-activated listeners, the systemd way",
+    after_help = EXIT_CODES
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the supervisor in the foreground (what corral@.service starts).
+    Run {
+        /// The app config file, or an app name for /etc/corral/APP.toml.
+        config: String,
+        /// Control socket path (default: $RUNTIME_DIRECTORY/APP.sock, /run/corral/APP.sock as root).
+        #[arg(long, value_name = "PATH")]
+        control: Option<PathBuf>,
+    },
+    /// Validate config files; prints every error with FILE:LINE:COL and exits 1 on any.
+    Check {
+        #[arg(required = true, value_name = "CONFIG")]
+        configs: Vec<PathBuf>,
+    },
+    /// Show the workers of one app, or of every app running on this machine.
+    Status {
+        app: Option<String>,
+        #[arg(long, value_name = "PATH")]
+        control: Option<PathBuf>,
+        /// Print JSON (stable field names) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rolling reload with the re-read config; returns when done, non-zero if refused or failed.
+    Reload {
+        app: String,
+        #[arg(long, value_name = "PATH")]
+        control: Option<PathBuf>,
+    },
+    /// Rolling restart of every worker, or one, without re-reading the config.
+    Restart {
+        app: String,
+        /// Only this slot.
+        #[arg(long, value_name = "N")]
+        worker: Option<u32>,
+        #[arg(long, value_name = "PATH")]
+        control: Option<PathBuf>,
+    },
+    /// Change the number of workers now: N, +N or -N (until the next reload re-reads `workers`).
+    Scale {
+        app: String,
+        #[arg(allow_hyphen_values = true, value_name = "N|+N|-N")]
+        workers: String,
+        #[arg(long, value_name = "PATH")]
+        control: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                    exit::OK as u8
+                }
+                _ => exit::USAGE as u8,
+            });
+        }
+    };
+    match dispatch(cli.command) {
+        Ok(code) => ExitCode::from(code as u8),
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "corral: {e}");
+            ExitCode::from(e.exit_code() as u8)
+        }
+    }
+}
+
+/// `corral run api` means /etc/corral/api.toml; anything with a `/` or `.toml` is a path.
+fn config_path(arg: &str) -> PathBuf {
+    if arg.contains('/') || arg.ends_with(".toml") {
+        PathBuf::from(arg)
+    } else {
+        PathBuf::from(format!("/etc/corral/{arg}.toml"))
+    }
+}
+
+fn control_path(app: &str, given: Option<PathBuf>) -> PathBuf {
+    given.unwrap_or_else(|| control::default_path(app))
+}
+
+fn dispatch(cmd: Cmd) -> Result<i32, Error> {
+    match cmd {
+        Cmd::Run { config, control } => runtime::run(RunOptions {
+            config: config_path(&config),
+            control,
+        }),
+        Cmd::Check { configs } => check(&configs),
+        Cmd::Status { app, control, json } => status(app, control, json),
+        Cmd::Reload { app, control } => {
+            remote(&control_path(&app, control), Command::Reload, "reloaded")
+        }
+        Cmd::Restart {
+            app,
+            worker,
+            control,
+        } => remote(
+            &control_path(&app, control),
+            Command::Restart { worker },
+            "restarted",
+        ),
+        Cmd::Scale {
+            app,
+            workers,
+            control,
+        } => remote(
+            &control_path(&app, control),
+            Command::Scale { workers },
+            "scaled",
+        ),
+    }
+}
+
+fn check(paths: &[PathBuf]) -> Result<i32, Error> {
+    let mut errors = Vec::new();
+    for p in paths {
+        match Config::load(p) {
+            Ok(c) => println!(
+                "{}: ok ({} {}, {} listener{})",
+                p.display(),
+                match c.workers {
+                    corral::config::WorkerCount::Auto =>
+                        format!("auto = {}", c.workers.resolve()),
+                    corral::config::WorkerCount::Count(n) => n.to_string(),
+                },
+                if c.workers.resolve() == 1 {
+                    "worker"
+                } else {
+                    "workers"
+                },
+                c.listen.len(),
+                if c.listen.len() == 1 { "" } else { "s" }
+            ),
+            Err(e) => errors.push(e),
+        }
+    }
+    if errors.is_empty() {
+        Ok(exit::OK)
+    } else {
+        Err(Error::Config(errors))
+    }
+}
+
+fn remote(path: &Path, command: Command, done: &str) -> Result<i32, Error> {
+    let r = control::request(path, command)?;
+    if r.ok {
+        println!("{}", r.message.unwrap_or_else(|| done.to_string()));
+        Ok(exit::OK)
+    } else {
+        Err(Error::Refused(r.error.unwrap_or_else(|| "failed".into())))
+    }
+}
+
+fn status(app: Option<String>, control: Option<PathBuf>, json: bool) -> Result<i32, Error> {
+    let paths: Vec<PathBuf> = match (&app, control) {
+        (_, Some(p)) => vec![p],
+        (Some(a), None) => vec![control::default_path(a)],
+        (None, None) => {
+            // Every app on this machine: every socket in the control directory.
+            let dir = control::default_path("x");
+            let dir = dir.parent().unwrap_or(Path::new("/run/corral"));
+            let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+                .map(|rd| {
+                    rd.filter_map(|e| e.ok().map(|e| e.path()))
+                        .filter(|p| p.extension().is_some_and(|x| x == "sock"))
+                        .collect()
+                })
+                .unwrap_or_default();
+            v.sort();
+            if v.is_empty() {
+                return Err(Error::NotRunning {
+                    path: dir.to_path_buf(),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        "no control socket there",
+                    ),
+                });
+            }
+            v
+        }
+    };
+    let mut replies = Vec::new();
+    for p in &paths {
+        let r = control::request(p, Command::Status)?;
+        match (r.ok, r.status) {
+            (true, Some(s)) => replies.push(s),
+            _ => return Err(Error::Refused(r.error.unwrap_or_else(|| "no status".into()))),
+        }
+    }
+    let mut out = std::io::stdout().lock();
+    if json {
+        let text = if app.is_some() && replies.len() == 1 {
+            serde_json::to_string_pretty(&replies[0])
+        } else {
+            serde_json::to_string_pretty(&replies)
+        };
+        let _ = writeln!(out, "{}", text.expect("status serialises"));
+    } else {
+        let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+        for s in &replies {
+            let _ = write!(out, "{}", table(s, color));
+        }
+    }
+    Ok(exit::OK)
+}
+
+fn table(s: &StatusReply, color: bool) -> String {
+    let mut t = format!(
+        "{} ({}) · {} · generation {} · {}/{} ready · {} restart{}",
+        s.app,
+        s.config.display(),
+        s.state,
+        s.generation,
+        s.ready,
+        s.desired,
+        s.restarts,
+        if s.restarts == 1 { "" } else { "s" }
+    );
+    if let Some(r) = &s.reload {
+        t += &format!(
+            " · reloading to generation {}: {}/{} replaced",
+            r.generation, r.replaced, r.total
+        );
+    }
+    t += "\n";
+    t += &format!(
+        "{:>4}  {:>8}  {:<8}  {:>3}  {:>8}  {:>8}  {:>9}  {}\n",
+        "SLOT", "PID", "STATE", "GEN", "RESTARTS", "UPTIME", "RSS", "STATUS"
+    );
+    for w in &s.workers {
+        let state = if color {
+            let c = match w.state.as_str() {
+                "ready" => "32",
+                "starting" => "33",
+                _ => "31",
+            };
+            format!("\x1b[{c}m{:<8}\x1b[0m", w.state)
+        } else {
+            format!("{:<8}", w.state)
+        };
+        t += &format!(
+            "{:>4}  {:>8}  {}  {:>3}  {:>8}  {:>8}  {:>9}  {}\n",
+            w.slot,
+            w.pid.map_or("-".into(), |p| p.to_string()),
+            state,
+            w.generation,
+            w.restarts,
+            w.uptime_s.map_or("-".into(), |u| format!("{u:.0}s")),
+            w.rss_bytes.map_or("-".into(), human_bytes),
+            w.status.as_deref().unwrap_or("")
+        );
+    }
+    t
+}
+
+fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut v = b as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < UNITS.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{b}B")
+    } else {
+        format!("{v:.1}{}", UNITS[i])
+    }
+}

@@ -1,0 +1,270 @@
+//! The sd_notify protocol (sd_notify(3)), in both directions.
+//!
+//! Workers get a `NOTIFY_SOCKET` that belongs to the supervisor: an abstract-namespace datagram
+//! socket with `SO_PASSCRED`, so the kernel attaches the sender's pid to every datagram and a
+//! worker cannot claim to be another one. The supervisor itself talks to systemd through the
+//! `NOTIFY_SOCKET` it was started with, if any.
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr, UnixDatagram};
+use std::time::Duration;
+
+use nix::sys::socket::{
+    recvmsg, setsockopt, socket, sockopt, AddressFamily, ControlMessageOwned, MsgFlags, SockFlag,
+    SockType, UnixAddr,
+};
+
+/// sd_notify(3) caps a message at what fits one datagram; systemd reads at most this much
+/// (NOTIFY_BUFFER_MAX in systemd's sources is PIPE_BUF). Longer datagrams are truncated and dropped.
+pub const MAX_DATAGRAM: usize = 4096;
+
+/// What one datagram said. Unknown assignments are ignored, as systemd ignores them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Notification {
+    /// `READY=1`
+    pub ready: bool,
+    /// `STATUS=...`
+    pub status: Option<String>,
+    /// `WATCHDOG=1`
+    pub watchdog_ping: bool,
+    /// `WATCHDOG=trigger`: the worker asks to be treated as hung.
+    pub watchdog_trigger: bool,
+    /// `STOPPING=1`
+    pub stopping: bool,
+    /// `RELOADING=1`
+    pub reloading: bool,
+    /// `EXTEND_TIMEOUT_USEC=`: push the current start (or stop) deadline out to now + this.
+    pub extend_timeout: Option<Duration>,
+    /// `ERRNO=`: the errno the worker reports as the cause of its failure.
+    pub errno: Option<i32>,
+}
+
+impl Notification {
+    /// Parses a datagram: newline-separated `KEY=VALUE` assignments (sd_notify(3)).
+    pub fn parse(datagram: &[u8]) -> Notification {
+        let mut n = Notification::default();
+        for line in datagram.split(|&b| b == b'\n') {
+            let Some(eq) = line.iter().position(|&b| b == b'=') else {
+                continue;
+            };
+            let (key, value) = (&line[..eq], &line[eq + 1..]);
+            match key {
+                b"READY" => n.ready |= value == b"1",
+                b"STATUS" => n.status = Some(String::from_utf8_lossy(value).into_owned()),
+                b"WATCHDOG" if value == b"1" => n.watchdog_ping = true,
+                b"WATCHDOG" if value == b"trigger" => n.watchdog_trigger = true,
+                b"STOPPING" => n.stopping |= value == b"1",
+                b"RELOADING" => n.reloading |= value == b"1",
+                b"EXTEND_TIMEOUT_USEC" => {
+                    if let Some(us) = parse_u64(value) {
+                        n.extend_timeout = Some(Duration::from_micros(us));
+                    }
+                }
+                b"ERRNO" => {
+                    if let Some(e) = parse_u64(value).and_then(|v| i32::try_from(v).ok()) {
+                        n.errno = Some(e);
+                    }
+                }
+                _ => {}
+            }
+        }
+        n
+    }
+
+    /// True when the datagram carried anything corral acts on.
+    pub fn is_empty(&self) -> bool {
+        *self == Notification::default()
+    }
+}
+
+fn parse_u64(v: &[u8]) -> Option<u64> {
+    std::str::from_utf8(v).ok()?.trim().parse().ok()
+}
+
+/// One received datagram with the kernel-verified pid of its sender.
+#[derive(Debug)]
+pub struct Datagram {
+    pub pid: i32,
+    pub notification: Notification,
+}
+
+/// The socket the workers' `NOTIFY_SOCKET` points at.
+pub struct NotifySocket {
+    fd: OwnedFd,
+    /// The value for `NOTIFY_SOCKET`: `@` + the abstract name.
+    env_value: String,
+}
+
+impl NotifySocket {
+    /// Binds an abstract-namespace socket named after the app and this process, so two
+    /// supervisors never collide and nothing is left in the file system after a SIGKILL.
+    pub fn bind(app: &str) -> io::Result<NotifySocket> {
+        let fd = socket(
+            AddressFamily::Unix,
+            SockType::Datagram,
+            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+            None,
+        )?;
+        let name = format!("corral/{}/{}/notify", app, std::process::id());
+        let addr = UnixAddr::new_abstract(name.as_bytes())?;
+        nix::sys::socket::bind(fd.as_raw_fd(), &addr)?;
+        // Every datagram then carries SCM_CREDENTIALS, whether or not the sender attached them.
+        setsockopt(&fd, sockopt::PassCred, &true)?;
+        // Bursts of STATUS= from many workers should not be dropped for want of buffer.
+        let _ = setsockopt(&fd, sockopt::RcvBuf, &(256 * 1024));
+        Ok(NotifySocket {
+            fd,
+            env_value: format!("@{name}"),
+        })
+    }
+
+    pub fn env_value(&self) -> &str {
+        &self.env_value
+    }
+
+    /// A second handle on the same socket, for registering with the event loop.
+    pub fn try_clone_std(&self) -> io::Result<UnixDatagram> {
+        Ok(UnixDatagram::from(self.fd.try_clone()?))
+    }
+
+    /// Receives one datagram without blocking; `WouldBlock` means nothing is queued.
+    /// Datagrams without credentials, truncated ones and any passed fds are dropped (fds closed).
+    pub fn recv(&self) -> io::Result<Datagram> {
+        loop {
+            let mut buf = [0u8; MAX_DATAGRAM + 1];
+            let mut cmsg = nix::cmsg_space!(libc::ucred, [RawFd; 16]);
+            let mut iov = [io::IoSliceMut::new(&mut buf)];
+            let msg = match recvmsg::<()>(
+                self.fd.as_raw_fd(),
+                &mut iov,
+                Some(&mut cmsg),
+                MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_TRUNC,
+            ) {
+                Ok(m) => m,
+                Err(nix::errno::Errno::EAGAIN) => return Err(io::ErrorKind::WouldBlock.into()),
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let len = msg.bytes;
+            let truncated = msg.flags.contains(MsgFlags::MSG_TRUNC) || len > MAX_DATAGRAM;
+            let mut pid = None;
+            for c in msg.cmsgs()? {
+                match c {
+                    ControlMessageOwned::ScmCredentials(cred) => pid = Some(cred.pid()),
+                    ControlMessageOwned::ScmRights(fds) => {
+                        // corral keeps no fd store: close what was sent so nothing leaks.
+                        for fd in fds {
+                            let _ = nix::unistd::close(fd);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            drop(iov);
+            let (Some(pid), false) = (pid, truncated) else {
+                continue;
+            };
+            return Ok(Datagram {
+                pid,
+                notification: Notification::parse(&buf[..len]),
+            });
+        }
+    }
+}
+
+impl AsRawFd for NotifySocket {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+/// The supervisor's own line to systemd: the `NOTIFY_SOCKET` it was started with.
+pub struct Systemd {
+    sock: UnixDatagram,
+    addr: SocketAddr,
+}
+
+impl Systemd {
+    /// Reads `NOTIFY_SOCKET` (a path, or `@` for the abstract namespace). `None` when not under
+    /// a service manager that wants notifications.
+    pub fn from_env(value: Option<&str>) -> Option<Systemd> {
+        let value = value?;
+        let addr = if let Some(name) = value.strip_prefix('@') {
+            SocketAddr::from_abstract_name(name.as_bytes()).ok()?
+        } else if value.starts_with('/') {
+            SocketAddr::from_pathname(value).ok()?
+        } else {
+            return None;
+        };
+        let sock = UnixDatagram::unbound().ok()?;
+        Some(Systemd { sock, addr })
+    }
+
+    /// Sends one datagram; failures are returned for the caller to log once, never fatal.
+    pub fn send(&self, msg: &str) -> io::Result<()> {
+        self.sock.send_to_addr(msg.as_bytes(), &self.addr).map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_assignment() {
+        let n = Notification::parse(
+            b"READY=1\nSTATUS=serving 12 req/s\nWATCHDOG=1\nEXTEND_TIMEOUT_USEC=5000000\nERRNO=2\nSTOPPING=1\nRELOADING=1",
+        );
+        assert!(n.ready && n.watchdog_ping && n.stopping && n.reloading);
+        assert_eq!(n.status.as_deref(), Some("serving 12 req/s"));
+        assert_eq!(n.extend_timeout, Some(Duration::from_secs(5)));
+        assert_eq!(n.errno, Some(2));
+        assert!(!n.watchdog_trigger);
+    }
+
+    #[test]
+    fn only_exact_values_count() {
+        let n = Notification::parse(b"READY=0\nREADY=yes\nWATCHDOG=2\nSTOPPING=true");
+        assert!(n.is_empty(), "{n:?}");
+        let n = Notification::parse(b"WATCHDOG=trigger");
+        assert!(n.watchdog_trigger && !n.watchdog_ping);
+    }
+
+    #[test]
+    fn ignores_junk_and_unknown_keys() {
+        let n = Notification::parse(b"\n\nno equals sign\nMAINPID=4\nFDSTORE=1\nREADY=1\n");
+        assert_eq!(
+            n,
+            Notification {
+                ready: true,
+                ..Default::default()
+            }
+        );
+        assert!(Notification::parse(b"").is_empty());
+        assert!(Notification::parse(b"EXTEND_TIMEOUT_USEC=abc\nERRNO=-1").is_empty());
+    }
+
+    #[test]
+    fn status_keeps_equals_signs_and_invalid_utf8_is_replaced() {
+        let n = Notification::parse(b"STATUS=a=b\xff");
+        assert_eq!(n.status.as_deref(), Some("a=b\u{fffd}"));
+    }
+
+    #[test]
+    fn socket_reports_sender_pid_and_drops_nothing_valid() {
+        let s = NotifySocket::bind("notify-test").unwrap();
+        assert!(s.env_value().starts_with("@corral/notify-test/"));
+        let sys = Systemd::from_env(Some(s.env_value())).unwrap();
+        sys.send("READY=1\nSTATUS=hi").unwrap();
+        let d = s.recv().expect("a datagram");
+        assert_eq!(d.pid, std::process::id() as i32);
+        assert!(d.notification.ready);
+        assert_eq!(d.notification.status.as_deref(), Some("hi"));
+        assert_eq!(s.recv().unwrap_err().kind(), io::ErrorKind::WouldBlock);
+        // Oversized datagrams are dropped whole rather than half-read.
+        sys.send(&"STATUS=".repeat(1000)).unwrap();
+        assert_eq!(s.recv().unwrap_err().kind(), io::ErrorKind::WouldBlock);
+    }
+}

@@ -1,0 +1,609 @@
+//! The event loop: the one owner of all worker state.
+//!
+//! It waits on child exits (SIGCHLD, reaped with waitpid), the notify socket, the control
+//! socket, SIGTERM/SIGINT/SIGHUP and one next deadline — nothing polls, nothing sleeps for a
+//! fixed time. Each wake-up becomes an [`Event`] for the state machine, whose [`Action`]s are
+//! performed here, depth first: an action's own outcome (a spawn's pid) is fed back before the
+//! next action runs.
+
+use std::collections::HashMap;
+use std::ffi::{CString, OsString};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{error, info, warn};
+
+use crate::config::{Config, ReadinessMode};
+use crate::control::{self, Command, Incoming, Response, StatusReply};
+use crate::error::Error;
+use crate::listen::{self, Pool, Set};
+use crate::notify::{NotifySocket, Systemd};
+use crate::output::Output;
+use crate::spawn;
+use crate::supervisor::{
+    self, Action, Event, ExitStatus, Level, Params, RequestId, Scope, Supervisor,
+};
+
+/// Variables meant for corral itself, never passed on to workers (CONTRACT.md: "nothing of the
+/// supervisor's own"). `JOURNAL_STREAM` too: a worker's stdout is corral's pipe, not the journal.
+const SUPERVISOR_ONLY: &[&str] = &[
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "JOURNAL_STREAM",
+    "NODE_CHANNEL_FD",
+    "NODE_CHANNEL_SERIALIZATION_MODE",
+];
+
+pub struct RunOptions {
+    pub config: PathBuf,
+    pub control: Option<PathBuf>,
+}
+
+/// `corral run`: supervises until stopped; returns the exit code.
+pub fn run(opts: RunOptions) -> Result<i32, Error> {
+    let config = Config::load(&opts.config)?;
+    if config.readiness.mode == ReadinessMode::NodeIpc {
+        return Err(Error::Usage(format!(
+            "{}: readiness mode \"node-ipc\" is not supported by this version of corral yet; \
+             use \"notify\" or \"exec\"",
+            config.path.display()
+        )));
+    }
+    // Take what systemd gave corral, and keep it from the workers' inherited environment.
+    let systemd = Systemd::from_env(std::env::var("NOTIFY_SOCKET").ok().as_deref());
+    let sd_watchdog = systemd_watchdog();
+    let inherited = listen::take_systemd_fds()?;
+    let base_env: Vec<(OsString, OsString)> = std::env::vars_os()
+        .filter(|(k, _)| !SUPERVISOR_ONLY.iter().any(|s| k.as_bytes() == s.as_bytes()))
+        .filter(|(k, _)| !k.as_bytes().starts_with(b"CORRAL_"))
+        .collect();
+    for k in SUPERVISOR_ONLY {
+        std::env::remove_var(k);
+    }
+
+    let output = Output::start();
+    init_tracing(&config.app, output.clone());
+
+    let pool = Pool::new(inherited);
+    let listeners = pool.set_for(&config)?;
+    let notify = NotifySocket::bind(&config.app)
+        .map_err(|e| Error::io("cannot create the notify socket", e))?;
+    let control_path = opts
+        .control
+        .unwrap_or_else(|| control::default_path(&config.app));
+    let devnull = std::fs::File::open("/dev/null")
+        .map_err(|e| Error::io("cannot open /dev/null", e))?
+        .into();
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("cannot start the event loop", e))?;
+    // Workers are forked from this thread, the one block_on runs on for the process's whole
+    // life: PR_SET_PDEATHSIG fires when the *thread* that forked exits (prctl(2)).
+    rt.block_on(async move {
+        let (server, listener) = control::Server::bind(&control_path)?;
+        let mut lp = Loop {
+            app: config.app.clone(),
+            config_path: config.path.clone(),
+            machine: Supervisor::new(),
+            gens: HashMap::new(),
+            next_gen: 1,
+            pool,
+            notify_env: notify.env_value().to_string(),
+            systemd,
+            base_env,
+            devnull,
+            output,
+            pending: HashMap::new(),
+            next_request: 1,
+            exit: None,
+        };
+        let code = lp
+            .run(config, listeners, notify, listener, sd_watchdog, &control_path)
+            .await;
+        drop(server);
+        code
+    })
+}
+
+/// `WATCHDOG_USEC` for this process (sd_watchdog_enabled(3)): ping at half of it.
+fn systemd_watchdog() -> Option<Duration> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    if let Ok(pid) = std::env::var("WATCHDOG_PID") {
+        if pid.parse::<u32>().ok() != Some(std::process::id()) {
+            return None;
+        }
+    }
+    (usec > 0).then(|| Duration::from_micros(usec / 2))
+}
+
+struct Generation {
+    config: Config,
+    listeners: Set,
+    env: Vec<CString>,
+    program: Result<PathBuf, String>,
+}
+
+struct Loop {
+    app: String,
+    config_path: PathBuf,
+    machine: Supervisor,
+    gens: HashMap<u32, Generation>,
+    next_gen: u32,
+    pool: Pool,
+    notify_env: String,
+    systemd: Option<Systemd>,
+    base_env: Vec<(OsString, OsString)>,
+    devnull: OwnedFd,
+    output: Output,
+    pending: HashMap<RequestId, oneshot::Sender<Response>>,
+    next_request: RequestId,
+    exit: Option<i32>,
+}
+
+impl Loop {
+    async fn run(
+        &mut self,
+        config: Config,
+        listeners: Set,
+        notify: NotifySocket,
+        control: tokio::net::UnixListener,
+        sd_watchdog: Option<Duration>,
+        control_path: &Path,
+    ) -> Result<i32, Error> {
+        let sig = |k: SignalKind| signal(k).map_err(|e| Error::io("cannot handle signals", e));
+        let (mut chld, mut term, mut int, mut hup) = (
+            sig(SignalKind::child())?,
+            sig(SignalKind::terminate())?,
+            sig(SignalKind::interrupt())?,
+            sig(SignalKind::hangup())?,
+        );
+        let notify_io = notify
+            .try_clone_std()
+            .and_then(tokio::net::UnixDatagram::from_std)
+            .map_err(|e| Error::io("notify socket", e))?;
+        let (to_loop, mut from_control) = mpsc::channel::<Incoming>(64);
+        tokio::spawn(control::serve(control, to_loop));
+
+        let workers = config.workers.resolve();
+        info!(
+            "starting {workers} worker(s) of {} (control socket {})",
+            config.command.join(" "),
+            control_path.display()
+        );
+        let params = Params::from_config(&config, workers);
+        let gen = self.add_generation(config, listeners);
+        debug_assert_eq!(gen, 1);
+        self.step(Event::Start { params });
+
+        let mut next_ping = sd_watchdog.map(|d| Instant::now() + d);
+        if next_ping.is_some() {
+            self.sd_send("WATCHDOG=1");
+        }
+        loop {
+            if let Some(code) = self.exit {
+                return Ok(code);
+            }
+            let deadline = match (self.machine.next_deadline(), next_ping) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let sleep = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = chld.recv() => self.reap(),
+                _ = term.recv() => self.step(Event::Stop),
+                _ = int.recv() => self.step(Event::Stop),
+                _ = hup.recv() => self.reload(None),
+                ready = notify_io.readable() => {
+                    ready.map_err(|e| Error::io("notify socket", e))?;
+                    loop {
+                        match notify_io.try_io(tokio::io::Interest::READABLE, || notify.recv()) {
+                            Ok(d) => match self.machine.worker_by_pid(d.pid) {
+                                Some(id) if !d.notification.is_empty() => {
+                                    self.step(Event::Notify { id, msg: d.notification });
+                                }
+                                Some(_) => {}
+                                // Only current workers are heard (CONTRACT.md).
+                                None => tracing::debug!("ignored a notification from pid {}", d.pid),
+                            },
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                            Err(e) => {
+                                warn!("notify socket: {e}");
+                                break;
+                            }
+                        }
+                    }
+                }
+                Some(incoming) = from_control.recv() => self.control(incoming),
+                _ = sleep => {
+                    let now = Instant::now();
+                    if let (Some(t), Some(every)) = (next_ping, sd_watchdog) {
+                        if t <= now {
+                            // From the loop itself: a stuck loop stops pinging, and systemd acts.
+                            self.sd_send("WATCHDOG=1");
+                            next_ping = Some(now + every);
+                        }
+                    }
+                    self.step(Event::Tick);
+                }
+            }
+        }
+    }
+
+    fn step(&mut self, event: Event) {
+        let actions = self.machine.step(event, Instant::now());
+        for a in actions {
+            self.perform(a);
+        }
+    }
+
+    fn perform(&mut self, action: Action) {
+        match action {
+            Action::Spawn {
+                id,
+                slot,
+                generation,
+            } => {
+                let event = match self.spawn(slot, generation) {
+                    Ok(pid) => Event::Spawned { id, pid },
+                    Err(error) => Event::SpawnFailed { id, error },
+                };
+                self.step(event);
+            }
+            Action::Signal { pid, signal, .. } => {
+                let _ = kill(Pid::from_raw(pid), signal);
+                if signal == Signal::SIGKILL {
+                    // The worker leads its own process group: take its children too.
+                    let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+                }
+            }
+            Action::Reply { request, result } => {
+                if let Some(tx) = self.pending.remove(&request) {
+                    let _ = tx.send(match result {
+                        Ok(m) => Response::ok(m),
+                        Err(e) => Response::err(e),
+                    });
+                }
+            }
+            Action::Forget { generation } => {
+                self.gens.remove(&generation);
+            }
+            Action::Systemd(msg) => match msg {
+                supervisor::Systemd::Ready => self.sd_send("READY=1"),
+                supervisor::Systemd::Stopping => self.sd_send("STOPPING=1"),
+                supervisor::Systemd::Reloading => {
+                    // systemd.service(5), Type=notify-reload: RELOADING=1 with the time it began.
+                    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+                        .map(|t| t.tv_sec() as u64 * 1_000_000 + t.tv_nsec() as u64 / 1000)
+                        .unwrap_or(0);
+                    self.sd_send(&format!("RELOADING=1\nMONOTONIC_USEC={now}"));
+                }
+                supervisor::Systemd::Status(s) => {
+                    info!("{s}");
+                    self.sd_send(&format!("STATUS={s}"));
+                }
+            },
+            Action::Log {
+                level,
+                slot,
+                pid,
+                generation,
+                message,
+            } => {
+                let mut who = String::new();
+                if let Some(s) = slot {
+                    who += &format!("worker {s} ");
+                }
+                if let Some(p) = pid {
+                    who += &format!("pid {p} ");
+                }
+                if let Some(g) = generation {
+                    who += &format!("(generation {g}) ");
+                }
+                if !who.is_empty() {
+                    who.pop();
+                    who += ": ";
+                }
+                let slot = slot.map(i64::from).unwrap_or(-1);
+                let pid = pid.map(i64::from).unwrap_or(-1);
+                match level {
+                    Level::Info => info!(slot, pid, "{who}{message}"),
+                    Level::Warn => warn!(slot, pid, "{who}{message}"),
+                    Level::Error => error!(slot, pid, "{who}{message}"),
+                }
+            }
+            Action::Exit(code) => self.exit = Some(code),
+        }
+    }
+
+    fn sd_send(&self, msg: &str) {
+        if let Some(sd) = &self.systemd {
+            if let Err(e) = sd.send(msg) {
+                warn!("cannot notify systemd: {e}");
+            }
+        }
+    }
+
+    fn add_generation(&mut self, config: Config, listeners: Set) -> u32 {
+        let gen = self.next_gen;
+        self.next_gen += 1;
+        let mut env: Vec<(OsString, OsString)> = self.base_env.clone();
+        for (k, v) in &config.environment {
+            env.retain(|(ek, _)| ek.as_bytes() != k.as_bytes());
+            env.push((k.into(), v.into()));
+        }
+        let path = env
+            .iter()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.clone());
+        let program = spawn::resolve_program(
+            &config.command[0],
+            path.as_deref(),
+            config.directory.as_deref(),
+        )
+        .map_err(|e| e.to_string());
+        let mut add = |k: &str, v: String| env.push((k.into(), v.into()));
+        if !listeners.sockets.is_empty() {
+            add("LISTEN_FDS", listeners.sockets.len().to_string());
+            add("LISTEN_FDNAMES", listeners.fdnames());
+        }
+        add("NOTIFY_SOCKET", self.notify_env.clone());
+        if let Some(wd) = config.watchdog {
+            add("WATCHDOG_USEC", wd.as_micros().to_string());
+        }
+        add("CORRAL_APP", config.app.clone());
+        add("CORRAL_GENERATION", gen.to_string());
+        let env = env
+            .into_iter()
+            .filter_map(|(k, v)| {
+                let mut e = k.as_bytes().to_vec();
+                e.push(b'=');
+                e.extend_from_slice(v.as_bytes());
+                CString::new(e).ok()
+            })
+            .collect();
+        self.gens.insert(
+            gen,
+            Generation {
+                config,
+                listeners,
+                env,
+                program,
+            },
+        );
+        gen
+    }
+
+    fn spawn(&mut self, slot: u32, generation: u32) -> Result<i32, String> {
+        let g = &self.gens[&generation];
+        let program = g.program.clone()?;
+        let pipe = || {
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+                .map_err(|e| format!("cannot create a pipe: {e}"))
+        };
+        let (out_r, out_w) = pipe()?;
+        let (err_r, err_w) = pipe()?;
+        let mut env = g.env.clone();
+        env.push(CString::new(format!("CORRAL_WORKER={slot}")).expect("no NUL"));
+        let fds = g.listeners.fds();
+        let cmd = spawn::Command {
+            program: &program,
+            argv: &g.config.command,
+            env: &env,
+            listen_pid: !fds.is_empty(),
+            watchdog_pid: g.config.watchdog.is_some(),
+            fds: &fds,
+            stdin: self.devnull.as_raw_fd(),
+            stdout: out_w.as_raw_fd(),
+            stderr: err_w.as_raw_fd(),
+            directory: g.config.directory.as_deref(),
+        };
+        let pid = spawn::spawn(&cmd).map_err(|e| e.to_string())?;
+        drop((out_w, err_w));
+        let prefix = format!("{}[{slot}]: ", self.app);
+        tokio::spawn(self.output.clone().relay(out_r, prefix.clone()));
+        tokio::spawn(self.output.clone().relay(err_r, prefix));
+        Ok(pid)
+    }
+
+    /// Reaps every child that has exited (one SIGCHLD may stand for several).
+    fn reap(&mut self) {
+        loop {
+            let status = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => (pid, ExitStatus::Code(code)),
+                Ok(WaitStatus::Signaled(pid, sig, core)) => (
+                    pid,
+                    ExitStatus::Signal {
+                        signal: sig as i32,
+                        core_dumped: core,
+                    },
+                ),
+                Ok(WaitStatus::StillAlive) | Err(_) => return,
+                Ok(_) => continue,
+            };
+            let (pid, status) = status;
+            // Whatever the worker left in its process group goes with it.
+            let _ = killpg(pid, Signal::SIGKILL);
+            if let Some(id) = self.machine.worker_by_pid(pid.as_raw()) {
+                self.step(Event::Exited { id, status });
+            }
+        }
+    }
+
+    /// Re-reads the config and starts a roll; a bad config changes nothing.
+    fn reload(&mut self, reply: Option<oneshot::Sender<Response>>) {
+        info!("reload: reading {}", self.config_path.display());
+        let prepared = Config::load(&self.config_path)
+            .map_err(Error::from)
+            .and_then(|c| {
+                let listeners = self.pool.set_for(&c)?;
+                Ok((c, listeners))
+            });
+        let (config, listeners) = match prepared {
+            Ok(x) => x,
+            Err(e) => {
+                let msg = format!("reload refused, nothing changed:\n{e}");
+                error!("{msg}");
+                if let Some(tx) = reply {
+                    let _ = tx.send(Response::err(msg));
+                }
+                return;
+            }
+        };
+        let workers = config.workers.resolve();
+        let params = Params::from_config(&config, workers);
+        let generation = self.add_generation(config, listeners);
+        let request = reply.map(|tx| self.request(tx));
+        self.step(Event::Roll {
+            generation,
+            params,
+            scope: Scope::All,
+            request,
+        });
+    }
+
+    fn request(&mut self, tx: oneshot::Sender<Response>) -> RequestId {
+        let id = self.next_request;
+        self.next_request += 1;
+        self.pending.insert(id, tx);
+        id
+    }
+
+    fn control(&mut self, incoming: Incoming) {
+        let Incoming { command, reply } = incoming;
+        match command {
+            Command::Status => {
+                let snap = self.machine.snapshot(Instant::now());
+                let mut r = Response::ok(format!("{} is {}", self.app, snap.state));
+                r.status = Some(StatusReply::new(&self.app, &self.config_path, snap));
+                let _ = reply.send(r);
+            }
+            Command::Reload => self.reload(Some(reply)),
+            Command::Restart { worker } => {
+                // Same config, new generation: a rolling restart.
+                let active = self.machine.active_generation();
+                let Some(g) = self.gens.get(&active) else {
+                    let _ = reply.send(Response::err("nothing is running"));
+                    return;
+                };
+                let (config, listeners) = (g.config.clone(), g.listeners.clone());
+                let params =
+                    Params::from_config(&config, self.machine.snapshot(Instant::now()).desired);
+                let generation = self.add_generation(config, listeners);
+                let request = Some(self.request(reply));
+                let scope = worker.map_or(Scope::All, Scope::Slot);
+                self.step(Event::Roll {
+                    generation,
+                    params,
+                    scope,
+                    request,
+                });
+            }
+            Command::Scale { workers } => {
+                let desired = self.machine.snapshot(Instant::now()).desired;
+                let target = match parse_scale(&workers, desired) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        let _ = reply.send(Response::err(e));
+                        return;
+                    }
+                };
+                let request = Some(self.request(reply));
+                self.step(Event::Scale {
+                    workers: target,
+                    request,
+                });
+            }
+        }
+    }
+}
+
+/// "4", "+2", "-1" against the current count.
+pub fn parse_scale(arg: &str, current: u32) -> Result<u32, String> {
+    let bad = || format!("cannot scale to {arg:?}: expected N, +N or -N");
+    let n = if let Some(d) = arg.strip_prefix('+') {
+        current.checked_add(d.parse().map_err(|_| bad())?)
+    } else if let Some(d) = arg.strip_prefix('-') {
+        current.checked_sub(d.parse().map_err(|_| bad())?)
+    } else {
+        Some(arg.parse().map_err(|_| bad())?)
+    };
+    match n {
+        Some(n) if (1..=1024).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "cannot scale to {arg}: the result must be 1..=1024 workers (now {current})"
+        )),
+    }
+}
+
+/// Human-readable lines on stderr: `corral[APP]: message`, with `warning:`/`error:` marked.
+fn init_tracing(app: &str, output: Output) {
+    use tracing_subscriber::layer::SubscriberExt;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CORRAL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let layer = LineLayer {
+        prefix: format!("corral[{app}]: "),
+        output,
+    };
+    let subscriber = tracing_subscriber::registry().with(filter).with(layer);
+    let _ = tracing::subscriber::set_global_default(subscriber);
+}
+
+struct LineLayer {
+    prefix: String,
+    output: Output,
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for LineLayer {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        struct Message(String);
+        impl tracing::field::Visit for Message {
+            fn record_debug(&mut self, field: &tracing::field::Field, v: &dyn std::fmt::Debug) {
+                if field.name() == "message" {
+                    self.0 = format!("{v:?}");
+                }
+            }
+        }
+        let mut m = Message(String::new());
+        event.record(&mut m);
+        let mark = match *event.metadata().level() {
+            tracing::Level::ERROR => "error: ",
+            tracing::Level::WARN => "warning: ",
+            _ => "",
+        };
+        let line = format!("{}{mark}{}\n", self.prefix, m.0);
+        self.output.line(line.into_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scale_arguments() {
+        assert_eq!(parse_scale("4", 2), Ok(4));
+        assert_eq!(parse_scale("+3", 2), Ok(5));
+        assert_eq!(parse_scale("-1", 2), Ok(1));
+        assert!(parse_scale("-2", 2).unwrap_err().contains("1..=1024"));
+        assert!(parse_scale("x", 2).unwrap_err().contains("expected N"));
+        assert!(parse_scale("0", 2).is_err());
+    }
+}

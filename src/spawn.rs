@@ -1,0 +1,434 @@
+//! fork + exec of a worker. The only `unsafe` code in corral lives here.
+//!
+//! Everything the child needs is allocated before `fork()`: argv, envp (with `LISTEN_PID=` and
+//! `WATCHDOG_PID=` buffers that the child fills with its own pid), the fd plan. Between fork and
+//! exec the child makes only async-signal-safe calls (signal-safety(7)): sigaction, sigprocmask,
+//! setpgid, prctl, getpid, getppid, fcntl, dup2, close_range, chdir, execve, write, _exit.
+//! A close-on-exec pipe carries an exec failure (which step, which errno) back to the parent: the
+//! parent reads EOF when exec succeeded, or 8 bytes when it did not — no exit code 127 guessing.
+
+use std::ffi::{CString, OsStr};
+use std::fmt;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+/// What to run and what it gets.
+pub struct Command<'a> {
+    /// The program, already resolved (see [`resolve_program`]).
+    pub program: &'a Path,
+    pub argv: &'a [String],
+    /// `NAME=value` entries, without `LISTEN_PID` / `WATCHDOG_PID` (see `listen_pid`).
+    pub env: &'a [CString],
+    /// Adds `LISTEN_PID=<the child's pid>` (sd_listen_fds(3) checks it).
+    pub listen_pid: bool,
+    /// Adds `WATCHDOG_PID=<the child's pid>` (sd_watchdog_enabled(3)).
+    pub watchdog_pid: bool,
+    /// Placed at fds 3, 4, ... in this order.
+    pub fds: &'a [RawFd],
+    pub stdin: RawFd,
+    pub stdout: RawFd,
+    pub stderr: RawFd,
+    pub directory: Option<&'a Path>,
+}
+
+/// Which step of the child's set-up failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    Fds = 1,
+    Directory = 2,
+    Exec = 3,
+}
+
+#[derive(Debug)]
+pub enum SpawnError {
+    /// The program was not found on PATH, before any fork.
+    NotFound { program: String },
+    /// A step in the child failed with this errno.
+    Child {
+        step: Step,
+        errno: nix::errno::Errno,
+        program: PathBuf,
+        directory: Option<PathBuf>,
+    },
+    /// fork, pipe or an argument with a NUL byte.
+    Setup(io::Error),
+}
+
+impl fmt::Display for SpawnError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SpawnError::NotFound { program } => {
+                write!(f, "cannot run {program}: not found on PATH (No such file or directory)")
+            }
+            SpawnError::Child {
+                step,
+                errno,
+                program,
+                directory,
+            } => match step {
+                Step::Exec => write!(f, "cannot run {}: {}", program.display(), errno.desc()),
+                Step::Directory => write!(
+                    f,
+                    "cannot enter directory {}: {}",
+                    directory.as_deref().unwrap_or(Path::new("?")).display(),
+                    errno.desc()
+                ),
+                Step::Fds => write!(f, "cannot set up file descriptors: {}", errno.desc()),
+            },
+            SpawnError::Setup(e) => write!(f, "cannot start a worker: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for SpawnError {}
+
+/// Finds `program` the way execvp(3) would, but before fork: a name with a `/` is used as it is
+/// (relative to the worker's directory), anything else is looked up in `path`.
+pub fn resolve_program(
+    program: &str,
+    path: Option<&OsStr>,
+    directory: Option<&Path>,
+) -> Result<PathBuf, SpawnError> {
+    if program.contains('/') {
+        return Ok(PathBuf::from(program));
+    }
+    let path = path.unwrap_or(OsStr::new("/usr/local/bin:/usr/bin:/bin"));
+    for dir in std::env::split_paths(path) {
+        let dir = match (dir.is_relative(), directory) {
+            (true, Some(base)) => base.join(dir),
+            _ => dir,
+        };
+        let candidate = dir.join(program);
+        if nix::unistd::access(&candidate, nix::unistd::AccessFlags::X_OK).is_ok()
+            && candidate.is_file()
+        {
+            return Ok(candidate);
+        }
+    }
+    Err(SpawnError::NotFound {
+        program: program.to_string(),
+    })
+}
+
+fn cstring(s: &[u8]) -> Result<CString, SpawnError> {
+    CString::new(s).map_err(|_| {
+        SpawnError::Setup(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "an argument or variable contains a NUL byte",
+        ))
+    })
+}
+
+/// Room for `NAME=` plus the decimal digits of any pid and a NUL.
+fn pid_buffer(name: &str) -> Vec<u8> {
+    let mut v = Vec::with_capacity(name.len() + 22);
+    v.extend_from_slice(name.as_bytes());
+    v.resize(name.len() + 21, 0);
+    v
+}
+
+/// Writes `n` in decimal followed by NUL at `buf[at..]`; no allocation, async-signal-safe.
+fn write_decimal(buf: &mut [u8], at: usize, mut n: u32) {
+    let mut digits = [0u8; 10];
+    let mut len = 0;
+    loop {
+        digits[len] = b'0' + (n % 10) as u8;
+        len += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for i in 0..len {
+        buf[at + i] = digits[len - 1 - i];
+    }
+    buf[at + len] = 0;
+}
+
+/// Forks and execs. Returns the pid once exec succeeded, or why it did not.
+pub fn spawn(cmd: &Command<'_>) -> Result<i32, SpawnError> {
+    // ---- allocate everything before fork ----
+    let program = cstring(cmd.program.as_os_str().as_bytes())?;
+    let argv: Vec<CString> = cmd
+        .argv
+        .iter()
+        .map(|a| cstring(a.as_bytes()))
+        .collect::<Result<_, _>>()?;
+    let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+    argv_ptrs.push(std::ptr::null());
+
+    let mut listen_pid = pid_buffer("LISTEN_PID=");
+    let mut watchdog_pid = pid_buffer("WATCHDOG_PID=");
+    let mut envp: Vec<*const libc::c_char> = cmd.env.iter().map(|e| e.as_ptr()).collect();
+    if cmd.listen_pid {
+        envp.push(listen_pid.as_ptr().cast());
+    }
+    if cmd.watchdog_pid {
+        envp.push(watchdog_pid.as_ptr().cast());
+    }
+    envp.push(std::ptr::null());
+    let listen_pid_ptr = listen_pid.as_mut_ptr();
+    let listen_pid_len = listen_pid.len();
+    let watchdog_pid_ptr = watchdog_pid.as_mut_ptr();
+    let watchdog_pid_len = watchdog_pid.len();
+
+    let directory = match cmd.directory {
+        Some(d) => Some(cstring(d.as_os_str().as_bytes())?),
+        None => None,
+    };
+
+    // Targets: 0, 1, 2, then 3.. for the listeners.
+    let mut sources: Vec<RawFd> = vec![cmd.stdin, cmd.stdout, cmd.stderr];
+    sources.extend_from_slice(cmd.fds);
+    let n_targets = sources.len() as RawFd;
+    // Scratch space for the child's temporary copies, sized now so the child never allocates.
+    let mut temps: Vec<RawFd> = vec![-1; sources.len()];
+    let temps_ptr = temps.as_mut_ptr();
+
+    let (err_read, err_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| SpawnError::Setup(e.into()))?;
+    let err_write_raw = err_write.as_raw_fd();
+    let parent = std::process::id() as libc::pid_t;
+    let sigmax = libc::SIGRTMAX();
+
+    // SAFETY: after fork the child runs only async-signal-safe functions on memory allocated
+    // above (fork copies it), and leaves through execve or _exit, never returning into Rust code.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(SpawnError::Setup(io::Error::last_os_error()));
+    }
+    if pid == 0 {
+        // ---- child ----
+        unsafe {
+            child(ChildPlan {
+                parent,
+                sigmax,
+                err_write: err_write_raw,
+                sources: &sources,
+                temps: temps_ptr,
+                n_targets,
+                listen_pid: (cmd.listen_pid, listen_pid_ptr, listen_pid_len),
+                watchdog_pid: (cmd.watchdog_pid, watchdog_pid_ptr, watchdog_pid_len),
+                directory: directory.as_ref().map(|d| d.as_ptr()),
+                program: program.as_ptr(),
+                argv: argv_ptrs.as_ptr(),
+                envp: envp.as_ptr(),
+            })
+        }
+    }
+
+    // ---- parent ----
+    drop(err_write);
+    let mut report = [0u8; 8];
+    let mut got = 0;
+    let file = std::fs::File::from(err_read);
+    while got < report.len() {
+        match io::Read::read(&mut &file, &mut report[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(SpawnError::Setup(e)),
+        }
+    }
+    // Keep the buffers alive until the child has exec'd or failed (it has by now: EOF or data).
+    drop((argv, argv_ptrs, envp, listen_pid, watchdog_pid, temps, sources));
+    if got == 0 {
+        return Ok(pid);
+    }
+    // The child failed before exec and _exit'ed: reap it here so no zombie is left.
+    let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+    let step = match u32::from_ne_bytes(report[..4].try_into().expect("4 bytes")) {
+        1 => Step::Fds,
+        2 => Step::Directory,
+        _ => Step::Exec,
+    };
+    let errno = nix::errno::Errno::from_raw(i32::from_ne_bytes(
+        report[4..].try_into().expect("4 bytes"),
+    ));
+    Err(SpawnError::Child {
+        step,
+        errno,
+        program: cmd.program.to_path_buf(),
+        directory: cmd.directory.map(Path::to_path_buf),
+    })
+}
+
+struct ChildPlan<'a> {
+    parent: libc::pid_t,
+    sigmax: libc::c_int,
+    err_write: RawFd,
+    sources: &'a [RawFd],
+    temps: *mut RawFd,
+    n_targets: RawFd,
+    listen_pid: (bool, *mut u8, usize),
+    watchdog_pid: (bool, *mut u8, usize),
+    directory: Option<*const libc::c_char>,
+    program: *const libc::c_char,
+    argv: *const *const libc::c_char,
+    envp: *const *const libc::c_char,
+}
+
+/// Reports `(step, errno)` to the parent and exits. Async-signal-safe.
+unsafe fn fail(err_write: RawFd, step: Step) -> ! {
+    let errno = *libc::__errno_location();
+    let mut msg = [0u8; 8];
+    msg[..4].copy_from_slice(&(step as u32).to_ne_bytes());
+    msg[4..].copy_from_slice(&errno.to_ne_bytes());
+    libc::write(err_write, msg.as_ptr().cast(), msg.len());
+    libc::_exit(127)
+}
+
+unsafe fn child(plan: ChildPlan<'_>) -> ! {
+    // Signal dispositions: handlers are reset by exec, but "ignored" survives it, and the Rust
+    // runtime ignores SIGPIPE. A worker must start with every signal at its default, unblocked.
+    let mut dfl: libc::sigaction = std::mem::zeroed();
+    dfl.sa_sigaction = libc::SIG_DFL;
+    for sig in 1..=plan.sigmax {
+        if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+            libc::sigaction(sig, &dfl, std::ptr::null_mut());
+        }
+    }
+    let mut empty: libc::sigset_t = std::mem::zeroed();
+    libc::sigemptyset(&mut empty);
+    libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+
+    // Its own process group, so a kill of the group reaches the worker's children too, and a
+    // Ctrl-C on a terminal reaches only the supervisor, which then stops workers gracefully.
+    libc::setpgid(0, 0);
+
+    // Die with the supervisor, even on SIGKILL. The parent may already have died between fork
+    // and prctl; then the death signal was never armed, so check and leave (prctl(2)).
+    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
+    if libc::getppid() != plan.parent {
+        libc::_exit(1);
+    }
+
+    let me = libc::getpid() as u32;
+    for (wanted, ptr, len) in [plan.listen_pid, plan.watchdog_pid] {
+        if wanted {
+            let buf = std::slice::from_raw_parts_mut(ptr, len);
+            let at = buf.iter().position(|&b| b == b'=').map_or(0, |p| p + 1);
+            write_decimal(buf, at, me);
+        }
+    }
+
+    // The error pipe and every source are first copied above all targets, so that placing one
+    // fd never overwrites another that is still to be placed.
+    let err_fd = libc::fcntl(plan.err_write, libc::F_DUPFD_CLOEXEC, plan.n_targets);
+    if err_fd < 0 {
+        fail(plan.err_write, Step::Fds);
+    }
+    for (i, &src) in plan.sources.iter().enumerate() {
+        let t = libc::fcntl(src, libc::F_DUPFD_CLOEXEC, plan.n_targets);
+        if t < 0 {
+            fail(err_fd, Step::Fds);
+        }
+        *plan.temps.add(i) = t;
+    }
+    for i in 0..plan.sources.len() {
+        // dup2 clears FD_CLOEXEC on the new descriptor: exactly these survive exec.
+        if libc::dup2(*plan.temps.add(i), i as RawFd) < 0 {
+            fail(err_fd, Step::Fds);
+        }
+    }
+    // Anything else the supervisor had open must not reach the worker: mark every fd above the
+    // targets close-on-exec (Linux 5.11). Rust and tokio open all fds O_CLOEXEC anyway; this also
+    // covers anything a library or an inherited environment left without it.
+    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+    libc::syscall(
+        libc::SYS_close_range,
+        plan.n_targets as libc::c_uint,
+        libc::c_uint::MAX,
+        CLOSE_RANGE_CLOEXEC,
+    );
+
+    if let Some(dir) = plan.directory {
+        if libc::chdir(dir) < 0 {
+            fail(err_fd, Step::Directory);
+        }
+    }
+    libc::execve(plan.program, plan.argv, plan.envp);
+    fail(err_fd, Step::Exec)
+}
+
+/// Takes ownership of a descriptor this process inherited (systemd's `LISTEN_FDS`), after
+/// checking it is open. The caller guarantees nothing else in the process owns it.
+pub fn adopt_inherited_fd(fd: RawFd) -> io::Result<OwnedFd> {
+    nix::fcntl::fcntl(
+        // SAFETY: only used for the duration of this F_GETFD call.
+        unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) },
+        nix::fcntl::FcntlArg::F_GETFD,
+    )?;
+    // SAFETY: the fd is open (checked above) and was handed to this process by its service
+    // manager for it to own; nothing else in the process refers to it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimal_pid_fits_and_terminates() {
+        let mut b = pid_buffer("LISTEN_PID=");
+        write_decimal(&mut b, 11, 4_194_304);
+        assert_eq!(
+            CString::from_vec_with_nul(b[..b.iter().position(|&c| c == 0).unwrap() + 1].to_vec())
+                .unwrap()
+                .to_str()
+                .unwrap(),
+            "LISTEN_PID=4194304"
+        );
+        write_decimal(&mut b, 11, 0);
+        assert_eq!(&b[..13], b"LISTEN_PID=0\0");
+    }
+
+    #[test]
+    fn resolves_like_execvp() {
+        let p = resolve_program("sh", Some(OsStr::new("/nonexistent:/bin:/usr/bin")), None).unwrap();
+        assert!(p.ends_with("sh") && p.is_absolute());
+        assert!(matches!(
+            resolve_program("no-such-program-xyz", None, None),
+            Err(SpawnError::NotFound { .. })
+        ));
+        assert_eq!(
+            resolve_program("./srv", None, None).unwrap(),
+            PathBuf::from("./srv")
+        );
+    }
+
+    #[test]
+    fn exec_failure_is_reported_with_errno_text() {
+        let devnull = std::fs::File::open("/dev/null").unwrap();
+        let fd = devnull.as_raw_fd();
+        let cmd = Command {
+            program: Path::new("/nonexistent/program"),
+            argv: &["program".into()],
+            env: &[],
+            listen_pid: true,
+            watchdog_pid: false,
+            fds: &[],
+            stdin: fd,
+            stdout: fd,
+            stderr: fd,
+            directory: None,
+        };
+        let err = spawn(&cmd).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "cannot run /nonexistent/program: No such file or directory"
+        );
+        let cmd = Command {
+            directory: Some(Path::new("/nonexistent-dir")),
+            program: Path::new("/bin/true"),
+            ..cmd
+        };
+        let err = spawn(&cmd).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "cannot enter directory /nonexistent-dir: No such file or directory"
+        );
+    }
+}

@@ -1,0 +1,1304 @@
+//! The decision core: a pure state machine, `step(event, now) -> actions`.
+//!
+//! Nothing here reads a clock, touches a process or a socket. The runtime feeds in what happened
+//! (a child exited, a worker said `READY=1`, a deadline passed, a reload was asked for) with the
+//! current time, and performs the actions that come back. That keeps every decision — when a
+//! slot is ready, when the next batch of a roll starts, when a roll has failed, how long a crashed
+//! slot waits — testable with a fake clock.
+//!
+//! Model: the app has `desired` *slots* (0..N-1, the `CORRAL_WORKER` a worker sees). A slot holds
+//! at most one serving worker and, during a roll, at most one *incoming* replacement. A worker is
+//! `Starting` until it is ready, `Ready`, then `Stopping` once corral asked it to go or gave up on
+//! it. A slot with no worker waits out its backoff. Invariants a roll keeps:
+//! - an old worker is asked to stop only after its replacement is ready, so capacity never drops;
+//! - at most `batch` replacements are starting at once;
+//! - a failed replacement aborts the roll, and every slot not yet replaced keeps its old worker.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use crate::config::{Config, ReadinessMode, RestartPolicy};
+use crate::notify::Notification;
+
+/// Identifies a worker for its whole life; never reused (pids are).
+pub type WorkerId = u64;
+/// Identifies a control-socket request waiting for a roll to end.
+pub type RequestId = u64;
+
+/// What the state machine needs from one generation's config.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Params {
+    pub workers: u32,
+    pub batch: u32,
+    /// readiness mode `exec`: ready as soon as exec succeeded.
+    pub exec_ready: bool,
+    pub ready_timeout: Duration,
+    pub watchdog: Option<Duration>,
+    pub stop_signal: Signal,
+    pub stop_timeout: Duration,
+    pub policy: RestartPolicy,
+    pub delay: Duration,
+    pub max_delay: Duration,
+    pub reset_after: Duration,
+}
+
+impl Params {
+    /// The parts of `config` the decisions depend on; `workers` is the resolved count.
+    pub fn from_config(config: &Config, workers: u32) -> Params {
+        Params {
+            workers,
+            batch: config.reload.batch.slots(workers),
+            exec_ready: config.readiness.mode == ReadinessMode::Exec,
+            ready_timeout: config.readiness.timeout,
+            watchdog: config.watchdog,
+            stop_signal: config.stop.signal,
+            stop_timeout: config.stop.timeout,
+            policy: config.restart.policy,
+            delay: config.restart.delay,
+            max_delay: config.restart.max_delay,
+            reset_after: config.restart.reset_after,
+        }
+    }
+}
+
+/// How a worker process ended, as waitpid(2) reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExitStatus {
+    Code(i32),
+    Signal { signal: i32, core_dumped: bool },
+}
+
+impl ExitStatus {
+    fn success(self) -> bool {
+        self == ExitStatus::Code(0)
+    }
+}
+
+impl fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            ExitStatus::Code(c) => write!(f, "exited with code {c}"),
+            ExitStatus::Signal {
+                signal,
+                core_dumped,
+            } => {
+                match Signal::try_from(signal) {
+                    Ok(s) => write!(f, "killed by {}", s.as_str())?,
+                    Err(_) => write!(f, "killed by signal {signal}")?,
+                }
+                if core_dumped {
+                    f.write_str(" (core dumped)")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Which slots a roll replaces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// Every slot, and the slot count becomes the new generation's `workers`.
+    All,
+    /// One slot (`corral restart --worker N`).
+    Slot(u32),
+}
+
+/// Everything that can happen to the supervisor.
+#[derive(Clone, Debug)]
+pub enum Event {
+    /// The first generation: fill every slot.
+    Start { params: Params },
+    /// A `Spawn` action succeeded: the child exec'd its program.
+    Spawned { id: WorkerId, pid: i32 },
+    /// A `Spawn` action failed before or at exec; `error` says why ("No such file or directory").
+    SpawnFailed { id: WorkerId, error: String },
+    /// The worker's process was reaped.
+    Exited { id: WorkerId, status: ExitStatus },
+    /// A datagram from the worker (its pid checked by the runtime).
+    Notify { id: WorkerId, msg: Notification },
+    /// The next deadline has passed (or any wake-up: it is harmless early).
+    Tick,
+    /// Replace workers with a new generation (reload: new config; restart: same config again).
+    Roll {
+        generation: u32,
+        params: Params,
+        scope: Scope,
+        request: Option<RequestId>,
+    },
+    /// Change the slot count of the running generation, now (`corral scale`).
+    Scale { workers: u32, request: Option<RequestId> },
+    /// SIGTERM/SIGINT: drain; a second one kills at once.
+    Stop,
+}
+
+/// Messages for systemd (and, standalone, for the terminal).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Systemd {
+    Ready,
+    Reloading,
+    Stopping,
+    Status(String),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    Info,
+    Warn,
+    Error,
+}
+
+/// What the runtime should do.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    /// Fork and exec a worker for `slot` with `generation`'s config, then report `Spawned` or
+    /// `SpawnFailed` for `id` before anything else.
+    Spawn {
+        id: WorkerId,
+        slot: u32,
+        generation: u32,
+    },
+    /// Send `signal` to the worker; SIGKILL goes to its whole process group.
+    Signal {
+        id: WorkerId,
+        pid: i32,
+        signal: Signal,
+    },
+    /// Answer a control request that waited for a roll or a scale.
+    Reply {
+        request: RequestId,
+        result: Result<String, String>,
+    },
+    /// No worker or slot refers to this generation any more; its config can be dropped.
+    Forget { generation: u32 },
+    Systemd(Systemd),
+    Log {
+        level: Level,
+        slot: Option<u32>,
+        pid: Option<i32>,
+        generation: Option<u32>,
+        message: String,
+    },
+    /// Nothing is left to supervise: exit the process with this code.
+    Exit(i32),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkerState {
+    Starting,
+    Ready,
+    Stopping,
+}
+
+/// Why corral is stopping a worker, which decides what its exit means.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum StopKind {
+    /// Asked to go (replaced, scaled away, shutdown): its exit is expected, nothing is restarted.
+    Retire,
+    /// Given up on (not ready in time, watchdog): its exit counts as a crash.
+    Failed(String),
+    /// A replacement killed because its roll failed: the old worker still holds the slot.
+    Abort,
+}
+
+#[derive(Clone, Debug)]
+struct Worker {
+    slot: u32,
+    generation: u32,
+    pid: Option<i32>,
+    state: WorkerState,
+    started_at: Instant,
+    ready_at: Option<Instant>,
+    /// Readiness timeout while starting, watchdog while ready, SIGKILL while stopping.
+    deadline: Option<Instant>,
+    stop: Option<StopKind>,
+    kill_sent: bool,
+    /// The worker said `STOPPING=1` on its own.
+    said_stopping: bool,
+    status: Option<String>,
+    errno: Option<i32>,
+}
+
+#[derive(Clone, Debug)]
+struct Slot {
+    /// The generation a restart of this slot uses.
+    generation: u32,
+    worker: Option<WorkerId>,
+    incoming: Option<WorkerId>,
+    /// Set while the slot waits out its backoff.
+    retry_at: Option<Instant>,
+    next_delay: Duration,
+    restarts: u32,
+    /// Scaled away: it goes once its worker is gone; highest slots only.
+    removing: bool,
+}
+
+#[derive(Clone, Debug)]
+struct Roll {
+    generation: u32,
+    scope: Scope,
+    old_count: u32,
+    new_count: u32,
+    pending: VecDeque<u32>,
+    in_flight: BTreeSet<u32>,
+    draining: BTreeSet<WorkerId>,
+    requests: Vec<RequestId>,
+    failed: Option<String>,
+    total: u32,
+    replaced: u32,
+    /// Surplus slots (shrink) have been told to go; the roll then waits for `draining`.
+    settled: bool,
+}
+
+#[derive(Clone, Debug)]
+struct Queued {
+    generation: u32,
+    params: Params,
+    scope: Scope,
+    requests: Vec<RequestId>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Idle,
+    Running,
+    Stopping,
+}
+
+/// A read-only view for `corral status`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct WorkerView {
+    pub slot: u32,
+    pub pid: Option<i32>,
+    /// starting | ready | stopping | backoff
+    pub state: &'static str,
+    pub generation: u32,
+    pub restarts: u32,
+    pub uptime_s: Option<f64>,
+    pub status: Option<String>,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct RollView {
+    pub generation: u32,
+    pub replaced: u32,
+    pub total: u32,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Snapshot {
+    /// starting | running | reloading | stopping
+    pub state: &'static str,
+    pub generation: u32,
+    pub desired: u32,
+    pub ready: u32,
+    pub restarts: u64,
+    pub reload: Option<RollView>,
+    pub workers: Vec<WorkerView>,
+}
+
+pub struct Supervisor {
+    params: BTreeMap<u32, Params>,
+    active: u32,
+    desired: u32,
+    slots: Vec<Slot>,
+    workers: BTreeMap<WorkerId, Worker>,
+    next_id: WorkerId,
+    roll: Option<Roll>,
+    queued: Option<Queued>,
+    phase: Phase,
+    announced_ready: bool,
+    last_status: String,
+    restarts: u64,
+    last_failed: bool,
+    out: Vec<Action>,
+}
+
+impl Default for Supervisor {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Supervisor {
+    pub fn new() -> Supervisor {
+        Supervisor {
+            params: BTreeMap::new(),
+            active: 0,
+            desired: 0,
+            slots: Vec::new(),
+            workers: BTreeMap::new(),
+            next_id: 1,
+            roll: None,
+            queued: None,
+            phase: Phase::Idle,
+            announced_ready: false,
+            last_status: String::new(),
+            restarts: 0,
+            last_failed: false,
+            out: Vec::new(),
+        }
+    }
+
+    /// Feeds one event in; returns what to do, in order.
+    pub fn step(&mut self, event: Event, now: Instant) -> Vec<Action> {
+        match event {
+            Event::Start { params } => self.on_start(params, now),
+            Event::Spawned { id, pid } => self.on_spawned(id, pid, now),
+            Event::SpawnFailed { id, error } => self.on_gone(id, Gone::SpawnFailed(error), now),
+            Event::Exited { id, status } => self.on_gone(id, Gone::Exited(status), now),
+            Event::Notify { id, msg } => self.on_notify(id, msg, now),
+            Event::Tick => self.on_tick(now),
+            Event::Roll {
+                generation,
+                params,
+                scope,
+                request,
+            } => self.on_roll(generation, params, scope, request),
+            Event::Scale { workers, request } => self.on_scale(workers, request, now),
+            Event::Stop => self.on_stop(now),
+        }
+        self.settle(now);
+        std::mem::take(&mut self.out)
+    }
+
+    /// The earliest time at which `Tick` has something to do.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let workers = self.workers.values().filter_map(|w| w.deadline);
+        let slots = self.slots.iter().filter_map(|s| s.retry_at);
+        workers.chain(slots).min()
+    }
+
+    /// Which worker a pid belongs to (for exits and notify datagrams).
+    pub fn worker_by_pid(&self, pid: i32) -> Option<WorkerId> {
+        self.workers
+            .iter()
+            .find(|(_, w)| w.pid == Some(pid))
+            .map(|(&id, _)| id)
+    }
+
+    /// Generation numbers still referred to (the runtime keeps their configs).
+    pub fn active_generation(&self) -> u32 {
+        self.active
+    }
+
+    pub fn is_rolling(&self) -> bool {
+        self.roll.is_some()
+    }
+
+    pub fn snapshot(&self, now: Instant) -> Snapshot {
+        let mut workers = Vec::new();
+        for (i, slot) in self.slots.iter().enumerate() {
+            let i = i as u32;
+            let mut any = false;
+            for id in [slot.worker, slot.incoming].into_iter().flatten() {
+                any = true;
+                workers.push(self.view(id, slot, now));
+            }
+            if !any && slot.retry_at.is_some() {
+                workers.push(WorkerView {
+                    slot: i,
+                    pid: None,
+                    state: "backoff",
+                    generation: slot.generation,
+                    restarts: slot.restarts,
+                    uptime_s: None,
+                    status: None,
+                });
+            }
+        }
+        // Replaced workers still draining belong to no slot field but are still running.
+        for (&id, w) in &self.workers {
+            let slot = &self.slots[w.slot as usize];
+            if slot.worker != Some(id) && slot.incoming != Some(id) {
+                workers.push(self.view(id, slot, now));
+            }
+        }
+        workers.sort_by_key(|w| (w.slot, w.generation));
+        Snapshot {
+            state: match self.phase {
+                Phase::Idle => "starting",
+                Phase::Stopping => "stopping",
+                Phase::Running if self.roll.is_some() => "reloading",
+                Phase::Running if !self.announced_ready => "starting",
+                Phase::Running => "running",
+            },
+            generation: self.active,
+            desired: self.desired,
+            ready: self.ready_count(),
+            restarts: self.restarts,
+            reload: self.roll.as_ref().map(|r| RollView {
+                generation: r.generation,
+                replaced: r.replaced,
+                total: r.total,
+            }),
+            workers,
+        }
+    }
+
+    fn view(&self, id: WorkerId, slot: &Slot, now: Instant) -> WorkerView {
+        let w = &self.workers[&id];
+        let state = if w.said_stopping {
+            WorkerState::Stopping
+        } else {
+            w.state
+        };
+        WorkerView {
+            slot: w.slot,
+            pid: w.pid,
+            state: match state {
+                WorkerState::Starting => "starting",
+                WorkerState::Ready => "ready",
+                WorkerState::Stopping => "stopping",
+            },
+            generation: w.generation,
+            restarts: slot.restarts,
+            uptime_s: Some(now.saturating_duration_since(w.started_at).as_secs_f64()),
+            status: w.status.clone(),
+        }
+    }
+
+    // ---- events ----
+
+    fn on_start(&mut self, params: Params, now: Instant) {
+        if self.phase != Phase::Idle {
+            return;
+        }
+        self.phase = Phase::Running;
+        self.active = 1;
+        self.desired = params.workers;
+        let delay = params.delay;
+        self.params.insert(1, params);
+        for i in 0..self.desired {
+            self.slots.push(Slot::new(1, delay));
+            self.spawn(i, false, 1, now);
+        }
+    }
+
+    fn on_spawned(&mut self, id: WorkerId, pid: i32, now: Instant) {
+        let Some(w) = self.workers.get_mut(&id) else {
+            return;
+        };
+        w.pid = Some(pid);
+        let (slot, generation) = (w.slot, w.generation);
+        if w.state == WorkerState::Stopping {
+            // Given up on before its pid was known (a roll failed meanwhile): finish the job.
+            let signal = if w.kill_sent {
+                Signal::SIGKILL
+            } else {
+                self.params[&generation].stop_signal
+            };
+            self.out.push(Action::Signal { id, pid, signal });
+            return;
+        }
+        self.log(
+            Level::Info,
+            Some(slot),
+            Some(pid),
+            Some(generation),
+            "started".into(),
+        );
+        if self.params[&generation].exec_ready {
+            self.become_ready(id, now);
+        }
+    }
+
+    fn on_gone(&mut self, id: WorkerId, how: Gone, now: Instant) {
+        let Some(w) = self.workers.remove(&id) else {
+            return;
+        };
+        let s = w.slot as usize;
+        let uptime = now.saturating_duration_since(w.started_at);
+        let ready_for = w.ready_at.map(|t| now.saturating_duration_since(t));
+        let expected = matches!(w.stop, Some(StopKind::Retire | StopKind::Abort));
+        let failed = match (&w.stop, &how) {
+            (Some(StopKind::Failed(_)), _) => true,
+            (_, Gone::SpawnFailed(_)) => true,
+            (_, Gone::Exited(st)) => !st.success() || w.ready_at.is_none(),
+        };
+        let what = match &how {
+            Gone::SpawnFailed(e) => format!("failed to start: {e}"),
+            Gone::Exited(st) => {
+                let mut m = format!("{st} after {}", human(uptime));
+                if let Some(e) = w.errno {
+                    m += &format!(" (it reported ERRNO={e}: {})", nix::errno::Errno::from_raw(e));
+                }
+                if w.ready_at.is_none() && !expected {
+                    m += " before it was ready";
+                }
+                m
+            }
+        };
+        let level = if expected || !failed {
+            Level::Info
+        } else {
+            Level::Error
+        };
+        self.log(level, Some(w.slot), w.pid, Some(w.generation), what.clone());
+
+        let slot = &mut self.slots[s];
+        if slot.incoming == Some(id) {
+            slot.incoming = None;
+            let slot_has_worker = slot.worker.is_some();
+            if let Some(roll) = &mut self.roll {
+                roll.in_flight.remove(&w.slot);
+                if roll.failed.is_none() {
+                    let reason = match &w.stop {
+                        Some(StopKind::Failed(r)) => r.clone(),
+                        _ => what,
+                    };
+                    self.fail_roll(
+                        format!(
+                            "slot {}: the generation {} worker {reason}",
+                            w.slot, w.generation
+                        ),
+                        now,
+                    );
+                }
+            }
+            // A slot that had nothing serving (it was in backoff) goes back to its old plan.
+            if !slot_has_worker && self.phase == Phase::Running && !self.slots[s].removing {
+                self.schedule_restart(w.slot, None, now);
+            }
+            return;
+        }
+        if slot.worker == Some(id) {
+            slot.worker = None;
+            if self.phase != Phase::Running || slot.removing {
+                return;
+            }
+            if expected {
+                // Retired, then wanted again (scaled back up while it drained): refill at once.
+                if slot.incoming.is_none() {
+                    let gen = slot.generation;
+                    self.spawn(w.slot, false, gen, now);
+                }
+                return;
+            }
+            self.last_failed = failed;
+            let policy = self.params[&slot.generation].policy;
+            let restart = match policy {
+                RestartPolicy::Always => true,
+                RestartPolicy::OnFailure => failed,
+                RestartPolicy::Never => false,
+            };
+            if slot.incoming.is_some() {
+                // Its replacement is already starting and will take the slot.
+                return;
+            }
+            if restart {
+                self.schedule_restart(w.slot, ready_for, now);
+            } else {
+                let policy = match policy {
+                    RestartPolicy::Always => "always",
+                    RestartPolicy::OnFailure => "on-failure",
+                    RestartPolicy::Never => "never",
+                };
+                self.log(
+                    Level::Warn,
+                    Some(w.slot),
+                    None,
+                    None,
+                    format!("not restarted (restart policy {policy})"),
+                );
+            }
+            return;
+        }
+        // A replaced or retired worker finished draining.
+        if let Some(roll) = &mut self.roll {
+            roll.draining.remove(&id);
+        }
+    }
+
+    fn on_notify(&mut self, id: WorkerId, msg: Notification, now: Instant) {
+        let Some(w) = self.workers.get_mut(&id) else {
+            return;
+        };
+        let p = &self.params[&w.generation];
+        if let Some(status) = msg.status {
+            w.status = Some(status);
+        }
+        if msg.errno.is_some() {
+            w.errno = msg.errno;
+        }
+        if let Some(ext) = msg.extend_timeout {
+            // sd_notify(3): extends the current start or stop timeout to at least now + ext.
+            let extendable = w.state == WorkerState::Starting
+                || (w.state == WorkerState::Stopping && !w.kill_sent && w.deadline.is_some());
+            if extendable {
+                w.deadline = w.deadline.max(Some(now + ext));
+            }
+        }
+        if msg.watchdog_ping && w.state == WorkerState::Ready {
+            w.deadline = p.watchdog.map(|d| now + d);
+        }
+        if msg.stopping && w.state == WorkerState::Ready {
+            w.said_stopping = true;
+        }
+        if msg.ready && w.state == WorkerState::Starting {
+            self.become_ready(id, now);
+        }
+        if msg.watchdog_trigger {
+            self.give_up(id, "asked for it with WATCHDOG=trigger".into(), now);
+        }
+    }
+
+    fn on_tick(&mut self, now: Instant) {
+        let due: Vec<WorkerId> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| w.deadline.is_some_and(|d| d <= now))
+            .map(|(&id, _)| id)
+            .collect();
+        for id in due {
+            let w = &self.workers[&id];
+            let p = &self.params[&w.generation];
+            match w.state {
+                WorkerState::Starting => {
+                    let reason = format!("was not ready within {}", human(p.ready_timeout));
+                    self.give_up(id, reason, now);
+                }
+                WorkerState::Ready => {
+                    let wd = p.watchdog.unwrap_or_default();
+                    let reason = format!("sent no WATCHDOG=1 for {}", human(wd));
+                    self.give_up(id, reason, now);
+                }
+                WorkerState::Stopping => {
+                    let (slot, pid, gen) = (w.slot, w.pid, w.generation);
+                    let msg = format!("still running {} after stop: killing", human(p.stop_timeout));
+                    self.log(Level::Warn, Some(slot), pid, Some(gen), msg);
+                    self.kill(id);
+                }
+            }
+        }
+        if self.phase != Phase::Running {
+            return;
+        }
+        for i in 0..self.slots.len() {
+            let slot = &mut self.slots[i];
+            if slot.retry_at.is_some_and(|t| t <= now) {
+                slot.retry_at = None;
+                if slot.worker.is_none() && slot.incoming.is_none() && !slot.removing {
+                    let gen = slot.generation;
+                    self.spawn(i as u32, false, gen, now);
+                }
+            }
+        }
+    }
+
+    fn on_roll(
+        &mut self,
+        generation: u32,
+        params: Params,
+        scope: Scope,
+        request: Option<RequestId>,
+    ) {
+        if self.phase != Phase::Running {
+            if let Some(r) = request {
+                self.reply(r, Err("corral is stopping".into()));
+            }
+            return;
+        }
+        if let Scope::Slot(n) = scope {
+            if n >= self.desired {
+                if let Some(r) = request {
+                    let msg = format!("there is no worker {n} (slots are 0..{})", self.desired);
+                    self.reply(r, Err(msg));
+                }
+                return;
+            }
+        }
+        if self.roll.is_some() {
+            // Coalesce: one more roll, with the newest config, for everyone who asked meanwhile.
+            let q = self.queued.get_or_insert_with(|| Queued {
+                generation,
+                params: params.clone(),
+                scope,
+                requests: Vec::new(),
+            });
+            if q.scope != scope {
+                q.scope = Scope::All;
+            }
+            if q.generation != generation {
+                // The config this one supersedes will never run.
+                self.out.push(Action::Forget {
+                    generation: q.generation,
+                });
+            }
+            q.generation = generation;
+            q.params = params;
+            q.requests.extend(request);
+            self.log(
+                Level::Info,
+                None,
+                None,
+                Some(generation),
+                "a reload is under way: this one follows it, with the newest config".into(),
+            );
+            return;
+        }
+        self.begin_roll(generation, params, scope, request.into_iter().collect());
+    }
+
+    fn on_scale(&mut self, workers: u32, request: Option<RequestId>, now: Instant) {
+        if self.phase != Phase::Running || self.roll.is_some() || workers == 0 {
+            let why = if workers == 0 {
+                "cannot scale to 0 workers (stop the service instead)"
+            } else if self.phase != Phase::Running {
+                "corral is stopping"
+            } else {
+                "a reload is under way; scale after it"
+            };
+            if let Some(r) = request {
+                self.reply(r, Err(why.into()));
+            }
+            return;
+        }
+        let old = self.desired;
+        self.desired = workers;
+        let gen = self.active;
+        let delay = self.params[&gen].delay;
+        for i in 0..workers.max(old) {
+            if i < workers {
+                if i as usize >= self.slots.len() {
+                    self.slots.push(Slot::new(gen, delay));
+                }
+                let slot = &mut self.slots[i as usize];
+                if slot.removing {
+                    slot.removing = false;
+                    if slot.worker.is_none() && slot.incoming.is_none() {
+                        self.spawn(i, false, gen, now);
+                    }
+                } else if i >= old {
+                    self.spawn(i, false, gen, now);
+                }
+            } else {
+                self.remove_slot(i, now);
+            }
+        }
+        self.log(
+            Level::Info,
+            None,
+            None,
+            None,
+            format!("scaled from {old} to {workers} workers"),
+        );
+        if let Some(r) = request {
+            self.reply(r, Ok(format!("scaled from {old} to {workers} workers")));
+        }
+    }
+
+    fn on_stop(&mut self, now: Instant) {
+        if self.phase == Phase::Stopping {
+            self.log(
+                Level::Warn,
+                None,
+                None,
+                None,
+                "second stop request: killing every worker now".into(),
+            );
+            let ids: Vec<WorkerId> = self.workers.keys().copied().collect();
+            for id in ids {
+                self.kill(id);
+            }
+            return;
+        }
+        self.phase = Phase::Stopping;
+        self.out.push(Action::Systemd(Systemd::Stopping));
+        let mut requests = Vec::new();
+        if let Some(roll) = self.roll.take() {
+            requests.extend(roll.requests);
+        }
+        if let Some(q) = self.queued.take() {
+            requests.extend(q.requests);
+        }
+        for r in requests {
+            self.reply(r, Err("corral is stopping".into()));
+        }
+        for slot in &mut self.slots {
+            slot.retry_at = None;
+        }
+        let ids: Vec<WorkerId> = self.workers.keys().copied().collect();
+        for id in ids {
+            self.retire(id, now);
+        }
+    }
+
+    // ---- the roll ----
+
+    fn begin_roll(
+        &mut self,
+        generation: u32,
+        params: Params,
+        scope: Scope,
+        requests: Vec<RequestId>,
+    ) {
+        let old_count = self.desired;
+        let new_count = match scope {
+            Scope::All => params.workers,
+            Scope::Slot(_) => old_count,
+        };
+        let delay = params.delay;
+        self.params.insert(generation, params);
+        let mut pending = VecDeque::new();
+        match scope {
+            Scope::All => {
+                // Added slots first: capacity grows before anything is replaced.
+                for i in old_count..new_count {
+                    if i as usize >= self.slots.len() {
+                        self.slots.push(Slot::new(generation, delay));
+                    } else {
+                        self.slots[i as usize].removing = false;
+                    }
+                    pending.push_back(i);
+                }
+                pending.extend(0..old_count.min(new_count));
+            }
+            Scope::Slot(n) => pending.push_back(n),
+        }
+        let total = pending.len() as u32;
+        self.log(
+            Level::Info,
+            None,
+            None,
+            Some(generation),
+            format!(
+                "reload: replacing {total} worker(s) with generation {generation}, {} at a time",
+                self.params[&generation].batch
+            ),
+        );
+        self.out.push(Action::Systemd(Systemd::Reloading));
+        self.roll = Some(Roll {
+            generation,
+            scope,
+            old_count,
+            new_count,
+            pending,
+            in_flight: BTreeSet::new(),
+            draining: BTreeSet::new(),
+            requests,
+            failed: None,
+            total,
+            replaced: 0,
+            settled: false,
+        });
+    }
+
+    /// Starts replacements up to the batch size.
+    fn pump(&mut self, now: Instant) {
+        loop {
+            let Some(roll) = &mut self.roll else { return };
+            if roll.failed.is_some() {
+                return;
+            }
+            let batch = self.params[&roll.generation].batch.max(1) as usize;
+            if roll.in_flight.len() >= batch {
+                return;
+            }
+            let Some(s) = roll.pending.pop_front() else {
+                return;
+            };
+            roll.in_flight.insert(s);
+            let gen = roll.generation;
+            self.spawn(s, true, gen, now);
+        }
+    }
+
+    fn fail_roll(&mut self, reason: String, now: Instant) {
+        let Some(roll) = &mut self.roll else { return };
+        if roll.failed.is_some() {
+            return;
+        }
+        roll.failed = Some(reason.clone());
+        roll.pending.clear();
+        let (old_count, generation) = (roll.old_count, roll.generation);
+        let in_flight: Vec<u32> = roll.in_flight.iter().copied().collect();
+        self.log(
+            Level::Error,
+            None,
+            None,
+            Some(generation),
+            format!("reload failed, every slot not yet replaced keeps its worker: {reason}"),
+        );
+        for s in in_flight {
+            if let Some(id) = self.slots[s as usize].incoming {
+                let w = self.workers.get_mut(&id).expect("incoming worker exists");
+                if w.state != WorkerState::Stopping {
+                    w.stop = Some(StopKind::Abort);
+                    w.state = WorkerState::Stopping;
+                    self.kill(id);
+                }
+            }
+        }
+        // Slots this roll added go again: the old generation's count stands.
+        for i in old_count..self.slots.len() as u32 {
+            self.remove_slot(i, now);
+            if let Some(roll) = &mut self.roll {
+                if let Some(id) = self.slots[i as usize].worker {
+                    roll.draining.insert(id);
+                }
+            }
+        }
+    }
+
+    /// Moves a roll forward: next batch, shrink at the end, reply when everything has drained.
+    fn advance_roll(&mut self, now: Instant) {
+        self.pump(now);
+        let Some(roll) = &mut self.roll else { return };
+        if !roll.pending.is_empty() || !roll.in_flight.is_empty() {
+            return;
+        }
+        if roll.failed.is_none() && !roll.settled {
+            roll.settled = true;
+            let (new_count, generation, scope) = (roll.new_count, roll.generation, roll.scope);
+            if scope == Scope::All {
+                self.active = generation;
+                self.desired = new_count;
+            }
+            for i in new_count..self.slots.len() as u32 {
+                self.remove_slot(i, now);
+                if let (Some(roll), Some(id)) = (&mut self.roll, self.slots[i as usize].worker) {
+                    roll.draining.insert(id);
+                }
+            }
+        }
+        let roll = self.roll.as_ref().expect("roll exists");
+        if !roll.draining.is_empty() {
+            return;
+        }
+        let roll = self.roll.take().expect("roll exists");
+        let result = match &roll.failed {
+            None => {
+                let msg = format!(
+                    "generation {} serving: {} worker(s) replaced",
+                    roll.generation, roll.replaced
+                );
+                self.log(Level::Info, None, None, Some(roll.generation), msg.clone());
+                Ok(msg)
+            }
+            Some(reason) => Err(reason.clone()),
+        };
+        for r in roll.requests {
+            self.reply(r, result.clone());
+        }
+        // Type=notify-reload: READY=1 ends the reload, whether or not it succeeded.
+        self.out.push(Action::Systemd(Systemd::Ready));
+        if let Some(q) = self.queued.take() {
+            self.begin_roll(q.generation, q.params, q.scope, q.requests);
+            self.pump(now);
+        }
+    }
+
+    // ---- helpers ----
+
+    fn spawn(&mut self, slot: u32, incoming: bool, generation: u32, now: Instant) {
+        let id = self.next_id;
+        self.next_id += 1;
+        let p = &self.params[&generation];
+        self.workers.insert(
+            id,
+            Worker {
+                slot,
+                generation,
+                pid: None,
+                state: WorkerState::Starting,
+                started_at: now,
+                ready_at: None,
+                deadline: Some(now + p.ready_timeout),
+                stop: None,
+                kill_sent: false,
+                said_stopping: false,
+                status: None,
+                errno: None,
+            },
+        );
+        let s = &mut self.slots[slot as usize];
+        if incoming {
+            s.incoming = Some(id);
+        } else {
+            s.worker = Some(id);
+            s.retry_at = None;
+        }
+        self.out.push(Action::Spawn {
+            id,
+            slot,
+            generation,
+        });
+    }
+
+    fn become_ready(&mut self, id: WorkerId, now: Instant) {
+        let w = self.workers.get_mut(&id).expect("worker exists");
+        w.state = WorkerState::Ready;
+        w.ready_at = Some(now);
+        w.deadline = self.params[&w.generation].watchdog.map(|d| now + d);
+        let (s, gen, pid) = (w.slot, w.generation, w.pid);
+        let took = now.saturating_duration_since(w.started_at);
+        self.log(
+            Level::Info,
+            Some(s),
+            pid,
+            Some(gen),
+            format!("ready after {}", human(took)),
+        );
+        let slot = &mut self.slots[s as usize];
+        if slot.incoming == Some(id) {
+            slot.incoming = None;
+            slot.retry_at = None;
+            slot.generation = gen;
+            let old = slot.worker.replace(id);
+            if let Some(roll) = &mut self.roll {
+                roll.in_flight.remove(&s);
+                roll.replaced += 1;
+                if let Some(old) = old {
+                    roll.draining.insert(old);
+                }
+            }
+            if let Some(old) = old {
+                self.retire(old, now);
+            }
+        }
+    }
+
+    /// Asks a worker to stop gracefully: stop signal now, SIGKILL after the stop timeout.
+    fn retire(&mut self, id: WorkerId, now: Instant) {
+        let Some(w) = self.workers.get_mut(&id) else {
+            return;
+        };
+        if w.state == WorkerState::Stopping {
+            return;
+        }
+        let p = &self.params[&w.generation];
+        w.state = WorkerState::Stopping;
+        w.stop = Some(StopKind::Retire);
+        w.deadline = Some(now + p.stop_timeout);
+        if let Some(pid) = w.pid {
+            let signal = p.stop_signal;
+            self.out.push(Action::Signal { id, pid, signal });
+        }
+    }
+
+    /// Gives up on a worker that failed to start or went silent: SIGKILL if it never became
+    /// ready, else SIGABRT (for a core dump to debug the hang) and SIGKILL after the stop timeout.
+    fn give_up(&mut self, id: WorkerId, reason: String, now: Instant) {
+        let Some(w) = self.workers.get_mut(&id) else {
+            return;
+        };
+        if w.state == WorkerState::Stopping {
+            return;
+        }
+        let was_starting = w.state == WorkerState::Starting;
+        let (slot, pid, gen) = (w.slot, w.pid, w.generation);
+        w.state = WorkerState::Stopping;
+        w.stop = Some(StopKind::Failed(reason.clone()));
+        self.log(Level::Error, Some(slot), pid, Some(gen), reason);
+        if was_starting {
+            self.kill(id);
+        } else {
+            let w = self.workers.get_mut(&id).expect("worker exists");
+            w.deadline = Some(now + self.params[&gen].stop_timeout);
+            if let Some(pid) = pid {
+                let signal = Signal::SIGABRT;
+                self.out.push(Action::Signal { id, pid, signal });
+            }
+        }
+    }
+
+    fn kill(&mut self, id: WorkerId) {
+        let Some(w) = self.workers.get_mut(&id) else {
+            return;
+        };
+        w.state = WorkerState::Stopping;
+        w.stop.get_or_insert(StopKind::Retire);
+        w.deadline = None;
+        if !w.kill_sent {
+            w.kill_sent = true;
+            if let Some(pid) = w.pid {
+                let signal = Signal::SIGKILL;
+                self.out.push(Action::Signal { id, pid, signal });
+            }
+        }
+    }
+
+    /// Marks a slot for removal and stops whatever runs in it.
+    fn remove_slot(&mut self, i: u32, now: Instant) {
+        let slot = &mut self.slots[i as usize];
+        slot.removing = true;
+        slot.retry_at = None;
+        let ids: Vec<WorkerId> = [slot.worker, slot.incoming].into_iter().flatten().collect();
+        for id in ids {
+            self.retire(id, now);
+        }
+    }
+
+    fn schedule_restart(&mut self, i: u32, ready_for: Option<Duration>, now: Instant) {
+        let slot = &mut self.slots[i as usize];
+        let p = &self.params[&slot.generation];
+        if ready_for.is_some_and(|d| d >= p.reset_after) {
+            slot.next_delay = p.delay;
+        }
+        let wait = slot.next_delay;
+        slot.next_delay = (wait * 2).min(p.max_delay);
+        slot.retry_at = Some(now + wait);
+        slot.restarts += 1;
+        self.restarts += 1;
+        self.log(
+            Level::Info,
+            Some(i),
+            None,
+            None,
+            format!("restarting in {}", human(wait)),
+        );
+    }
+
+    fn ready_count(&self) -> u32 {
+        self.slots
+            .iter()
+            .filter(|s| !s.removing)
+            .filter(|s| {
+                s.worker
+                    .is_some_and(|id| self.workers[&id].state == WorkerState::Ready)
+            })
+            .count() as u32
+    }
+
+    /// After every event: roll progress, slot clean-up, readiness, status, exit.
+    fn settle(&mut self, now: Instant) {
+        if self.roll.is_some() {
+            self.advance_roll(now);
+        }
+        // Removed slots go from the top, once no worker (not even a draining one) refers to them.
+        while let Some(last) = self.slots.last() {
+            let i = self.slots.len() as u32 - 1;
+            let empty = last.worker.is_none() && last.incoming.is_none();
+            if !(last.removing && empty) || self.workers.values().any(|w| w.slot == i) {
+                break;
+            }
+            self.slots.pop();
+        }
+        let ready = self.ready_count();
+        if self.phase == Phase::Running && !self.announced_ready && ready == self.desired {
+            self.announced_ready = true;
+            self.out.push(Action::Systemd(Systemd::Ready));
+        }
+        let status = self.status_line(ready);
+        if status != self.last_status {
+            self.last_status = status.clone();
+            self.out.push(Action::Systemd(Systemd::Status(status)));
+        }
+        // Forget configs nothing refers to any more.
+        let mut used: BTreeSet<u32> = self.slots.iter().map(|s| s.generation).collect();
+        used.extend(self.workers.values().map(|w| w.generation));
+        used.insert(self.active);
+        if let Some(r) = &self.roll {
+            used.insert(r.generation);
+        }
+        let unused: Vec<u32> = self
+            .params
+            .keys()
+            .copied()
+            .filter(|g| !used.contains(g))
+            .collect();
+        for generation in unused {
+            self.params.remove(&generation);
+            self.out.push(Action::Forget { generation });
+        }
+        let idle = self.workers.is_empty()
+            && self.slots.iter().all(|s| s.retry_at.is_none())
+            && self.roll.is_none();
+        match self.phase {
+            Phase::Stopping if self.workers.is_empty() => {
+                self.phase = Phase::Idle;
+                self.out.push(Action::Exit(0));
+            }
+            Phase::Running if idle => {
+                self.phase = Phase::Idle;
+                self.log(
+                    Level::Warn,
+                    None,
+                    None,
+                    None,
+                    "no worker is running and none will be restarted: exiting".into(),
+                );
+                self.out.push(Action::Exit(i32::from(self.last_failed)));
+            }
+            _ => {}
+        }
+    }
+
+    fn status_line(&self, ready: u32) -> String {
+        let mut s = format!(
+            "{ready}/{} ready · generation {} · {} restart{}",
+            self.desired,
+            self.active,
+            self.restarts,
+            if self.restarts == 1 { "" } else { "s" }
+        );
+        if let Some(r) = &self.roll {
+            s += &format!(
+                " · reloading to generation {}: {}/{} replaced",
+                r.generation, r.replaced, r.total
+            );
+        }
+        if self.phase == Phase::Stopping {
+            s += &format!(" · stopping, {} left", self.workers.len());
+        }
+        s
+    }
+
+    fn reply(&mut self, request: RequestId, result: Result<String, String>) {
+        self.out.push(Action::Reply { request, result });
+    }
+
+    fn log(
+        &mut self,
+        level: Level,
+        slot: Option<u32>,
+        pid: Option<i32>,
+        generation: Option<u32>,
+        message: String,
+    ) {
+        self.out.push(Action::Log {
+            level,
+            slot,
+            pid,
+            generation,
+            message,
+        });
+    }
+}
+
+enum Gone {
+    SpawnFailed(String),
+    Exited(ExitStatus),
+}
+
+impl Slot {
+    fn new(generation: u32, delay: Duration) -> Slot {
+        Slot {
+            generation,
+            worker: None,
+            incoming: None,
+            retry_at: None,
+            next_delay: delay,
+            restarts: 0,
+            removing: false,
+        }
+    }
+}
+
+/// "250ms", "3.2s", "2m05s": short, for log lines.
+pub fn human(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if ms < 60_000 {
+        format!("{:.1}s", d.as_secs_f64())
+    } else {
+        let s = d.as_secs();
+        format!("{}m{:02}s", s / 60, s % 60)
+    }
+}
