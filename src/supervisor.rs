@@ -1302,3 +1302,7 @@ pub fn human(d: Duration) -> String {
         format!("{}m{:02}s", s / 60, s % 60)
     }
 }
+
+#[cfg(test)]
+#[path = "supervisor_tests.rs"]
+mod tests;

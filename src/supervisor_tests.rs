@@ -1,0 +1,1 @@
+// tests for supervisor.rs; see supervisor.rs
