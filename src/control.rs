@@ -263,10 +263,8 @@ async fn connection(stream: UnixStream, to_loop: mpsc::Sender<Incoming>) {
         Err(e) => Response::err(e),
         Ok(()) => {
             let mut line = String::new();
-            let mut reader = tokio::io::BufReader::new(tokio::io::AsyncReadExt::take(
-                read,
-                MAX_REQUEST,
-            ));
+            let mut reader =
+                tokio::io::BufReader::new(tokio::io::AsyncReadExt::take(read, MAX_REQUEST));
             let read = tokio::time::timeout(Duration::from_secs(10), reader.read_line(&mut line));
             match read.await {
                 Err(_) => Response::err("no request within 10s"),

@@ -154,8 +154,7 @@ fn check(paths: &[PathBuf]) -> Result<i32, Error> {
                 "{}: ok ({} {}, {} listener{})",
                 p.display(),
                 match c.workers {
-                    corral::config::WorkerCount::Auto =>
-                        format!("auto = {}", c.workers.resolve()),
+                    corral::config::WorkerCount::Auto => format!("auto = {}", c.workers.resolve()),
                     corral::config::WorkerCount::Count(n) => n.to_string(),
                 },
                 if c.workers.resolve() == 1 {
@@ -219,7 +218,11 @@ fn status(app: Option<String>, control: Option<PathBuf>, json: bool) -> Result<i
         let r = control::request(p, Command::Status)?;
         match (r.ok, r.status) {
             (true, Some(s)) => replies.push(s),
-            _ => return Err(Error::Refused(r.error.unwrap_or_else(|| "no status".into()))),
+            _ => {
+                return Err(Error::Refused(
+                    r.error.unwrap_or_else(|| "no status".into()),
+                ))
+            }
         }
     }
     let mut out = std::io::stdout().lock();

@@ -162,7 +162,6 @@ impl NotifySocket {
                     _ => {}
                 }
             }
-            drop(iov);
             let (Some(pid), false) = (pid, truncated) else {
                 continue;
             };

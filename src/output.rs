@@ -86,12 +86,15 @@ impl Output {
         }
     }
 
+    /// Queues `text` as one line, or as several of at most MAX_LINE bytes.
     fn emit(&self, prefix: &str, text: &[u8]) {
-        let mut line = Vec::with_capacity(prefix.len() + text.len() + 1);
-        line.extend_from_slice(prefix.as_bytes());
-        line.extend_from_slice(text);
-        line.push(b'\n');
-        self.line(line);
+        for part in text.chunks(MAX_LINE) {
+            let mut line = Vec::with_capacity(prefix.len() + part.len() + 1);
+            line.extend_from_slice(prefix.as_bytes());
+            line.extend_from_slice(part);
+            line.push(b'\n');
+            self.line(line);
+        }
     }
 }
 
@@ -210,7 +213,10 @@ mod tests {
                 assert_eq!(lines.len(), 5);
                 break;
             }
-            assert!(std::time::Instant::now() < deadline, "writer never caught up");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "writer never caught up"
+            );
             std::thread::yield_now();
         }
     }

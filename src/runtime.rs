@@ -111,7 +111,14 @@ pub fn run(opts: RunOptions) -> Result<i32, Error> {
             exit: None,
         };
         let code = lp
-            .run(config, listeners, notify, listener, sd_watchdog, &control_path)
+            .run(
+                config,
+                listeners,
+                notify,
+                listener,
+                sd_watchdog,
+                &control_path,
+            )
             .await;
         drop(server);
         code

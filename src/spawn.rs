@@ -60,7 +60,10 @@ impl fmt::Display for SpawnError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             SpawnError::NotFound { program } => {
-                write!(f, "cannot run {program}: not found on PATH (No such file or directory)")
+                write!(
+                    f,
+                    "cannot run {program}: not found on PATH (No such file or directory)"
+                )
             }
             SpawnError::Child {
                 step,
@@ -233,7 +236,15 @@ pub fn spawn(cmd: &Command<'_>) -> Result<i32, SpawnError> {
         }
     }
     // Keep the buffers alive until the child has exec'd or failed (it has by now: EOF or data).
-    drop((argv, argv_ptrs, envp, listen_pid, watchdog_pid, temps, sources));
+    drop((
+        argv,
+        argv_ptrs,
+        envp,
+        listen_pid,
+        watchdog_pid,
+        temps,
+        sources,
+    ));
     if got == 0 {
         return Ok(pid);
     }
@@ -244,9 +255,8 @@ pub fn spawn(cmd: &Command<'_>) -> Result<i32, SpawnError> {
         2 => Step::Directory,
         _ => Step::Exec,
     };
-    let errno = nix::errno::Errno::from_raw(i32::from_ne_bytes(
-        report[4..].try_into().expect("4 bytes"),
-    ));
+    let errno =
+        nix::errno::Errno::from_raw(i32::from_ne_bytes(report[4..].try_into().expect("4 bytes")));
     Err(SpawnError::Child {
         step,
         errno,
@@ -300,7 +310,13 @@ unsafe fn child(plan: ChildPlan<'_>) -> ! {
 
     // Die with the supervisor, even on SIGKILL. The parent may already have died between fork
     // and prctl; then the death signal was never armed, so check and leave (prctl(2)).
-    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
+    libc::prctl(
+        libc::PR_SET_PDEATHSIG,
+        libc::SIGKILL as libc::c_ulong,
+        0,
+        0,
+        0,
+    );
     if libc::getppid() != plan.parent {
         libc::_exit(1);
     }
@@ -387,7 +403,8 @@ mod tests {
 
     #[test]
     fn resolves_like_execvp() {
-        let p = resolve_program("sh", Some(OsStr::new("/nonexistent:/bin:/usr/bin")), None).unwrap();
+        let p =
+            resolve_program("sh", Some(OsStr::new("/nonexistent:/bin:/usr/bin")), None).unwrap();
         assert!(p.ends_with("sh") && p.is_absolute());
         assert!(matches!(
             resolve_program("no-such-program-xyz", None, None),

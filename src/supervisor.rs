@@ -130,7 +130,10 @@ pub enum Event {
         request: Option<RequestId>,
     },
     /// Change the slot count of the running generation, now (`corral scale`).
-    Scale { workers: u32, request: Option<RequestId> },
+    Scale {
+        workers: u32,
+        request: Option<RequestId>,
+    },
     /// SIGTERM/SIGINT: drain; a second one kills at once.
     Stop,
 }
@@ -173,7 +176,9 @@ pub enum Action {
         result: Result<String, String>,
     },
     /// No worker or slot refers to this generation any more; its config can be dropped.
-    Forget { generation: u32 },
+    Forget {
+        generation: u32,
+    },
     Systemd(Systemd),
     Log {
         level: Level,
@@ -511,6 +516,10 @@ impl Supervisor {
         let Some(w) = self.workers.remove(&id) else {
             return;
         };
+        // Whatever role it had, a worker a roll waits for is no longer there to wait for.
+        if let Some(roll) = &mut self.roll {
+            roll.draining.remove(&id);
+        }
         let s = w.slot as usize;
         let uptime = now.saturating_duration_since(w.started_at);
         let ready_for = w.ready_at.map(|t| now.saturating_duration_since(t));
@@ -525,7 +534,10 @@ impl Supervisor {
             Gone::Exited(st) => {
                 let mut m = format!("{st} after {}", human(uptime));
                 if let Some(e) = w.errno {
-                    m += &format!(" (it reported ERRNO={e}: {})", nix::errno::Errno::from_raw(e));
+                    m += &format!(
+                        " (it reported ERRNO={e}: {})",
+                        nix::errno::Errno::from_raw(e)
+                    );
                 }
                 if w.ready_at.is_none() && !expected {
                     m += " before it was ready";
@@ -606,12 +618,8 @@ impl Supervisor {
                     format!("not restarted (restart policy {policy})"),
                 );
             }
-            return;
         }
-        // A replaced or retired worker finished draining.
-        if let Some(roll) = &mut self.roll {
-            roll.draining.remove(&id);
-        }
+        // Otherwise: a replaced or retired worker finished draining.
     }
 
     fn on_notify(&mut self, id: WorkerId, msg: Notification, now: Instant) {
@@ -669,7 +677,10 @@ impl Supervisor {
                 }
                 WorkerState::Stopping => {
                     let (slot, pid, gen) = (w.slot, w.pid, w.generation);
-                    let msg = format!("still running {} after stop: killing", human(p.stop_timeout));
+                    let msg = format!(
+                        "still running {} after stop: killing",
+                        human(p.stop_timeout)
+                    );
                     self.log(Level::Warn, Some(slot), pid, Some(gen), msg);
                     self.kill(id);
                 }
@@ -701,16 +712,15 @@ impl Supervisor {
             if let Some(r) = request {
                 self.reply(r, Err("corral is stopping".into()));
             }
+            self.out.push(Action::Forget { generation });
             return;
         }
-        if let Scope::Slot(n) = scope {
-            if n >= self.desired {
-                if let Some(r) = request {
-                    let msg = format!("there is no worker {n} (slots are 0..{})", self.desired);
-                    self.reply(r, Err(msg));
-                }
-                return;
+        if let Err(e) = self.check_scope(scope) {
+            if let Some(r) = request {
+                self.reply(r, Err(e));
             }
+            self.out.push(Action::Forget { generation });
+            return;
         }
         if self.roll.is_some() {
             // Coalesce: one more roll, with the newest config, for everyone who asked meanwhile.
@@ -742,6 +752,16 @@ impl Supervisor {
             return;
         }
         self.begin_roll(generation, params, scope, request.into_iter().collect());
+    }
+
+    fn check_scope(&self, scope: Scope) -> Result<(), String> {
+        match scope {
+            Scope::Slot(n) if n >= self.desired => Err(format!(
+                "there is no worker {n} (slots are 0..{})",
+                self.desired
+            )),
+            _ => Ok(()),
+        }
     }
 
     fn on_scale(&mut self, workers: u32, request: Option<RequestId>, now: Instant) {
@@ -988,6 +1008,16 @@ impl Supervisor {
         // Type=notify-reload: READY=1 ends the reload, whether or not it succeeded.
         self.out.push(Action::Systemd(Systemd::Ready));
         if let Some(q) = self.queued.take() {
+            // Asked for when the slot existed; the roll that just ended may have removed it.
+            if let Err(e) = self.check_scope(q.scope) {
+                for r in q.requests {
+                    self.reply(r, Err(e.clone()));
+                }
+                self.out.push(Action::Forget {
+                    generation: q.generation,
+                });
+                return;
+            }
             self.begin_roll(q.generation, q.params, q.scope, q.requests);
             self.pump(now);
         }
@@ -1094,9 +1124,16 @@ impl Supervisor {
         let (slot, pid, gen) = (w.slot, w.pid, w.generation);
         w.state = WorkerState::Stopping;
         w.stop = Some(StopKind::Failed(reason.clone()));
-        self.log(Level::Error, Some(slot), pid, Some(gen), reason);
+        self.log(Level::Error, Some(slot), pid, Some(gen), reason.clone());
         if was_starting {
             self.kill(id);
+            // A replacement given up on stops its roll now, not when its exit is reaped.
+            if self.slots[slot as usize].incoming == Some(id) {
+                self.fail_roll(
+                    format!("slot {slot}: the generation {gen} worker {reason}"),
+                    now,
+                );
+            }
         } else {
             let w = self.workers.get_mut(&id).expect("worker exists");
             w.deadline = Some(now + self.params[&gen].stop_timeout);
@@ -1155,8 +1192,10 @@ impl Supervisor {
     }
 
     fn ready_count(&self) -> u32 {
+        // Slots a roll is adding count once the roll has settled the new count.
         self.slots
             .iter()
+            .take(self.desired as usize)
             .filter(|s| !s.removing)
             .filter(|s| {
                 s.worker
@@ -1185,7 +1224,10 @@ impl Supervisor {
             self.out.push(Action::Systemd(Systemd::Ready));
         }
         let status = self.status_line(ready);
-        if status != self.last_status {
+        // A pending Spawn is answered by a step of its own, which settles again with the
+        // up-to-date line; sending this one now would put a stale line last.
+        let spawning = self.out.iter().any(|a| matches!(a, Action::Spawn { .. }));
+        if status != self.last_status && !spawning {
             self.last_status = status.clone();
             self.out.push(Action::Systemd(Systemd::Status(status)));
         }

@@ -1,0 +1,302 @@
+//! Harness for running the real `corral` binary against the real test worker.
+//!
+//! Every wait is bounded and synchronised on an event: a line in corral's log, an answer on
+//! the control socket, a process exit. When a test fails, the harness prints everything corral
+//! logged, so the failure comes with its context.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc::{channel, Receiver};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const CORRAL: &str = env!("CARGO_BIN_EXE_corral");
+
+pub fn worker_py() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/worker.py")
+        .display()
+        .to_string()
+}
+
+/// A fresh directory per test, removed when the test passes.
+pub fn scratch_dir() -> PathBuf {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let d = std::env::temp_dir().join(format!(
+        "corral-test-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+type Log = Arc<(Mutex<Vec<String>>, Condvar)>;
+
+pub struct Corral {
+    pub pid: i32,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub control: PathBuf,
+    pub port: u16,
+    log: Log,
+    exit: Receiver<ExitStatus>,
+    exited: Option<ExitStatus>,
+}
+
+/// Fills `{port}` and `{worker}` in a config template.
+pub fn render(template: &str, port: u16) -> String {
+    template
+        .replace("{port}", &port.to_string())
+        .replace("{worker}", &worker_py())
+}
+
+impl Corral {
+    pub fn start(template: &str) -> Corral {
+        Self::start_with(template, |_| {})
+    }
+
+    /// Starts `corral run` on `template` (app name `demo`); `tweak` may adjust the command.
+    pub fn start_with(template: &str, tweak: impl FnOnce(&mut Command)) -> Corral {
+        let dir = scratch_dir();
+        let port = free_port();
+        let config = dir.join("demo.toml");
+        std::fs::write(&config, render(template, port)).unwrap();
+        let control = dir.join("demo.sock");
+        let mut cmd = Command::new(CORRAL);
+        cmd.arg("run")
+            .arg(&config)
+            .arg("--control")
+            .arg(&control)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("LISTEN_FDS")
+            .env_remove("LISTEN_PID")
+            .env_remove("CORRAL_LOG");
+        tweak(&mut cmd);
+        let mut child = cmd.spawn().expect("start corral");
+        let pid = child.id() as i32;
+        let log: Log = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
+        let stderr = child.stderr.take().unwrap();
+        let l = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let (m, c) = &*l;
+                m.lock().unwrap().push(line);
+                c.notify_all();
+            }
+        });
+        let (tx, exit) = channel();
+        std::thread::spawn(move || {
+            if let Ok(st) = child.wait() {
+                let _ = tx.send(st);
+            }
+        });
+        Corral {
+            pid,
+            dir,
+            config,
+            control,
+            port,
+            log,
+            exit,
+            exited: None,
+        }
+    }
+
+    /// Rewrites the config (for a reload).
+    pub fn write_config(&self, template: &str) {
+        std::fs::write(&self.config, render(template, self.port)).unwrap();
+    }
+
+    pub fn lines(&self) -> Vec<String> {
+        self.log.0.lock().unwrap().clone()
+    }
+
+    /// Where the log is now; `wait_for_after` looks only at lines after it.
+    pub fn mark(&self) -> usize {
+        self.log.0.lock().unwrap().len()
+    }
+
+    pub fn wait_for(&self, needle: &str, timeout: Duration) -> String {
+        self.wait_for_after(0, needle, timeout)
+    }
+
+    /// Waits until a log line after `mark` contains `needle`.
+    pub fn wait_for_after(&self, mark: usize, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        let (m, c) = &*self.log;
+        let mut lines = m.lock().unwrap();
+        loop {
+            if let Some(l) = lines.iter().skip(mark).find(|l| l.contains(needle)) {
+                return l.clone();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                drop(lines);
+                panic!("no log line with {needle:?} within {timeout:?}");
+            }
+            lines = c.wait_timeout(lines, left).unwrap().0;
+        }
+    }
+
+    /// Waits for "N/N ready · generation G" in the status line.
+    pub fn wait_ready(&self, n: u32, generation: u32) {
+        self.wait_for(
+            &format!("{n}/{n} ready · generation {generation} "),
+            Duration::from_secs(20),
+        );
+    }
+
+    /// Runs `corral ARGS --control <this socket>`.
+    pub fn ctl(&self, args: &[&str]) -> std::process::Output {
+        let mut cmd = Command::new(CORRAL);
+        cmd.args(args).arg("--control").arg(&self.control);
+        cmd.output().expect("run corral")
+    }
+
+    pub fn status(&self) -> Value {
+        let out = self.ctl(&["status", "demo", "--json"]);
+        assert!(
+            out.status.success(),
+            "status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("status JSON")
+    }
+
+    /// pids of the workers in `state`, in slot order.
+    pub fn pids(&self, state: &str) -> Vec<i64> {
+        let s = self.status();
+        s["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|w| w["state"] == state)
+            .map(|w| w["pid"].as_i64().unwrap())
+            .collect()
+    }
+
+    pub fn get(&self, path: &str) -> std::io::Result<Value> {
+        http_get(self.port, path)
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid), sig).unwrap();
+    }
+
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        if self.exited.is_none() {
+            self.exited = self.exit.recv_timeout(timeout).ok();
+        }
+        self.exited
+    }
+}
+
+impl Drop for Corral {
+    fn drop(&mut self) {
+        if self.exited.is_none() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            let _ = self.exit.recv_timeout(Duration::from_secs(10));
+        }
+        if std::thread::panicking() {
+            eprintln!("---- corral's log ----");
+            for l in self.lines() {
+                eprintln!("{l}");
+            }
+            eprintln!("---- end of corral's log (dir {}) ----", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// One request on a new connection, as a client without keep-alive makes it.
+pub fn http_get(port: u16, path: &str) -> std::io::Result<Value> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf);
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        return Err(std::io::Error::other(format!("no HTTP answer: {text:?}")));
+    };
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(std::io::Error::other(format!("bad status: {head}")));
+    }
+    serde_json::from_str(body).map_err(std::io::Error::other)
+}
+
+/// Waits until `pid` has exited (pidfd_open(2) + poll(2): an event, not a polling loop).
+/// Returns false if it is still alive after `timeout`.
+pub fn wait_gone(pid: i32, timeout: Duration) -> bool {
+    // SAFETY: plain syscalls on an fd this function owns and closes.
+    unsafe {
+        let fd = libc::syscall(libc::SYS_pidfd_open, pid, 0) as i32;
+        if fd < 0 {
+            return true; // ESRCH: already gone
+        }
+        let mut p = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let r = libc::poll(&mut p, 1, timeout.as_millis() as i32);
+        libc::close(fd);
+        r == 1
+    }
+}
+
+/// Continuous load: one new connection per request, from a thread, until told to stop.
+pub struct Load {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    handle: std::thread::JoinHandle<(u64, Vec<String>)>,
+}
+
+impl Load {
+    pub fn start(port: u16) -> Load {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let (mut ok, mut failures) = (0u64, Vec::new());
+            // Bounded: stops when told to, or after 2 minutes at most.
+            let limit = Instant::now() + Duration::from_secs(120);
+            while !s.load(Ordering::SeqCst) && Instant::now() < limit {
+                match http_get(port, "/") {
+                    Ok(_) => ok += 1,
+                    Err(e) => failures.push(e.to_string()),
+                }
+            }
+            (ok, failures)
+        });
+        Load { stop, handle }
+    }
+
+    /// Stops the load; returns (successful requests, failures).
+    pub fn finish(self) -> (u64, Vec<String>) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.handle.join().unwrap()
+    }
+}

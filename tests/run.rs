@@ -1,0 +1,463 @@
+//! `corral run` end to end: the real binary, the real test worker, real sockets and signals.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::*;
+use nix::sys::signal::Signal;
+
+const SECS: fn(u64) -> Duration = Duration::from_secs;
+
+/// Three workers behind one TCP listener; `{env}` lets a test add worker environment.
+fn config(workers: u32, env: &str) -> String {
+    format!(
+        r#"
+command = ["python3", "{{worker}}"]
+workers = {workers}
+environment = {{ {env} }}
+
+[[listen]]
+name = "http"
+address = "127.0.0.1:{{port}}"
+
+[readiness]
+timeout = "10s"
+
+[stop]
+timeout = "5s"
+
+[restart]
+delay = "50ms"
+"#
+    )
+}
+
+#[test]
+fn workers_see_exactly_what_systemd_would_give_them() {
+    let unix = scratch_dir().join("admin.sock");
+    let template = format!(
+        r#"
+command = ["python3", "{{worker}}"]
+workers = 2
+[watchdog]
+timeout = "20s"
+[[listen]]
+name = "http"
+address = "127.0.0.1:{{port}}"
+[[listen]]
+name = "admin"
+address = "{}"
+mode = "0660"
+"#,
+        unix.display()
+    );
+    // corral itself is started with variables and an fd meant for it, as systemd would.
+    let extra = std::fs::File::open("/dev/null").unwrap();
+    nix::fcntl::fcntl(
+        &extra,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+    )
+    .unwrap();
+    let c = Corral::start_with(&template, |cmd| {
+        cmd.env("WATCHDOG_USEC", "999999999")
+            .env("WATCHDOG_PID", "1")
+            .env("JOURNAL_STREAM", "1:2")
+            .env("CORRAL_WORKER", "99");
+    });
+    c.wait_ready(2, 1);
+    drop(extra);
+
+    let mut seen = BTreeSet::new();
+    for _ in 0..40 {
+        let w = c.get("/").unwrap();
+        let pid = w["pid"].as_i64().unwrap();
+        assert_eq!(
+            w["listen_pid"],
+            pid.to_string(),
+            "LISTEN_PID must be the worker's own pid"
+        );
+        assert_eq!(w["watchdog_pid"], pid.to_string());
+        assert_eq!(w["listen_fds"], "2");
+        assert_eq!(w["listen_fdnames"], "http:admin");
+        assert_eq!(
+            w["watchdog_usec"], "20000000",
+            "the worker's own watchdog, not corral's"
+        );
+        assert_eq!(w["app"], "demo");
+        assert_eq!(w["generation"], "1");
+        assert!(w["notify_socket"]
+            .as_str()
+            .unwrap()
+            .starts_with("@corral/demo/"));
+        // fds 0-2 and the two listeners, nothing of the supervisor's.
+        assert_eq!(w["fds"], serde_json::json!([0, 1, 2, 3, 4]));
+        let env: Vec<&str> = w["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert!(!env.contains(&"JOURNAL_STREAM"), "{env:?}");
+        seen.insert((pid, w["slot"].as_str().unwrap().to_string()));
+    }
+    let slots: BTreeSet<String> = seen.iter().map(|(_, s)| s.clone()).collect();
+    assert_eq!(
+        slots,
+        ["0", "1"].map(String::from).into(),
+        "both workers answer"
+    );
+
+    // The unix listener is served too, with the mode asked for.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&unix).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o660);
+    // The control socket is private.
+    let mode = std::fs::metadata(&c.control).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+}
+
+#[test]
+fn a_crashed_worker_is_replaced_in_the_same_slot_with_backoff() {
+    let c = Corral::start(&config(3, ""));
+    c.wait_ready(3, 1);
+    let before = c.status();
+    let mark = c.mark();
+    let crashed = c.get("/crash").unwrap();
+    let pid = crashed["pid"].as_i64().unwrap();
+    let slot = crashed["slot"].as_str().unwrap().parse::<i64>().unwrap();
+    let line = c.wait_for_after(
+        mark,
+        &format!("pid {pid} (generation 1): exited with code 3 after"),
+        SECS(10),
+    );
+    assert!(line.contains(&format!("worker {slot} ")), "{line}");
+    c.wait_for_after(mark, "restarting in 50ms", SECS(10));
+    c.wait_for_after(mark, "3/3 ready · generation 1 · 1 restart", SECS(20));
+
+    let after = c.status();
+    let slots: Vec<i64> = after["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["slot"].as_i64().unwrap())
+        .collect();
+    assert_eq!(slots, vec![0, 1, 2]);
+    for (b, a) in before["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(after["workers"].as_array().unwrap())
+    {
+        if b["slot"] == slot {
+            assert_ne!(a["pid"], b["pid"], "the crashed slot has a new worker");
+            assert_eq!(a["restarts"], 1);
+        } else {
+            assert_eq!(a["pid"], b["pid"], "other slots are untouched");
+            assert_eq!(a["restarts"], 0);
+        }
+    }
+    assert_eq!(after["restarts"], 1);
+}
+
+#[test]
+fn exec_failure_is_reported_with_its_cause() {
+    let c = Corral::start(
+        r#"
+command = ["/nonexistent/server", "--port", "1"]
+[restart]
+delay = "1s"
+"#,
+    );
+    let line = c.wait_for("failed to start", SECS(10));
+    assert!(
+        line.contains("cannot run /nonexistent/server: No such file or directory"),
+        "{line}"
+    );
+    assert!(
+        !c.lines().iter().any(|l| l.contains("127")),
+        "no exit-code-127 mystery"
+    );
+}
+
+#[test]
+fn a_worker_not_ready_in_time_is_killed_and_never_counted_ready() {
+    let c = Corral::start(
+        r#"
+command = ["python3", "{worker}"]
+environment = { WORKER_NEVER_READY = "1" }
+[readiness]
+timeout = "700ms"
+[restart]
+delay = "5s"
+"#,
+    );
+    let line = c.wait_for("was not ready within 700ms", SECS(10));
+    let pid: i32 = line
+        .split("pid ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(wait_gone(pid, SECS(5)), "the worker was killed");
+    c.wait_for("killed by SIGKILL", SECS(5));
+    assert!(!c.lines().iter().any(|l| l.contains("1/1 ready")));
+    let s = c.status();
+    assert_eq!(s["ready"], 0);
+    assert_eq!(s["workers"][0]["state"], "backoff");
+}
+
+#[test]
+fn ready_from_a_pid_that_is_no_worker_changes_nothing() {
+    let c = Corral::start(
+        r#"
+command = ["python3", "{worker}"]
+environment = { WORKER_READY_FROM_CHILD = "1" }
+[readiness]
+timeout = "1s"
+"#,
+    );
+    c.wait_for("was not ready within 1.0s", SECS(10));
+    assert!(!c.lines().iter().any(|l| l.contains("1/1 ready")));
+}
+
+#[test]
+fn sighup_under_load_fails_no_request_and_leaves_only_the_new_generation() {
+    let c = Corral::start(&config(3, r#"WORKER_TAG = "v1""#));
+    c.wait_ready(3, 1);
+    let old = c.pids("ready");
+    let load = Load::start(c.port);
+    // Let the load run against generation 1 first.
+    c.get("/").unwrap();
+    c.write_config(&config(
+        3,
+        r#"WORKER_TAG = "v2", WORKER_READY_DELAY = "0.3""#,
+    ));
+    let mark = c.mark();
+    c.signal(Signal::SIGHUP);
+    c.wait_for_after(mark, "generation 2 serving: 3 worker(s) replaced", SECS(60));
+    let (ok, failures) = load.finish();
+    assert!(
+        failures.is_empty(),
+        "{} failed requests: {failures:?}",
+        failures.len()
+    );
+    assert!(ok > 20, "only {ok} requests went through");
+
+    for pid in &old {
+        assert!(wait_gone(*pid as i32, SECS(5)), "old worker {pid} is gone");
+    }
+    for _ in 0..30 {
+        let w = c.get("/").unwrap();
+        assert_eq!(w["tag"], "v2");
+        assert_eq!(w["generation"], "2");
+    }
+    let s = c.status();
+    assert_eq!(s["generation"], 2);
+    assert_eq!(s["ready"], 3);
+}
+
+#[test]
+fn a_reload_with_a_bad_config_is_refused_and_changes_nothing() {
+    let c = Corral::start(&config(2, ""));
+    c.wait_ready(2, 1);
+    let before = c.pids("ready");
+    std::fs::write(
+        &c.config,
+        "command = [\"python3\"]\nworkers = 0\n[stop]\ntimeuot = \"1s\"\n",
+    )
+    .unwrap();
+    let out = c.ctl(&["reload", "demo"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let file = c.config.display().to_string();
+    assert!(err.contains(&format!("{file}:2:")), "{err}");
+    assert!(err.contains(&format!("{file}:4:1")), "{err}");
+    assert!(err.contains("did you mean `timeout`"), "{err}");
+    // SIGHUP with the same bad file: refused too.
+    let mark = c.mark();
+    c.signal(Signal::SIGHUP);
+    c.wait_for_after(mark, "reload refused, nothing changed", SECS(10));
+    let s = c.status();
+    assert_eq!(s["generation"], 1);
+    assert_eq!(c.pids("ready"), before);
+    c.get("/").unwrap();
+}
+
+#[test]
+fn a_new_generation_that_never_gets_ready_leaves_the_old_one_serving_every_slot() {
+    let c = Corral::start(&config(3, r#"WORKER_TAG = "v1""#));
+    c.wait_ready(3, 1);
+    let before = c.pids("ready");
+    c.write_config(
+        &config(3, r#"WORKER_TAG = "v2", WORKER_NEVER_READY = "1""#).replace("10s", "800ms"),
+    );
+    let out = c.ctl(&["reload", "demo"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("slot 0: the generation 2 worker was not ready within 800ms"),
+        "{err}"
+    );
+    let s = c.status();
+    assert_eq!(s["generation"], 1);
+    assert_eq!(c.pids("ready"), before, "every slot keeps its old worker");
+    for _ in 0..20 {
+        assert_eq!(c.get("/").unwrap()["tag"], "v1");
+    }
+    // A good config afterwards rolls fine: the refusal left nothing behind.
+    c.write_config(&config(3, r#"WORKER_TAG = "v3""#));
+    let out = c.ctl(&["reload", "demo"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(c.get("/").unwrap()["tag"], "v3");
+}
+
+#[test]
+fn reload_exit_codes() {
+    let c = Corral::start(&config(1, ""));
+    c.wait_ready(1, 1);
+    let out = c.ctl(&["reload", "demo"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("generation 2 serving"));
+    let missing = c.dir.join("nothing-here.sock");
+    let out = std::process::Command::new(CORRAL)
+        .args(["reload", "demo", "--control"])
+        .arg(&missing)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "not running = 3");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no corral is running there"));
+}
+
+#[test]
+fn a_changed_worker_count_is_applied_by_the_reload() {
+    let c = Corral::start(&config(2, ""));
+    c.wait_ready(2, 1);
+    c.write_config(&config(4, ""));
+    assert!(c.ctl(&["reload", "demo"]).status.success());
+    let s = c.status();
+    assert_eq!(
+        (s["desired"].as_u64(), s["ready"].as_u64()),
+        (Some(4), Some(4))
+    );
+    c.write_config(&config(1, ""));
+    assert!(c.ctl(&["reload", "demo"]).status.success());
+    let s = c.status();
+    assert_eq!(s["workers"].as_array().unwrap().len(), 1, "{s}");
+    assert_eq!(s["workers"][0]["slot"], 0);
+}
+
+#[test]
+fn sigterm_stops_gracefully_and_exits_0() {
+    let mut c = Corral::start(&config(3, ""));
+    c.wait_ready(3, 1);
+    let pids = c.pids("ready");
+    c.signal(Signal::SIGTERM);
+    let st = c.wait_exit(SECS(15)).expect("corral exits");
+    assert_eq!(st.code(), Some(0));
+    for pid in pids {
+        assert!(wait_gone(pid as i32, SECS(1)));
+    }
+    assert!(!c.control.exists(), "the control socket is removed");
+}
+
+#[test]
+fn a_second_sigterm_kills_at_once() {
+    let mut c = Corral::start(&config(2, r#"WORKER_IGNORE_TERM = "1""#).replace("5s", "60s"));
+    c.wait_ready(2, 1);
+    c.signal(Signal::SIGTERM);
+    c.wait_for("stopping, 2 left", SECS(5));
+    c.signal(Signal::SIGTERM);
+    let st = c
+        .wait_exit(SECS(10))
+        .expect("exits well before the 60s stop timeout");
+    assert_eq!(st.code(), Some(0));
+    assert!(c
+        .lines()
+        .iter()
+        .any(|l| l.contains("killing every worker now")));
+}
+
+#[test]
+fn sigkill_of_the_supervisor_leaves_no_worker_alive() {
+    let mut c = Corral::start(&config(3, ""));
+    c.wait_ready(3, 1);
+    let pids = c.pids("ready");
+    c.signal(Signal::SIGKILL);
+    c.wait_exit(SECS(10)).expect("corral died");
+    for pid in pids {
+        assert!(
+            wait_gone(pid as i32, SECS(5)),
+            "worker {pid} outlived its supervisor"
+        );
+    }
+}
+
+#[test]
+fn worker_output_is_relayed_line_by_line_with_app_and_slot() {
+    let c = Corral::start(&config(
+        2,
+        r#"WORKER_SAY = "hello from a worker", WORKER_SAY_ERR = "oops on stderr""#,
+    ));
+    c.wait_ready(2, 1);
+    c.wait_for("demo[0]: hello from a worker", SECS(5));
+    c.wait_for("demo[1]: hello from a worker", SECS(5));
+    c.wait_for("demo[1]: oops on stderr", SECS(5));
+}
+
+#[test]
+fn status_reports_every_field() {
+    let c = Corral::start(&config(2, r#"WORKER_STATUS = "serving""#));
+    c.wait_ready(2, 1);
+    c.wait_for("2/2 ready", SECS(5));
+    let s = c.status();
+    assert_eq!(s["app"], "demo");
+    assert_eq!(s["state"], "running");
+    for (i, w) in s["workers"].as_array().unwrap().iter().enumerate() {
+        assert_eq!(w["slot"], i as u64);
+        assert!(w["pid"].as_i64().unwrap() > 1);
+        assert_eq!(w["state"], "ready");
+        assert_eq!(w["generation"], 1);
+        assert_eq!(w["restarts"], 0);
+        assert!(w["uptime_s"].as_f64().unwrap() >= 0.0);
+        assert!(w["rss_bytes"].as_u64().unwrap() > 1_000_000, "{w}");
+        assert_eq!(w["status"], "serving");
+    }
+    let out = c.ctl(&["status", "demo"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("SLOT") && text.contains("serving"), "{text}");
+    assert!(!text.contains('\x1b'), "no colour when not on a terminal");
+}
+
+#[test]
+fn check_reports_every_error_with_line_and_column() {
+    let dir = scratch_dir();
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "workers = \"many\"\ncomand = [\"x\"]\n").unwrap();
+    let good = dir.join("good.toml");
+    std::fs::write(&good, "command = [\"x\"]\n").unwrap();
+    let out = std::process::Command::new(CORRAL)
+        .arg("check")
+        .arg(&good)
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let b = bad.display().to_string();
+    assert!(err.contains(&format!("{b}:1:11")), "{err}");
+    assert!(
+        err.contains(&format!("{b}:2:1")) && err.contains("did you mean `command`"),
+        "{err}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("good.toml: ok"));
+    let out = std::process::Command::new(CORRAL)
+        .arg("check")
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -1,0 +1,189 @@
+#!/usr/bin/env python3
+"""The test worker: a tiny HTTP server that knows only systemd's conventions.
+
+It serves on the socket at fd 3 (sd_listen_fds(3)) and speaks sd_notify(3) on NOTIFY_SOCKET,
+exactly as under systemd, so the tests prove that corral gives workers what systemd would.
+Every answer is a JSON description of the worker (pid, slot, generation, LISTEN_* variables,
+open fds), which is what the tests check.
+
+Behaviour is chosen through the environment, so a config's [environment] (and a reload to a
+new config) can change it:
+  WORKER_TAG             included in every answer (to tell generations apart)
+  WORKER_READY_DELAY     seconds to wait before READY=1 (default 0)
+  WORKER_NEVER_READY=1   never send READY=1
+  WORKER_READY_FROM_CHILD=1  a forked child sends READY=1 (its pid is no worker's: must be ignored)
+  WORKER_EXIT_AFTER      seconds after start to exit with WORKER_EXIT_CODE (default 3)
+  WORKER_STATUS          sent as STATUS= once ready
+  WORKER_WATCHDOG=1      send WATCHDOG=1 every WATCHDOG_USEC/2
+  WORKER_IGNORE_TERM=1   ignore SIGTERM
+  WORKER_SAY             a line printed on stdout at start; WORKER_SAY_ERR the same on stderr
+Paths: GET /crash answers, then exits with code 3; GET /hang stops watchdog pings.
+"""
+
+import json
+import os
+import selectors
+import signal
+import socket
+import sys
+import threading
+import time
+
+START = time.monotonic()
+env = os.environ
+
+
+def notify(msg: str) -> None:
+    addr = env.get("NOTIFY_SOCKET")
+    if not addr:
+        return
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.sendto(msg.encode(), addr)
+
+
+def open_fds() -> list:
+    fds = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:
+            continue  # the directory listing's own fd, already closed
+        if target.startswith("/proc/") and target.endswith("/fd"):
+            continue
+        fds.append(int(name))
+    return sorted(fds)
+
+
+FDS_AT_START = open_fds()
+stopping = False
+hung = False
+wake_r, wake_w = os.pipe()
+os.set_blocking(wake_w, False)
+
+
+def on_term(_sig, _frame):
+    global stopping
+    stopping = True
+    try:
+        os.write(wake_w, b"x")
+    except OSError:
+        pass
+
+
+if env.get("WORKER_IGNORE_TERM") == "1":
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+else:
+    signal.signal(signal.SIGTERM, on_term)
+
+if env.get("WORKER_SAY"):
+    print(env["WORKER_SAY"], flush=True)
+if env.get("WORKER_SAY_ERR"):
+    print(env["WORKER_SAY_ERR"], file=sys.stderr, flush=True)
+
+
+def describe() -> dict:
+    return {
+        "pid": os.getpid(),
+        "slot": env.get("CORRAL_WORKER"),
+        "generation": env.get("CORRAL_GENERATION"),
+        "app": env.get("CORRAL_APP"),
+        "tag": env.get("WORKER_TAG"),
+        "listen_pid": env.get("LISTEN_PID"),
+        "listen_fds": env.get("LISTEN_FDS"),
+        "listen_fdnames": env.get("LISTEN_FDNAMES"),
+        "notify_socket": env.get("NOTIFY_SOCKET"),
+        "watchdog_usec": env.get("WATCHDOG_USEC"),
+        "watchdog_pid": env.get("WATCHDOG_PID"),
+        "fds": FDS_AT_START,
+        "env": sorted(env.keys()),
+    }
+
+
+def watchdog_loop(every: float) -> None:
+    while not hung:
+        notify("WATCHDOG=1")
+        time.sleep(every)
+
+
+def later(seconds: float, fn) -> None:
+    t = threading.Timer(seconds, fn)
+    t.daemon = True
+    t.start()
+
+
+def get_ready() -> None:
+    if env.get("WORKER_READY_FROM_CHILD") == "1":
+        if os.fork() == 0:
+            notify("READY=1")
+            os._exit(0)
+        os.wait()
+        return
+    if env.get("WORKER_NEVER_READY") == "1":
+        return
+    delay = float(env.get("WORKER_READY_DELAY", "0"))
+    if delay:
+        time.sleep(delay)
+    notify("READY=1")
+    if env.get("WORKER_STATUS"):
+        notify("STATUS=" + env["WORKER_STATUS"])
+
+
+def serve(listener: socket.socket) -> None:
+    global hung
+    sel = selectors.DefaultSelector()
+    sel.register(listener, selectors.EVENT_READ)
+    sel.register(wake_r, selectors.EVENT_READ)
+    while not stopping:
+        for key, _ in sel.select():
+            if key.fileobj is not listener or stopping:
+                continue
+            try:
+                conn, _ = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                continue
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        break
+                    data += chunk
+                path = data.split(b" ", 2)[1].decode() if data.count(b" ") >= 2 else "/"
+                body = json.dumps(describe()).encode()
+                conn.sendall(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                    + b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
+                    + body
+                )
+            if path == "/crash":
+                os._exit(3)
+            if path == "/hang":
+                hung = True
+
+
+def main() -> None:
+    if env.get("WORKER_EXIT_AFTER"):
+        code = int(env.get("WORKER_EXIT_CODE", "3"))
+        later(float(env["WORKER_EXIT_AFTER"]), lambda: os._exit(code))
+    usec = env.get("WATCHDOG_USEC")
+    if env.get("WORKER_WATCHDOG") == "1" and usec:
+        threading.Thread(target=watchdog_loop, args=(int(usec) / 2e6,), daemon=True).start()
+    listener = None
+    if int(env.get("LISTEN_FDS", "0")) >= 1 and env.get("LISTEN_PID") == str(os.getpid()):
+        listener = socket.socket(fileno=3)
+        # Every worker shares this socket's file description: several wake for one connection,
+        # one accepts it, the others must not block in accept().
+        listener.setblocking(False)
+    get_ready()
+    if listener is None:
+        while not stopping:
+            sel = selectors.DefaultSelector()
+            sel.register(wake_r, selectors.EVENT_READ)
+            sel.select()
+        return
+    serve(listener)
+
+
+main()
