@@ -321,7 +321,7 @@ impl Loop {
                 if let Some(p) = pid {
                     who += &format!("pid {p} ");
                 }
-                if let Some(g) = generation {
+                if let (Some(g), Some(_)) = (generation, slot) {
                     who += &format!("(generation {g}) ");
                 }
                 if !who.is_empty() {
