@@ -130,17 +130,18 @@ def get_ready() -> None:
         notify("STATUS=" + env["WORKER_STATUS"])
 
 
-def serve(listener: socket.socket) -> None:
+def serve(listeners: list) -> None:
     global hung
     sel = selectors.DefaultSelector()
-    sel.register(listener, selectors.EVENT_READ)
+    for listener in listeners:
+        sel.register(listener, selectors.EVENT_READ)
     sel.register(wake_r, selectors.EVENT_READ)
     while not stopping:
         for key, _ in sel.select():
-            if key.fileobj is not listener or stopping:
+            if key.fileobj is wake_r or stopping:
                 continue
             try:
-                conn, _ = listener.accept()
+                conn, _ = key.fileobj.accept()
             except (BlockingIOError, InterruptedError):
                 continue
             with conn:
@@ -170,20 +171,22 @@ def main() -> None:
     usec = env.get("WATCHDOG_USEC")
     if env.get("WORKER_WATCHDOG") == "1" and usec:
         threading.Thread(target=watchdog_loop, args=(int(usec) / 2e6,), daemon=True).start()
-    listener = None
-    if int(env.get("LISTEN_FDS", "0")) >= 1 and env.get("LISTEN_PID") == str(os.getpid()):
-        listener = socket.socket(fileno=3)
-        # Every worker shares this socket's file description: several wake for one connection,
-        # one accepts it, the others must not block in accept().
-        listener.setblocking(False)
+    listeners = []
+    if env.get("LISTEN_PID") == str(os.getpid()):
+        for i in range(int(env.get("LISTEN_FDS", "0"))):
+            listener = socket.socket(fileno=3 + i)
+            # Every worker shares these sockets' file descriptions: several wake for one
+            # connection, one accepts it, the others must not block in accept().
+            listener.setblocking(False)
+            listeners.append(listener)
     get_ready()
-    if listener is None:
+    if not listeners:
         while not stopping:
             sel = selectors.DefaultSelector()
             sel.register(wake_r, selectors.EVENT_READ)
             sel.select()
         return
-    serve(listener)
+    serve(listeners)
 
 
 main()

@@ -80,14 +80,23 @@ impl Corral {
             .arg(&config)
             .arg("--control")
             .arg(&control)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
             .env_remove("NOTIFY_SOCKET")
             .env_remove("LISTEN_FDS")
             .env_remove("LISTEN_PID")
             .env_remove("CORRAL_LOG");
+        // The tweak may replace the command whole (to wrap it); stdio is set after it.
         tweak(&mut cmd);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        // If the test process dies (a timeout's SIGKILL), its supervisor goes with it.
+        // SAFETY: prctl is async-signal-safe.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
         let mut child = cmd.spawn().expect("start corral");
         let pid = child.id() as i32;
         let log: Log = Arc::new((Mutex::new(Vec::new()), Condvar::new()));

@@ -1,0 +1,249 @@
+//! The control socket and the operator commands, and what a supervisor keeps doing when its
+//! surroundings misbehave (garbage requests, foreign users, a log reader that does not read).
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const SECS: fn(u64) -> Duration = Duration::from_secs;
+
+const TEMPLATE: &str = r#"
+command = ["python3", "{worker}"]
+workers = 2
+[[listen]]
+name = "http"
+address = "127.0.0.1:{port}"
+"#;
+
+fn raw(c: &Corral, line: &str) -> serde_json::Value {
+    let mut s = UnixStream::connect(&c.control).unwrap();
+    s.write_all(line.as_bytes()).unwrap();
+    let mut reply = String::new();
+    BufReader::new(&s).read_line(&mut reply).unwrap();
+    serde_json::from_str(&reply).unwrap_or_else(|e| panic!("{e}: {reply:?}"))
+}
+
+#[test]
+fn malformed_and_foreign_requests_get_an_error_and_harm_nothing() {
+    let c = Corral::start(TEMPLATE);
+    c.wait_ready(2, 1);
+    let r = raw(&c, "garbage\n");
+    assert_eq!(r["ok"], false);
+    assert!(
+        r["error"].as_str().unwrap().contains("malformed request"),
+        "{r}"
+    );
+    let r = raw(&c, "{\"version\":99,\"command\":\"status\"}\n");
+    assert!(
+        r["error"]
+            .as_str()
+            .unwrap()
+            .contains("protocol version 99 is not supported"),
+        "{r}"
+    );
+    let r = raw(&c, "{\"version\":1,\"command\":\"explode\"}\n");
+    assert!(
+        r["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown or malformed command"),
+        "{r}"
+    );
+    let r = raw(
+        &c,
+        "{\"version\":1,\"command\":\"scale\",\"workers\":\"lots\"}\n",
+    );
+    assert!(
+        r["error"]
+            .as_str()
+            .unwrap()
+            .contains("expected N, +N or -N"),
+        "{r}"
+    );
+    // A client that connects and says nothing, or hangs up, does not block anyone else.
+    let idle = UnixStream::connect(&c.control).unwrap();
+    drop(UnixStream::connect(&c.control).unwrap());
+    assert_eq!(c.status()["ready"], 2);
+    drop(idle);
+    c.get("/").unwrap();
+}
+
+#[test]
+fn only_root_and_the_supervisors_user_may_use_the_control_socket() {
+    let c = Corral::start(TEMPLATE);
+    c.wait_ready(2, 1);
+    let as_nobody = |path: &std::path::Path| {
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", CORRAL])
+            .args(["status", "demo", "--control"])
+            .arg(path)
+            .output()
+            .unwrap()
+    };
+    // Mode 0600: the kernel already refuses the connection.
+    let out = as_nobody(&c.control);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Permission denied"));
+    // Even with the file opened up, the peer's credentials are checked.
+    std::fs::set_permissions(&c.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&c.control, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let out = as_nobody(&c.control);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("permission denied: uid 65534 may not control this corral"),
+        "{err}"
+    );
+    assert_eq!(c.status()["ready"], 2);
+}
+
+#[test]
+fn restart_and_scale_over_the_control_socket() {
+    let c = Corral::start(TEMPLATE);
+    c.wait_ready(2, 1);
+    let before = c.pids("ready");
+    let out = c.ctl(&["restart", "demo", "--worker", "1"]);
+    assert!(out.status.success(), "{out:?}");
+    let after = c.pids("ready");
+    assert_eq!(after[0], before[0], "slot 0 untouched");
+    assert_ne!(after[1], before[1], "slot 1 replaced");
+    let out = c.ctl(&["restart", "demo", "--worker", "7"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("there is no worker 7"));
+
+    let out = c.ctl(&["scale", "demo", "+2"]);
+    assert!(out.status.success(), "{out:?}");
+    c.wait_for("4/4 ready", SECS(20));
+    let out = c.ctl(&["scale", "demo", "-3"]);
+    assert!(out.status.success(), "{out:?}");
+    c.wait_for("1/1 ready", SECS(20));
+    let s = c.status();
+    assert_eq!(s["desired"], 1);
+    let out = c.ctl(&["scale", "demo", "-1"]);
+    assert_eq!(out.status.code(), Some(1), "scaling to 0 is refused");
+}
+
+#[test]
+fn a_log_reader_that_never_reads_does_not_stall_the_supervisor() {
+    let dir = scratch_dir();
+    let port = free_port();
+    let config = dir.join("demo.toml");
+    let control = dir.join("demo.sock");
+    // Each worker writes far more than a pipe holds, at start.
+    std::fs::write(
+        &config,
+        render(
+            r#"
+command = ["sh", "-c", "yes 'a line of noise from a busy worker' | head -n 200000; exec python3 {worker}"]
+workers = 2
+[[listen]]
+name = "http"
+address = "127.0.0.1:{port}"
+"#,
+            port,
+        ),
+    )
+    .unwrap();
+    // corral's READY=1 to "systemd" is the event to wait for: it needs every worker ready.
+    let sd = std::os::unix::net::UnixDatagram::bind(dir.join("notify")).unwrap();
+    let mut child = Command::new(CORRAL)
+        .arg("run")
+        .arg(&config)
+        .arg("--control")
+        .arg(&control)
+        .env("NOTIFY_SOCKET", dir.join("notify"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped()) // and never read while the test runs
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + SECS(30);
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "corral never said READY=1");
+        sd.set_read_timeout(Some(left)).unwrap();
+        let n = sd.recv(&mut buf).expect("READY=1 within 30s");
+        if &buf[..n] == b"READY=1" {
+            break;
+        }
+    }
+    // It keeps answering although its stderr has been full for a long time.
+    let out = Command::new(CORRAL)
+        .args(["status", "demo", "--json", "--control"])
+        .arg(&control)
+        .output()
+        .unwrap();
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["ready"], 2, "{out:?}");
+    http_get(port, "/").unwrap();
+    let reload = Command::new(CORRAL)
+        .args(["reload", "demo", "--control"])
+        .arg(&control)
+        .output()
+        .unwrap();
+    assert!(reload.status.success(), "{reload:?}");
+    // Now read: the dropped lines were counted and said so.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let mut log = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut log).unwrap();
+    assert!(child.wait().unwrap().success());
+    assert!(
+        log.contains("log line(s) dropped"),
+        "{}",
+        &log[log.len().saturating_sub(2000)..]
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn listeners_added_and_removed_by_a_reload() {
+    let c = Corral::start(TEMPLATE);
+    c.wait_ready(2, 1);
+    let unix = c.dir.join("admin.sock");
+    c.write_config(&format!(
+        "{TEMPLATE}\n[[listen]]\nname = \"admin\"\naddress = \"{}\"\n",
+        unix.display()
+    ));
+    let out = c.ctl(&["reload", "demo"]);
+    assert!(out.status.success(), "{out:?}");
+    let w = c.get("/").unwrap();
+    assert_eq!(w["listen_fdnames"], "http:admin");
+    assert_eq!(w["fds"], serde_json::json!([0, 1, 2, 3, 4]));
+    // Served on the new unix socket too.
+    let mut s = UnixStream::connect(&unix).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut reply = String::new();
+    std::io::Read::read_to_string(&mut s, &mut reply).unwrap();
+    assert!(reply.contains("\"generation\": \"2\""), "{reply}");
+
+    // A port already taken is refused, and nothing changes.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    c.write_config(&format!(
+        "{TEMPLATE}\n[[listen]]\nname = \"other\"\naddress = \"{}\"\n",
+        taken.local_addr().unwrap()
+    ));
+    let out = c.ctl(&["reload", "demo"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Address already in use"));
+    assert!(unix.exists(), "the refused reload closed nothing");
+
+    // Removed: once no generation uses it, the socket file goes.
+    c.write_config(TEMPLATE);
+    assert!(c.ctl(&["reload", "demo"]).status.success());
+    assert_eq!(c.get("/").unwrap()["listen_fdnames"], "http");
+    assert!(
+        !unix.exists(),
+        "the unix socket of a removed listener is cleaned up"
+    );
+}
