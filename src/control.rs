@@ -181,6 +181,49 @@ pub fn default_path(app: &str) -> PathBuf {
     }
 }
 
+/// Where a client looks for APP's socket: the default path, or else, as root, where
+/// `corral@APP.service` puts it (`RuntimeDirectory=corral/APP`, so `/run/corral/APP/APP.sock`).
+pub fn find_path(app: &str) -> PathBuf {
+    let default = default_path(app);
+    if !default.exists() && std::env::var_os("RUNTIME_DIRECTORY").is_none() {
+        let unit = Path::new("/run/corral")
+            .join(app)
+            .join(format!("{app}.sock"));
+        if nix::unistd::geteuid().is_root() && unit.exists() {
+            return unit;
+        }
+    }
+    default
+}
+
+/// Every control socket on this machine that a client can see: `DIR/*.sock` and `DIR/*/*.sock`
+/// under the control directory.
+pub fn all_paths() -> Vec<PathBuf> {
+    let default = default_path("x");
+    let Some(dir) = default.parent() else {
+        return Vec::new();
+    };
+    let socks = |d: &Path| -> Vec<PathBuf> {
+        std::fs::read_dir(d)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.extension().is_some_and(|x| x == "sock"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut v = socks(dir);
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.path().is_dir() {
+                v.extend(socks(&e.path()));
+            }
+        }
+    }
+    v.sort();
+    v
+}
+
 /// A request from a connection, for the event loop to answer.
 pub struct Incoming {
     pub command: Command,

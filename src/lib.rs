@@ -13,9 +13,12 @@
 pub mod config;
 pub mod control;
 pub mod error;
+pub mod generator;
+pub mod journal;
 pub mod listen;
 pub mod notify;
 pub mod output;
 pub mod runtime;
 pub mod spawn;
 pub mod supervisor;
+pub mod units;

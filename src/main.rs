@@ -69,6 +69,13 @@ enum Cmd {
         #[arg(long, value_name = "PATH")]
         control: Option<PathBuf>,
     },
+    /// Write standalone APP.service and APP.socket units for CONFIG (replaces `pm2 startup`).
+    Generate {
+        config: PathBuf,
+        /// Directory to write the units to.
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        output: PathBuf,
+    },
     /// Change the number of workers now: N, +N or -N (until the next reload re-reads `workers`).
     Scale {
         app: String,
@@ -80,6 +87,13 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
+    // Installed as /usr/lib/systemd/system-generators/corral-generator -> /usr/bin/corral.
+    let mut args = std::env::args_os();
+    let argv0 = args.next().unwrap_or_default();
+    if Path::new(&argv0).file_name() == Some(std::ffi::OsStr::new("corral-generator")) {
+        let rest: Vec<_> = args.collect();
+        return ExitCode::from(corral::generator::main(&rest) as u8);
+    }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -111,7 +125,7 @@ fn config_path(arg: &str) -> PathBuf {
 }
 
 fn control_path(app: &str, given: Option<PathBuf>) -> PathBuf {
-    given.unwrap_or_else(|| control::default_path(app))
+    given.unwrap_or_else(|| control::find_path(app))
 }
 
 fn dispatch(cmd: Cmd) -> Result<i32, Error> {
@@ -121,6 +135,7 @@ fn dispatch(cmd: Cmd) -> Result<i32, Error> {
             control,
         }),
         Cmd::Check { configs } => check(&configs),
+        Cmd::Generate { config, output } => generate(&config, &output),
         Cmd::Status { app, control, json } => status(app, control, json),
         Cmd::Reload { app, control } => {
             remote(&control_path(&app, control), Command::Reload, "reloaded")
@@ -175,6 +190,45 @@ fn check(paths: &[PathBuf]) -> Result<i32, Error> {
     }
 }
 
+fn generate(config: &Path, output: &Path) -> Result<i32, Error> {
+    let c = Config::load(config)?;
+    let abs = std::path::absolute(config)
+        .map_err(|e| Error::io(format!("cannot resolve {}", config.display()), e))?;
+    let binary =
+        std::env::current_exe().map_err(|e| Error::io("cannot find the corral binary", e))?;
+    let flavor = corral::units::Flavor::Standalone {
+        binary,
+        config: abs.clone(),
+    };
+    let files = corral::units::render(&c, &abs, &flavor);
+    std::fs::create_dir_all(output)
+        .map_err(|e| Error::io(format!("cannot create {}", output.display()), e))?;
+    for f in &files {
+        let p = output.join(&f.path);
+        std::fs::write(&p, &f.contents)
+            .map_err(|e| Error::io(format!("cannot write {}", p.display()), e))?;
+        println!("wrote {}", p.display());
+    }
+    let names: Vec<String> = files.iter().map(|f| f.path.display().to_string()).collect();
+    let first = if c.listen.is_empty() {
+        format!("{}.service", c.app)
+    } else {
+        format!("{}.socket", c.app)
+    };
+    println!("\nTo install and start them:");
+    println!(
+        "  sudo cp {} /etc/systemd/system/",
+        names
+            .iter()
+            .map(|n| output.join(n).display().to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    println!("  sudo systemctl daemon-reload");
+    println!("  sudo systemctl enable --now {first}");
+    Ok(exit::OK)
+}
+
 fn remote(path: &Path, command: Command, done: &str) -> Result<i32, Error> {
     let r = control::request(path, command)?;
     if r.ok {
@@ -188,22 +242,17 @@ fn remote(path: &Path, command: Command, done: &str) -> Result<i32, Error> {
 fn status(app: Option<String>, control: Option<PathBuf>, json: bool) -> Result<i32, Error> {
     let paths: Vec<PathBuf> = match (&app, control) {
         (_, Some(p)) => vec![p],
-        (Some(a), None) => vec![control::default_path(a)],
+        (Some(a), None) => vec![control::find_path(a)],
         (None, None) => {
             // Every app on this machine: every socket in the control directory.
-            let dir = control::default_path("x");
-            let dir = dir.parent().unwrap_or(Path::new("/run/corral"));
-            let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-                .map(|rd| {
-                    rd.filter_map(|e| e.ok().map(|e| e.path()))
-                        .filter(|p| p.extension().is_some_and(|x| x == "sock"))
-                        .collect()
-                })
-                .unwrap_or_default();
-            v.sort();
+            let v = control::all_paths();
             if v.is_empty() {
+                let dir = control::default_path("x");
                 return Err(Error::NotRunning {
-                    path: dir.to_path_buf(),
+                    path: dir
+                        .parent()
+                        .unwrap_or(Path::new("/run/corral"))
+                        .to_path_buf(),
                     source: std::io::Error::new(
                         std::io::ErrorKind::NotFound,
                         "no control socket there",

@@ -1,4 +1,9 @@
-//! Relay of worker output, and the supervisor's own log lines, to its stderr.
+//! Relay of worker output, and the supervisor's own log lines, to its stderr or to journald.
+//!
+//! Under journald (stderr is the journal stream, systemd.exec(5) `JOURNAL_STREAM`), each line a
+//! worker writes becomes one entry with `CORRAL_APP`, `CORRAL_WORKER`, `CORRAL_WORKER_PID`,
+//! `CORRAL_GENERATION`, `SYSLOG_IDENTIFIER=APP` and a `PRIORITY` from its `<N>` prefix (stripped)
+//! or the stream's default. Otherwise lines go to stderr as `APP[SLOT]: line`.
 //!
 //! Writing to stderr can block (a full pipe, a stopped pager, a slow journald). The event loop
 //! must never wait for that, so every line goes through a bounded queue to one writer thread;
@@ -14,35 +19,70 @@ use std::sync::Arc;
 
 use tokio::io::AsyncReadExt;
 
+use crate::journal::{self, Journal};
+
 /// Lines waiting for the writer at most; beyond that, lines are dropped (and counted).
 pub const QUEUE_LINES: usize = 8192;
 /// A longer line is split, as journald splits at its LineMax= (journald.conf(5), 48K).
 pub const MAX_LINE: usize = 48 * 1024;
 
+/// Where lines end up.
+pub enum Sink {
+    Stream(Box<dyn Write + Send>),
+    Journal(Journal),
+}
+
 #[derive(Clone)]
 pub struct Output {
     tx: SyncSender<Vec<u8>>,
     dropped: Arc<AtomicU64>,
+    journal: bool,
+}
+
+/// Who wrote a line: the fields of its journal entry, or its prefix on stderr.
+#[derive(Clone, Debug)]
+pub struct Tag {
+    pub app: String,
+    pub slot: u32,
+    pub pid: i32,
+    pub generation: u32,
+    /// syslog priority of a line without a `<N>` prefix.
+    pub priority: u8,
 }
 
 impl Output {
-    /// Starts the writer thread on this process's stderr.
+    /// Starts the writer thread on journald if stderr is the journal, else on stderr.
     pub fn start() -> Output {
-        Self::start_with(Box::new(io::stderr()))
+        if crate::journal::stderr_is_journal() {
+            if let Ok(j) = Journal::connect() {
+                return Self::start_with(Sink::Journal(j));
+            }
+        }
+        Self::start_with(Sink::Stream(Box::new(io::stderr())))
     }
 
-    pub fn start_with(sink: Box<dyn Write + Send>) -> Output {
+    pub fn start_with(sink: Sink) -> Output {
         let (tx, rx) = sync_channel(QUEUE_LINES);
         let dropped = Arc::new(AtomicU64::new(0));
         let d = dropped.clone();
+        let journal = matches!(sink, Sink::Journal(_));
         std::thread::Builder::new()
             .name("corral-output".into())
             .spawn(move || writer(rx, sink, d))
             .expect("spawn the output thread");
-        Output { tx, dropped }
+        Output {
+            tx,
+            dropped,
+            journal,
+        }
     }
 
-    /// Queues one complete line (with its newline). Never blocks.
+    /// Whether records are journal entries (else text lines).
+    pub fn is_journal(&self) -> bool {
+        self.journal
+    }
+
+    /// Queues one record: a complete line with its newline, or a journal entry. Never blocks.
     pub fn line(&self, line: Vec<u8>) {
         match self.tx.try_send(line) {
             Ok(()) => {}
@@ -56,11 +96,12 @@ impl Output {
         self.dropped.load(Ordering::Relaxed)
     }
 
-    /// Reads a worker's pipe until EOF, queuing each line behind `prefix`.
-    pub async fn relay(self, fd: OwnedFd, prefix: String) {
+    /// Reads a worker's pipe until EOF, queuing each line.
+    pub async fn relay(self, fd: OwnedFd, tag: Tag) {
         let Ok(mut pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else {
             return;
         };
+        let prefix = format!("{}[{}]: ", tag.app, tag.slot);
         let mut buf: Vec<u8> = Vec::with_capacity(4096);
         let mut chunk = vec![0u8; 16 * 1024];
         loop {
@@ -71,81 +112,82 @@ impl Output {
             buf.extend_from_slice(&chunk[..n]);
             let mut start = 0;
             while let Some(nl) = buf[start..].iter().position(|&b| b == b'\n') {
-                self.emit(&prefix, &buf[start..start + nl]);
+                self.emit(&tag, &prefix, &buf[start..start + nl]);
                 start += nl + 1;
             }
             buf.drain(..start);
             while buf.len() >= MAX_LINE {
                 let rest = buf.split_off(MAX_LINE);
-                self.emit(&prefix, &buf);
+                self.emit(&tag, &prefix, &buf);
                 buf = rest;
             }
         }
         if !buf.is_empty() {
-            self.emit(&prefix, &buf);
+            self.emit(&tag, &prefix, &buf);
         }
     }
 
     /// Queues `text` as one line, or as several of at most MAX_LINE bytes.
-    fn emit(&self, prefix: &str, text: &[u8]) {
+    fn emit(&self, tag: &Tag, prefix: &str, text: &[u8]) {
         for part in text.chunks(MAX_LINE) {
-            let mut line = Vec::with_capacity(prefix.len() + part.len() + 1);
-            line.extend_from_slice(prefix.as_bytes());
-            line.extend_from_slice(part);
-            line.push(b'\n');
-            self.line(line);
+            if self.journal {
+                let (prio, msg) = crate::journal::split_priority(part);
+                let mut e = Vec::with_capacity(msg.len() + 160);
+                journal::field(&mut e, "MESSAGE", msg);
+                let prio = prio.unwrap_or(tag.priority);
+                journal::field(&mut e, "PRIORITY", prio.to_string().as_bytes());
+                journal::field(&mut e, "SYSLOG_IDENTIFIER", tag.app.as_bytes());
+                journal::field(&mut e, "CORRAL_APP", tag.app.as_bytes());
+                journal::field(&mut e, "CORRAL_WORKER", tag.slot.to_string().as_bytes());
+                journal::field(&mut e, "CORRAL_WORKER_PID", tag.pid.to_string().as_bytes());
+                journal::field(
+                    &mut e,
+                    "CORRAL_GENERATION",
+                    tag.generation.to_string().as_bytes(),
+                );
+                self.line(e);
+            } else {
+                let mut line = Vec::with_capacity(prefix.len() + part.len() + 1);
+                line.extend_from_slice(prefix.as_bytes());
+                line.extend_from_slice(part);
+                line.push(b'\n');
+                self.line(line);
+            }
         }
     }
 }
 
-fn writer(rx: Receiver<Vec<u8>>, mut sink: Box<dyn Write + Send>, dropped: Arc<AtomicU64>) {
+fn writer(rx: Receiver<Vec<u8>>, mut sink: Sink, dropped: Arc<AtomicU64>) {
     let mut reported = 0;
-    while let Ok(line) = rx.recv() {
+    while let Ok(record) = rx.recv() {
         let now = dropped.load(Ordering::Relaxed);
         if now > reported {
             let msg = format!(
-                "corral: {} log line(s) dropped: output was not read fast enough\n",
+                "corral: {} log line(s) dropped: output was not read fast enough",
                 now - reported
             );
-            let _ = sink.write_all(msg.as_bytes());
+            match &mut sink {
+                Sink::Stream(w) => {
+                    let _ = w.write_all(format!("{msg}\n").as_bytes());
+                }
+                Sink::Journal(j) => {
+                    let mut e = Vec::new();
+                    journal::field(&mut e, "MESSAGE", msg.as_bytes());
+                    journal::field(&mut e, "PRIORITY", b"4");
+                    journal::field(&mut e, "SYSLOG_IDENTIFIER", b"corral");
+                    let _ = j.send(&e);
+                }
+            }
             reported = now;
         }
-        let _ = sink.write_all(&line);
-        let _ = sink.flush();
-    }
-}
-
-/// Lets `tracing` write the supervisor's own events through the same queue.
-pub struct EventWriter {
-    out: Output,
-    buf: Vec<u8>,
-}
-
-impl Write for EventWriter {
-    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-        self.buf.extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        if !self.buf.is_empty() {
-            self.out.line(std::mem::take(&mut self.buf));
-        }
-        Ok(())
-    }
-}
-
-impl Drop for EventWriter {
-    fn drop(&mut self) {
-        let _ = self.flush();
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Output {
-    type Writer = EventWriter;
-    fn make_writer(&'a self) -> EventWriter {
-        EventWriter {
-            out: self.clone(),
-            buf: Vec::new(),
+        match &mut sink {
+            Sink::Stream(w) => {
+                let _ = w.write_all(&record);
+                let _ = w.flush();
+            }
+            Sink::Journal(j) => {
+                let _ = j.send(&record);
+            }
         }
     }
 }
@@ -185,7 +227,7 @@ mod tests {
     #[test]
     fn relays_lines_with_prefix_and_splits_long_ones() {
         let got = Arc::new(Mutex::new(Vec::new()));
-        let out = Output::start_with(Box::new(Shared(got.clone())));
+        let out = Output::start_with(Sink::Stream(Box::new(Shared(got.clone()))));
         let (r, w) = nix::unistd::pipe().unwrap();
         let mut w = std::fs::File::from(w);
         let long = vec![b'x'; MAX_LINE + 10];
@@ -197,7 +239,14 @@ mod tests {
             .enable_all()
             .build()
             .unwrap();
-        rt.block_on(out.clone().relay(r, "app[0]: ".into()));
+        let tag = Tag {
+            app: "app".into(),
+            slot: 0,
+            pid: 1,
+            generation: 1,
+            priority: 6,
+        };
+        rt.block_on(out.clone().relay(r, tag));
         drop(out);
         // The writer thread ends when every sender is gone; wait for its last line.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
@@ -224,7 +273,7 @@ mod tests {
     #[test]
     fn a_blocked_sink_drops_and_counts_instead_of_blocking() {
         let gate = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
-        let out = Output::start_with(Box::new(Blocked(gate.clone())));
+        let out = Output::start_with(Sink::Stream(Box::new(Blocked(gate.clone()))));
         let started = std::time::Instant::now();
         for _ in 0..QUEUE_LINES + 500 {
             out.line(b"x\n".to_vec());

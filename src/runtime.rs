@@ -25,7 +25,7 @@ use crate::control::{self, Command, Incoming, Response, StatusReply};
 use crate::error::Error;
 use crate::listen::{self, Pool, Set};
 use crate::notify::{NotifySocket, Systemd};
-use crate::output::Output;
+use crate::output::{Output, Tag};
 use crate::spawn;
 use crate::supervisor::{
     self, Action, Event, ExitStatus, Level, Params, RequestId, Scope, Supervisor,
@@ -328,12 +328,14 @@ impl Loop {
                     who.pop();
                     who += ": ";
                 }
+                // -1: not about one worker (tracing fields are fixed per call site).
                 let slot = slot.map(i64::from).unwrap_or(-1);
                 let pid = pid.map(i64::from).unwrap_or(-1);
+                let generation = generation.map(i64::from).unwrap_or(-1);
                 match level {
-                    Level::Info => info!(slot, pid, "{who}{message}"),
-                    Level::Warn => warn!(slot, pid, "{who}{message}"),
-                    Level::Error => error!(slot, pid, "{who}{message}"),
+                    Level::Info => info!(slot, pid, generation, "{who}{message}"),
+                    Level::Warn => warn!(slot, pid, generation, "{who}{message}"),
+                    Level::Error => error!(slot, pid, generation, "{who}{message}"),
                 }
             }
             Action::Exit(code) => self.exit = Some(code),
@@ -424,9 +426,19 @@ impl Loop {
         };
         let pid = spawn::spawn(&cmd).map_err(|e| e.to_string())?;
         drop((out_w, err_w));
-        let prefix = format!("{}[{slot}]: ", self.app);
-        tokio::spawn(self.output.clone().relay(out_r, prefix.clone()));
-        tokio::spawn(self.output.clone().relay(err_r, prefix));
+        let tag = Tag {
+            app: self.app.clone(),
+            slot,
+            pid,
+            generation,
+            priority: 6, // info, as journald gives a service's stdout (journald.conf(5))
+        };
+        let err_tag = Tag {
+            priority: g.config.logs.stderr_priority,
+            ..tag.clone()
+        };
+        tokio::spawn(self.output.clone().relay(out_r, tag));
+        tokio::spawn(self.output.clone().relay(err_r, err_tag));
         Ok(pid)
     }
 
@@ -560,12 +572,14 @@ pub fn parse_scale(arg: &str, current: u32) -> Result<u32, String> {
     }
 }
 
-/// Human-readable lines on stderr: `corral[APP]: message`, with `warning:`/`error:` marked.
+/// corral's own events: `corral[APP]: message` lines on stderr, with `warning:`/`error:`
+/// marked; under journald, entries with PRIORITY and the worker's fields where there is one.
 fn init_tracing(app: &str, output: Output) {
     use tracing_subscriber::layer::SubscriberExt;
     let filter = tracing_subscriber::EnvFilter::try_from_env("CORRAL_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let layer = LineLayer {
+    let layer = LogLayer {
+        app: app.to_string(),
         prefix: format!("corral[{app}]: "),
         output,
     };
@@ -573,30 +587,75 @@ fn init_tracing(app: &str, output: Output) {
     let _ = tracing::subscriber::set_global_default(subscriber);
 }
 
-struct LineLayer {
+struct LogLayer {
+    app: String,
     prefix: String,
     output: Output,
 }
 
-impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for LineLayer {
+/// The fields corral's events carry: the message, and the worker it is about.
+#[derive(Default)]
+struct Fields {
+    message: String,
+    slot: Option<i64>,
+    pid: Option<i64>,
+    generation: Option<i64>,
+}
+
+impl tracing::field::Visit for Fields {
+    fn record_i64(&mut self, field: &tracing::field::Field, v: i64) {
+        let v = (v >= 0).then_some(v);
+        match field.name() {
+            "slot" => self.slot = v,
+            "pid" => self.pid = v,
+            "generation" => self.generation = v,
+            _ => {}
+        }
+    }
+    fn record_debug(&mut self, field: &tracing::field::Field, v: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.message = format!("{v:?}");
+        }
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for LogLayer {
     fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
-        struct Message(String);
-        impl tracing::field::Visit for Message {
-            fn record_debug(&mut self, field: &tracing::field::Field, v: &dyn std::fmt::Debug) {
-                if field.name() == "message" {
-                    self.0 = format!("{v:?}");
+        let mut f = Fields::default();
+        event.record(&mut f);
+        let level = *event.metadata().level();
+        if self.output.is_journal() {
+            use crate::journal::field;
+            let prio: &[u8] = match level {
+                tracing::Level::ERROR => b"3",
+                tracing::Level::WARN => b"4",
+                tracing::Level::INFO => b"6",
+                _ => b"7",
+            };
+            let mut e = Vec::new();
+            field(&mut e, "MESSAGE", f.message.as_bytes());
+            field(&mut e, "PRIORITY", prio);
+            field(&mut e, "SYSLOG_IDENTIFIER", b"corral");
+            field(&mut e, "CORRAL_APP", self.app.as_bytes());
+            for (name, v) in [
+                ("CORRAL_WORKER", f.slot),
+                ("CORRAL_WORKER_PID", f.pid),
+                ("CORRAL_GENERATION", f.generation),
+            ] {
+                if let Some(v) = v {
+                    field(&mut e, name, v.to_string().as_bytes());
                 }
             }
+            self.output.line(e);
+        } else {
+            let mark = match level {
+                tracing::Level::ERROR => "error: ",
+                tracing::Level::WARN => "warning: ",
+                _ => "",
+            };
+            let line = format!("{}{mark}{}\n", self.prefix, f.message);
+            self.output.line(line.into_bytes());
         }
-        let mut m = Message(String::new());
-        event.record(&mut m);
-        let mark = match *event.metadata().level() {
-            tracing::Level::ERROR => "error: ",
-            tracing::Level::WARN => "warning: ",
-            _ => "",
-        };
-        let line = format!("{}{mark}{}\n", self.prefix, m.0);
-        self.output.line(line.into_bytes());
     }
 }
 

@@ -1,0 +1,353 @@
+//! systemd units from an app config: one pure function, [`render`], for the generator
+//! (drop-ins for the shipped `corral@.service` / `corral@.socket` templates) and for
+//! `corral generate` (standalone `APP.service` + `APP.socket`). The shipped templates themselves
+//! come from [`template_service`] and [`template_socket`]; a test keeps `units/` equal to them.
+//!
+//! Layout under systemd, per app `APP` with listeners `L0, L1, ...`:
+//! - `corral@APP.socket` holds the first listener. systemd names every descriptor of a socket
+//!   unit with its one `FileDescriptorName=` (systemd.socket(5)), so each further listener gets
+//!   a socket unit of its own, `corral@APP:NAME.socket` (`:` is in neither app nor listener
+//!   names, so these never collide), pointed at `corral@APP.service` with `Service=`;
+//! - `corral@APP.service` inherits all of them (`Sockets=`) and requires them, so starting the
+//!   service alone also opens its sockets.
+//!
+//! Instances of real template files can be enabled (`systemctl enable corral@api.socket`), which
+//! units written wholly by a generator cannot.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::config::{Address, Config, Listen};
+
+/// Where the binary is installed by the packages, and what the templates run.
+pub const BINARY: &str = "/usr/bin/corral";
+/// Where app configs live.
+pub const CONFIG_DIR: &str = "/etc/corral";
+/// systemd's default TimeoutStopSec= is 90s; corral needs its drain time plus this margin to
+/// SIGKILL what is left and exit by itself before systemd steps in.
+const STOP_MARGIN: Duration = Duration::from_secs(10);
+/// WatchdogSec= of the supervisor when the config's `[service] watchdog` is not set: corral pings
+/// from its event loop at half of it, so a loop stuck this long gets the service restarted.
+const DEFAULT_WATCHDOG: &str = "30s";
+
+/// Sandboxing for the supervisor and its workers: `systemd-analyze security` rates it about 1.1
+/// ("OK"). No MemoryDenyWriteExecute=: V8 and other JITs need writable executable pages.
+/// Apps that must write somewhere add `ReadWritePaths=` in a drop-in (or use StateDirectory=).
+const HARDENING: &str = "\
+NoNewPrivileges=yes
+CapabilityBoundingSet=
+AmbientCapabilities=
+UMask=0027
+ProtectSystem=strict
+ProtectHome=yes
+PrivateTmp=yes
+PrivateDevices=yes
+PrivateUsers=yes
+ProtectHostname=yes
+ProtectClock=yes
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectKernelLogs=yes
+ProtectControlGroups=yes
+ProtectProc=invisible
+ProcSubset=pid
+RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK
+RestrictNamespaces=yes
+RestrictRealtime=yes
+RestrictSUIDSGID=yes
+LockPersonality=yes
+RemoveIPC=yes
+KeyringMode=private
+DevicePolicy=closed
+SystemCallArchitectures=native
+SystemCallFilter=@system-service
+SystemCallFilter=~@privileged @resources
+SystemCallErrorNumber=EPERM
+";
+
+/// One file to write, relative to the output directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnitFile {
+    pub path: PathBuf,
+    pub contents: String,
+}
+
+/// What the units are for.
+#[derive(Clone, Debug)]
+pub enum Flavor {
+    /// Drop-ins for the `corral@.service` / `corral@.socket` templates (the generator).
+    Generator,
+    /// Self-contained `APP.service` / `APP.socket` (`corral generate`), running `binary` on the
+    /// config at `config` (absolute).
+    Standalone { binary: PathBuf, config: PathBuf },
+}
+
+/// The shipped `corral@.service`.
+pub fn template_service() -> String {
+    let mut s = format!(
+        "\
+# corral@.service: one corral supervisor per app, configured by /etc/corral/%i.toml.
+# corral-generator(8) adds the app's user, directory, timeouts and sockets as drop-ins.
+[Unit]
+Description=corral app %i
+Documentation=man:corral(1) man:corral.toml(5) man:corral-generator(8)
+After=network.target
+
+[Service]
+Type=notify
+NotifyAccess=main
+ExecStart=/usr/bin/corral run /etc/corral/%i.toml
+# Synchronous: systemctl reload waits for the roll and fails when it is refused or fails
+# (systemd.service(5) advises this over kill -HUP).
+ExecReload=/usr/bin/corral reload %i
+# SIGTERM to corral, which drains its workers; SIGKILL for whatever is left at the timeout.
+KillMode=mixed
+Restart=on-failure
+RestartSec=1s
+TimeoutStopSec=40s
+WatchdogSec={DEFAULT_WATCHDOG}
+RuntimeDirectory=corral/%i
+DynamicUser=yes
+",
+    );
+    s += HARDENING;
+    s
+}
+
+/// The shipped `corral@.socket`; the generator adds the listener in a drop-in.
+pub fn template_socket() -> String {
+    "\
+# corral@.socket: the listeners of corral@%i.service, from /etc/corral/%i.toml.
+# corral-generator(8) adds ListenStream= and FileDescriptorName= in a drop-in.
+[Unit]
+Description=corral app %i sockets
+Documentation=man:corral-generator(8)
+
+[Socket]
+Service=corral@%i.service
+
+[Install]
+WantedBy=sockets.target
+"
+    .to_string()
+}
+
+/// systemd expands `%` specifiers in most settings (systemd.unit(5)): a literal `%` is `%%`.
+fn escape(s: &str) -> String {
+    s.replace('%', "%%")
+}
+
+/// A duration as systemd reads it, in whole milliseconds.
+fn sec(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+fn listen_lines(l: &Listen) -> String {
+    let mut s = String::new();
+    let addr = match &l.address {
+        Address::Tcp(a) => a.to_string(),
+        Address::Unix(p) => p.display().to_string(),
+    };
+    let _ = writeln!(s, "ListenStream={}", escape(&addr));
+    let _ = writeln!(s, "FileDescriptorName={}", escape(&l.name));
+    let _ = writeln!(s, "Backlog={}", l.backlog);
+    if let Some(mode) = l.mode {
+        let _ = writeln!(s, "SocketMode={mode:04o}");
+    }
+    if let Some(u) = &l.owner {
+        let _ = writeln!(s, "SocketUser={}", escape(u));
+    }
+    if let Some(g) = &l.group {
+        let _ = writeln!(s, "SocketGroup={}", escape(g));
+    }
+    s
+}
+
+/// The unit names of the app's sockets, first listener first.
+fn socket_units(config: &Config, flavor: &Flavor) -> Vec<String> {
+    let app = &config.app;
+    config
+        .listen
+        .iter()
+        .enumerate()
+        .map(|(i, l)| match (flavor, i) {
+            (Flavor::Generator, 0) => format!("corral@{app}.socket"),
+            (Flavor::Generator, _) => format!("corral@{app}:{}.socket", l.name),
+            (Flavor::Standalone { .. }, 0) => format!("{app}.socket"),
+            (Flavor::Standalone { .. }, _) => format!("{app}-{}.socket", l.name),
+        })
+        .collect()
+}
+
+/// The service settings that come from the app config; `watchdog` is the WatchdogSec= to use
+/// when the config sets none (`None`: leave the template's).
+fn service_settings(config: &Config, sockets: &[String], watchdog: Option<&str>) -> String {
+    let mut s = String::new();
+    if !sockets.is_empty() {
+        let _ = writeln!(s, "Sockets={}", sockets.join(" "));
+    }
+    match (&config.service.user, &config.service.group) {
+        (None, None) => s += "DynamicUser=yes\n",
+        (user, group) => {
+            s += "DynamicUser=no\n";
+            if let Some(u) = user {
+                let _ = writeln!(s, "User={}", escape(u));
+            }
+            if let Some(g) = group {
+                let _ = writeln!(s, "Group={}", escape(g));
+            }
+        }
+    }
+    if let Some(d) = &config.directory {
+        let _ = writeln!(s, "WorkingDirectory={}", escape(&d.display().to_string()));
+    }
+    match (config.service.watchdog, watchdog) {
+        (Some(w), _) => {
+            let _ = writeln!(s, "WatchdogSec={}", sec(w));
+        }
+        (None, Some(default)) => {
+            let _ = writeln!(s, "WatchdogSec={default}");
+        }
+        (None, None) => {}
+    }
+    let _ = writeln!(
+        s,
+        "TimeoutStopSec={}",
+        sec(config.stop.timeout + STOP_MARGIN)
+    );
+    s
+}
+
+fn header(source: &Path) -> String {
+    format!(
+        "# Generated by corral from {}: edit that file, not this one.\n",
+        source.display()
+    )
+}
+
+/// Renders the units for `config`, read from `source`.
+pub fn render(config: &Config, source: &Path, flavor: &Flavor) -> Vec<UnitFile> {
+    let app = &config.app;
+    let sockets = socket_units(config, flavor);
+    let mut files = Vec::new();
+    let deps = if sockets.is_empty() {
+        String::new()
+    } else {
+        format!("Requires={0}\nAfter={0}\n", sockets.join(" "))
+    };
+    match flavor {
+        Flavor::Generator => {
+            files.push(UnitFile {
+                path: PathBuf::from(format!("corral@{app}.service.d/50-corral.conf")),
+                contents: format!(
+                    "{}[Unit]\nSourcePath={}\n{deps}\n[Service]\n{}",
+                    header(source),
+                    source.display(),
+                    service_settings(config, &sockets, None)
+                ),
+            });
+            for (i, (unit, l)) in sockets.iter().zip(&config.listen).enumerate() {
+                let service = if i == 0 {
+                    String::new()
+                } else {
+                    format!("Service=corral@{app}.service\n")
+                };
+                files.push(UnitFile {
+                    path: PathBuf::from(format!("{unit}.d/50-corral.conf")),
+                    contents: format!(
+                        "{}[Unit]\nSourcePath={}\n\n[Socket]\n{service}{}",
+                        header(source),
+                        source.display(),
+                        listen_lines(l)
+                    ),
+                });
+            }
+        }
+        Flavor::Standalone {
+            binary,
+            config: path,
+        } => {
+            let bin = escape(&binary.display().to_string());
+            let mut service = format!(
+                "{}[Unit]\nDescription=corral app {app}\nDocumentation=man:corral(1)\n\
+                 After=network.target\n{deps}\n[Service]\nType=notify\nNotifyAccess=main\n\
+                 ExecStart={bin} run {}\nExecReload={bin} reload {app}\nKillMode=mixed\n\
+                 Restart=on-failure\nRestartSec=1s\n\
+                 RuntimeDirectory=corral/{app}\n",
+                header(source),
+                escape(&path.display().to_string()),
+            );
+            service += &service_settings(config, &sockets, Some(DEFAULT_WATCHDOG));
+            service += HARDENING;
+            service += "\n[Install]\nWantedBy=multi-user.target\n";
+            files.push(UnitFile {
+                path: PathBuf::from(format!("{app}.service")),
+                contents: service,
+            });
+            for (unit, l) in sockets.iter().zip(&config.listen) {
+                files.push(UnitFile {
+                    path: PathBuf::from(unit),
+                    contents: format!(
+                        "{}[Unit]\nDescription=corral app {app} socket {}\n\n[Socket]\n\
+                         Service={app}.service\n{}\n[Install]\nWantedBy=sockets.target\n",
+                        header(source),
+                        escape(&l.name),
+                        listen_lines(l)
+                    ),
+                });
+            }
+        }
+    }
+    files
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(text: &str) -> Config {
+        Config::parse(Path::new("/etc/corral/api.toml"), text).unwrap()
+    }
+
+    #[test]
+    fn shipped_templates_are_what_the_code_renders() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("units");
+        for (file, want) in [
+            ("corral@.service", template_service()),
+            ("corral@.socket", template_socket()),
+        ] {
+            if std::env::var_os("CORRAL_UPDATE_GOLDEN").is_some() {
+                std::fs::write(root.join(file), &want).unwrap();
+            }
+            let got = std::fs::read_to_string(root.join(file)).unwrap_or_default();
+            assert_eq!(
+                got, want,
+                "units/{file} differs from units.rs: CORRAL_UPDATE_GOLDEN=1 cargo test rewrites it"
+            );
+        }
+    }
+
+    #[test]
+    fn specifiers_are_escaped_and_durations_are_systemd_syntax() {
+        assert_eq!(escape("50%"), "50%%");
+        assert_eq!(sec(Duration::from_millis(1500)), "1500ms");
+        assert_eq!(sec(Duration::from_secs(40)), "40s");
+    }
+
+    #[test]
+    fn an_app_without_listeners_gets_only_a_service_drop_in() {
+        let files = render(
+            &config("command = [\"x\"]\n"),
+            Path::new("/etc/corral/api.toml"),
+            &Flavor::Generator,
+        );
+        assert_eq!(files.len(), 1);
+        assert!(!files[0].contents.contains("Sockets="));
+        assert!(files[0].contents.contains("DynamicUser=yes"));
+    }
+}
