@@ -372,9 +372,13 @@ pub fn request(path: &Path, command: Command) -> Result<Response, Error> {
     })
     .expect("a request serialises");
     text.push('\n');
-    (&stream)
-        .write_all(text.as_bytes())
-        .map_err(|e| Error::io(format!("cannot send to {}", path.display()), e))?;
+    // A supervisor that refuses this peer answers and closes without reading: the write then
+    // fails with EPIPE, but its answer is still there to read.
+    if let Err(e) = (&stream).write_all(text.as_bytes()) {
+        if e.kind() != io::ErrorKind::BrokenPipe {
+            return Err(Error::io(format!("cannot send to {}", path.display()), e));
+        }
+    }
     let mut line = String::new();
     BufReader::new(&stream)
         .read_line(&mut line)

@@ -4,7 +4,6 @@
 //! Binary values are kept whole (journalctl shows them as blobs): nothing is lost silently.
 
 use std::io;
-use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 
@@ -22,8 +21,8 @@ pub fn stderr_is_journal() -> bool {
     let (Ok(dev), Ok(ino)) = (dev.parse::<u64>(), ino.parse::<u64>()) else {
         return false;
     };
-    match std::fs::metadata("/proc/self/fd/2") {
-        Ok(m) => m.dev() == dev && m.ino() == ino,
+    match nix::sys::stat::fstat(std::io::stderr()) {
+        Ok(st) => st.st_dev == dev && st.st_ino == ino,
         Err(_) => false,
     }
 }

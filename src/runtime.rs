@@ -61,6 +61,8 @@ pub fn run(opts: RunOptions) -> Result<i32, Error> {
         )));
     }
     // Take what systemd gave corral, and keep it from the workers' inherited environment.
+    // Decide where logs go before JOURNAL_STREAM is taken out of the environment below.
+    let output = Output::start();
     let systemd = Systemd::from_env(std::env::var("NOTIFY_SOCKET").ok().as_deref());
     let sd_watchdog = systemd_watchdog();
     let inherited = listen::take_systemd_fds()?;
@@ -72,7 +74,6 @@ pub fn run(opts: RunOptions) -> Result<i32, Error> {
         std::env::remove_var(k);
     }
 
-    let output = Output::start();
     init_tracing(&config.app, output.clone());
 
     let pool = Pool::new(inherited);

@@ -91,7 +91,6 @@ pub fn template_service() -> String {
 # corral-generator(8) adds the app's user, directory, timeouts and sockets as drop-ins.
 [Unit]
 Description=corral app %i
-Documentation=man:corral(1) man:corral.toml(5) man:corral-generator(8)
 After=network.target
 
 [Service]
@@ -122,7 +121,6 @@ pub fn template_socket() -> String {
 # corral-generator(8) adds ListenStream= and FileDescriptorName= in a drop-in.
 [Unit]
 Description=corral app %i sockets
-Documentation=man:corral-generator(8)
 
 [Socket]
 Service=corral@%i.service
@@ -274,8 +272,7 @@ pub fn render(config: &Config, source: &Path, flavor: &Flavor) -> Vec<UnitFile> 
         } => {
             let bin = escape(&binary.display().to_string());
             let mut service = format!(
-                "{}[Unit]\nDescription=corral app {app}\nDocumentation=man:corral(1)\n\
-                 After=network.target\n{deps}\n[Service]\nType=notify\nNotifyAccess=main\n\
+                "{}[Unit]\nDescription=corral app {app}\nAfter=network.target\n{deps}\n[Service]\nType=notify\nNotifyAccess=main\n\
                  ExecStart={bin} run {}\nExecReload={bin} reload {app}\nKillMode=mixed\n\
                  Restart=on-failure\nRestartSec=1s\n\
                  RuntimeDirectory=corral/{app}\n",

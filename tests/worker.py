@@ -17,7 +17,10 @@ new config) can change it:
   WORKER_WATCHDOG=1      send WATCHDOG=1 every WATCHDOG_USEC/2
   WORKER_IGNORE_TERM=1   ignore SIGTERM
   WORKER_SAY             a line printed on stdout at start; WORKER_SAY_ERR the same on stderr
+                         ("{slot}" in them becomes the slot number)
 Paths: GET /crash answers, then exits with code 3; GET /hang stops watchdog pings.
+A connection that starts with "HOLD\n" is answered "HELD\n" at once, then read as usual: the
+tests use it to know a worker has taken (and is busy with) that connection.
 """
 
 import json
@@ -77,10 +80,11 @@ if env.get("WORKER_IGNORE_TERM") == "1":
 else:
     signal.signal(signal.SIGTERM, on_term)
 
+# "{slot}" in these lines becomes the worker's slot.
 if env.get("WORKER_SAY"):
-    print(env["WORKER_SAY"], flush=True)
+    print(env["WORKER_SAY"].replace("{slot}", env.get("CORRAL_WORKER", "")), flush=True)
 if env.get("WORKER_SAY_ERR"):
-    print(env["WORKER_SAY_ERR"], file=sys.stderr, flush=True)
+    print(env["WORKER_SAY_ERR"].replace("{slot}", env.get("CORRAL_WORKER", "")), file=sys.stderr, flush=True)
 
 
 def describe() -> dict:
@@ -151,6 +155,11 @@ def serve(listeners: list) -> None:
                     if not chunk:
                         break
                     data += chunk
+                    if data == b"HOLD\n":
+                        # The test's handshake: say at once that this worker took the
+                        # connection (and is now busy with it), then read the request.
+                        conn.sendall(b"HELD\n")
+                        data = b""
                 path = data.split(b" ", 2)[1].decode() if data.count(b" ") >= 2 else "/"
                 body = json.dumps(describe()).encode()
                 conn.sendall(

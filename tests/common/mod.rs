@@ -309,3 +309,35 @@ impl Load {
         self.handle.join().unwrap()
     }
 }
+
+/// Which workers answer `n` simultaneous requests. Each connection first does the test
+/// worker's HOLD handshake: the worker that took it answers at once and then stays busy with it
+/// (it serves one connection at a time), so the next connection must go to another worker.
+/// With `n` workers, all `n` answer; without this, the kernel may hand sequential connections
+/// to the same few workers.
+pub fn answers_from_n_at_once(port: u16, n: usize) -> std::io::Result<Vec<Value>> {
+    let mut conns = Vec::new();
+    for _ in 0..n {
+        let mut s = TcpStream::connect(("127.0.0.1", port))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        s.write_all(b"HOLD\n")?;
+        let mut held = [0u8; 5];
+        s.read_exact(&mut held)?;
+        if &held != b"HELD\n" {
+            return Err(std::io::Error::other(format!("no HELD: {held:?}")));
+        }
+        conns.push(s);
+    }
+    let mut answers = Vec::new();
+    for mut s in conns {
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+        let mut buf = String::new();
+        s.read_to_string(&mut buf)?;
+        let body = buf
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b)
+            .ok_or_else(|| std::io::Error::other(format!("no HTTP answer: {buf:?}")))?;
+        answers.push(serde_json::from_str(body).map_err(std::io::Error::other)?);
+    }
+    Ok(answers)
+}

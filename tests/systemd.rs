@@ -1,0 +1,414 @@
+//! corral under a real, booted systemd: the shipped units, the generator, socket activation,
+//! `systemctl reload/restart/stop`, journald fields, the systemd watchdog, hardening.
+//! Each test boots its own sandbox (see `common/sandbox.rs`); a failing test prints the
+//! sandbox's journal.
+
+mod common;
+#[path = "common/sandbox.rs"]
+mod sandbox;
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::http_get;
+use sandbox::Sandbox;
+
+const SECS: fn(u64) -> Duration = Duration::from_secs;
+const PORT: u16 = 8080;
+
+/// An app config for the sandbox; `extra` is appended (more tables), `env` goes to workers.
+fn demo(workers: u32, env: &str, extra: &str) -> String {
+    format!(
+        r#"
+command = ["/usr/bin/python3", "{root}/tests/worker.py"]
+workers = {workers}
+environment = {{ {env} }}
+
+[[listen]]
+name = "http"
+address = "127.0.0.1:{PORT}"
+
+[readiness]
+timeout = "5s"
+
+[stop]
+timeout = "3s"
+
+[restart]
+delay = "100ms"
+{extra}
+"#,
+        root = env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+/// A sandbox with corral installed and `/etc/corral/demo.toml` generated into units.
+fn setup(config: &str) -> Option<Sandbox> {
+    let sb = sandbox::boot()?;
+    sb.install();
+    sb.write("/etc/corral/demo.toml", config);
+    sb.ok("systemctl daemon-reload");
+    Some(sb)
+}
+
+fn get(sb: &Sandbox, port: u16) -> std::io::Result<serde_json::Value> {
+    sb.in_netns(|| http_get(port, "/"))
+}
+
+/// Starts the service and waits for its start job (Type=notify: READY=1, every slot ready).
+fn start(sb: &Sandbox) {
+    sb.ok("systemctl start corral@demo.socket corral@demo.service");
+}
+
+/// Continuous load inside the sandbox's network: one new connection per request.
+struct Load {
+    stop: Arc<AtomicBool>,
+    handle: std::thread::JoinHandle<(u64, Vec<String>)>,
+}
+
+impl Load {
+    fn start(sb: &Sandbox, port: u16) -> Load {
+        let ns = std::fs::File::open(format!("/proc/{}/ns/net", sb.pid)).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let handle = std::thread::spawn(move || {
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            let (mut ok, mut failures) = (0, Vec::new());
+            let limit = Instant::now() + SECS(120);
+            while !s.load(Ordering::SeqCst) && Instant::now() < limit {
+                match http_get(port, "/") {
+                    Ok(_) => ok += 1,
+                    Err(e) => failures.push(e.to_string()),
+                }
+            }
+            (ok, failures)
+        });
+        Load { stop, handle }
+    }
+
+    fn finish(self) -> (u64, Vec<String>) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.handle.join().unwrap()
+    }
+}
+
+#[test]
+fn the_generator_makes_units_and_a_connection_starts_the_service() {
+    let Some(sb) = setup(&demo(3, "", "")) else {
+        return;
+    };
+    let socket = sb.ok("systemctl cat corral@demo.socket");
+    assert!(
+        socket.contains("/run/systemd/generator/corral@demo.socket.d/50-corral.conf"),
+        "{socket}"
+    );
+    assert!(
+        socket.contains("ListenStream=127.0.0.1:8080")
+            && socket.contains("FileDescriptorName=http")
+    );
+    sb.ok("systemctl enable --now corral@demo.socket");
+    assert!(sb
+        .ok("ls /etc/systemd/system/sockets.target.wants/")
+        .contains("corral@demo.socket"));
+    assert_eq!(sb.prop("corral@demo.service", "ActiveState"), "inactive");
+
+    // The first connection starts the service and is served, not refused.
+    let w = get(&sb, PORT).expect("served by socket activation");
+    assert_eq!(w["listen_fdnames"], "http");
+    start(&sb);
+    assert_eq!(
+        sb.prop("corral@demo.service", "StatusText"),
+        "3/3 ready · generation 1 · 0 restarts"
+    );
+    // The operator's view, as root, finds the instance's control socket by itself.
+    let status = sb.ok("corral status demo");
+    assert!(
+        status.contains("3/3 ready") && status.contains("SLOT"),
+        "{status}"
+    );
+    let slots: BTreeSet<String> = sb
+        .in_netns(|| common::answers_from_n_at_once(PORT, 3))
+        .unwrap()
+        .iter()
+        .map(|w| w["slot"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(slots.len(), 3, "all three workers answer: {slots:?}");
+}
+
+#[test]
+fn systemctl_reload_under_load_fails_no_request_and_leaves_only_new_workers() {
+    let Some(sb) = setup(&demo(3, r#"WORKER_TAG = "v1""#, "")) else {
+        return;
+    };
+    start(&sb);
+    let load = Load::start(&sb, PORT);
+    sb.write(
+        "/etc/corral/demo.toml",
+        &demo(3, r#"WORKER_TAG = "v2", WORKER_READY_DELAY = "0.3""#, ""),
+    );
+    sb.ok("systemctl reload corral@demo.service");
+    let (ok, failures) = load.finish();
+    assert!(
+        failures.is_empty(),
+        "{} failed: {failures:?}",
+        failures.len()
+    );
+    assert!(ok > 20, "only {ok} requests");
+    for _ in 0..20 {
+        let w = get(&sb, PORT).unwrap();
+        assert_eq!(
+            (w["tag"].as_str(), w["generation"].as_str()),
+            (Some("v2"), Some("2"))
+        );
+    }
+    assert_eq!(
+        sb.prop("corral@demo.service", "StatusText"),
+        "3/3 ready · generation 2 · 0 restarts"
+    );
+}
+
+#[test]
+fn a_bad_config_or_a_failing_generation_makes_reload_fail_and_the_old_workers_serve() {
+    let Some(sb) = setup(&demo(2, r#"WORKER_TAG = "v1""#, "")) else {
+        return;
+    };
+    start(&sb);
+    let main_pid = sb.prop("corral@demo.service", "MainPID");
+    let workers = sb.ok("corral status demo --json");
+
+    sb.write(
+        "/etc/corral/demo.toml",
+        "command = [\"x\"]\nworkers = \"lots\"\n",
+    );
+    let out = sb.sh("systemctl reload corral@demo.service");
+    assert!(!out.status.success(), "reload of a bad config must fail");
+    let log = sb.ok("journalctl -u corral@demo.service -o cat --no-pager");
+    assert!(log.contains("/etc/corral/demo.toml:2:11"), "{log}");
+
+    sb.write(
+        "/etc/corral/demo.toml",
+        &demo(2, r#"WORKER_TAG = "v2", WORKER_NEVER_READY = "1""#, "").replace("5s", "1s"),
+    );
+    let out = sb.sh("systemctl reload corral@demo.service");
+    assert!(
+        !out.status.success(),
+        "a generation that never gets ready fails the reload"
+    );
+
+    assert_eq!(sb.prop("corral@demo.service", "ActiveState"), "active");
+    assert_eq!(sb.prop("corral@demo.service", "MainPID"), main_pid);
+    let now: serde_json::Value = serde_json::from_str(&sb.ok("corral status demo --json")).unwrap();
+    let before: serde_json::Value = serde_json::from_str(&workers).unwrap();
+    let pids = |v: &serde_json::Value| -> Vec<i64> {
+        v["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["pid"].as_i64().unwrap())
+            .collect()
+    };
+    assert_eq!(
+        pids(&now),
+        pids(&before),
+        "the old workers still serve every slot"
+    );
+    for _ in 0..10 {
+        assert_eq!(get(&sb, PORT).unwrap()["tag"], "v1");
+    }
+}
+
+#[test]
+fn journal_entries_carry_the_worker_fields_and_priority() {
+    let env = r#"WORKER_SAY = "hello from slot {slot}", WORKER_SAY_ERR = "<3>disk on fire in slot {slot}""#;
+    let Some(sb) = setup(&demo(3, env, "")) else {
+        return;
+    };
+    let cursor = sb.cursor();
+    start(&sb);
+    for slot in 0..3 {
+        sb.wait_journal(
+            &cursor,
+            "-u corral@demo.service",
+            &format!("disk on fire in slot {slot}"),
+            SECS(10),
+        );
+        sb.wait_journal(
+            &cursor,
+            "-u corral@demo.service",
+            &format!("hello from slot {slot}"),
+            SECS(10),
+        );
+    }
+    let one = sb.ok("journalctl -u corral@demo.service CORRAL_WORKER=1 -o cat --no-pager");
+    assert!(
+        one.contains("hello from slot 1") && one.contains("disk on fire in slot 1"),
+        "{one}"
+    );
+    assert!(!one.contains("slot 0") && !one.contains("slot 2"), "{one}");
+    let errors = sb.ok("journalctl -u corral@demo.service PRIORITY=3 -o cat --no-pager");
+    assert_eq!(
+        errors
+            .lines()
+            .filter(|l| l.starts_with("disk on fire in slot"))
+            .count(),
+        3,
+        "{errors}"
+    );
+    assert!(!errors.contains("hello from"), "{errors}");
+    assert!(!errors.contains("<3>"), "the priority prefix is stripped");
+
+    let entry: serde_json::Value = serde_json::from_str(
+        sb.ok("journalctl -u corral@demo.service CORRAL_WORKER=2 SYSLOG_IDENTIFIER=demo PRIORITY=6 -o json --no-pager -n 1")
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(entry["SYSLOG_IDENTIFIER"], "demo");
+    assert_eq!(entry["CORRAL_APP"], "demo");
+    assert_eq!(entry["CORRAL_GENERATION"], "1");
+    let pid: i64 = entry["CORRAL_WORKER_PID"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let status: serde_json::Value =
+        serde_json::from_str(&sb.ok("corral status demo --json")).unwrap();
+    assert!(
+        status["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w["pid"] == pid && w["slot"] == 2),
+        "CORRAL_WORKER_PID {pid} is slot 2's worker: {status}"
+    );
+}
+
+#[test]
+fn a_stopped_supervisor_is_caught_by_the_systemd_watchdog_and_comes_back() {
+    let Some(sb) = setup(&demo(2, "", "[service]\nwatchdog = \"2s\"\n")) else {
+        return;
+    };
+    start(&sb);
+    let old = sb.prop("corral@demo.service", "MainPID");
+    let cursor = sb.cursor();
+    sb.ok(&format!("kill -STOP {old}"));
+    sb.wait_journal(
+        &cursor,
+        "-u corral@demo.service",
+        "Watchdog timeout",
+        SECS(20),
+    );
+    sb.wait_journal(
+        &cursor,
+        "-u corral@demo.service",
+        "Started corral@demo.service",
+        SECS(30),
+    );
+    let new = sb.prop("corral@demo.service", "MainPID");
+    assert_ne!(new, old);
+    assert_eq!(sb.prop("corral@demo.service", "ActiveState"), "active");
+    assert_eq!(sb.prop("corral@demo.service", "NRestarts"), "1");
+    get(&sb, PORT).expect("served again");
+}
+
+#[test]
+fn systemctl_restart_under_load_refuses_no_connection_and_stop_leaves_nothing() {
+    let Some(sb) = setup(&demo(2, "", "")) else {
+        return;
+    };
+    start(&sb);
+    let load = Load::start(&sb, PORT);
+    let old = sb.prop("corral@demo.service", "MainPID");
+    sb.ok("systemctl restart corral@demo.service");
+    // Some requests after the restart, then stop the load.
+    get(&sb, PORT).unwrap();
+    let (ok, failures) = load.finish();
+    assert!(
+        failures.is_empty(),
+        "{} failed: {failures:?}",
+        failures.len()
+    );
+    assert!(ok > 5, "only {ok} requests");
+    assert_ne!(sb.prop("corral@demo.service", "MainPID"), old);
+
+    let cgroup = sb.prop("corral@demo.service", "ControlGroup");
+    assert!(!cgroup.is_empty());
+    sb.ok("systemctl stop corral@demo.service");
+    assert_eq!(sb.prop("corral@demo.service", "ActiveState"), "inactive");
+    assert_eq!(sb.prop("corral@demo.service", "Result"), "success");
+    let left = sb.sh(&format!(
+        "cat /sys/fs/cgroup{cgroup}/cgroup.procs 2>/dev/null; pgrep -f [t]ests/worker.py"
+    ));
+    assert!(
+        String::from_utf8_lossy(&left.stdout).trim().is_empty(),
+        "processes left: {left:?}"
+    );
+}
+
+#[test]
+fn every_unit_verifies_and_the_default_service_is_hardened() {
+    let Some(sb) = setup(&demo(2, "", "")) else {
+        return;
+    };
+    // The shipped templates with their generated drop-ins, and standalone generated units.
+    sb.ok("corral generate /etc/corral/demo.toml --output /etc/systemd/system");
+    let out = sb.sh(
+        "systemd-analyze verify --generators=yes corral@demo.service corral@demo.socket \
+         /etc/systemd/system/demo.service /etc/systemd/system/demo.socket",
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "verify failed: {err}");
+    let ours: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("corral") || l.contains("demo"))
+        .collect();
+    assert!(
+        ours.is_empty(),
+        "systemd-analyze verify complains: {ours:?}"
+    );
+
+    let report = sb.ok("systemd-analyze security corral@demo.service --no-pager");
+    let line = report
+        .lines()
+        .find(|l| l.contains("Overall exposure level"))
+        .expect("an overall exposure line");
+    let score: f64 = line
+        .split(": ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(score <= 2.0, "exposure {score} > 2.0: {line}");
+}
+
+#[test]
+fn node_and_python_apps_run_under_the_hardening() {
+    let Some(sb) = setup(&demo(2, "", "")) else {
+        return;
+    };
+    if !std::path::Path::new("/usr/bin/node").exists() {
+        panic!("/usr/bin/node is missing: .ci/run installs nodejs");
+    }
+    sb.write(
+        "/etc/corral/nodeapp.toml",
+        &format!(
+            "command = [\"/usr/bin/node\", \"{}/tests/worker.js\"]\nworkers = 2\n\
+             [readiness]\nmode = \"exec\"\n[[listen]]\nname = \"http\"\naddress = \"127.0.0.1:8081\"\n",
+            env!("CARGO_MANIFEST_DIR")
+        ),
+    );
+    sb.ok("systemctl daemon-reload && systemctl start corral@nodeapp.socket corral@nodeapp.service corral@demo.socket corral@demo.service");
+    let w = get(&sb, 8081).expect("the Node.js app answers");
+    assert_eq!(w["runtime"], "node");
+    get(&sb, PORT).expect("the Python app answers");
+    // The standalone units of `corral generate` run the app as well.
+    sb.ok("systemctl stop corral@demo.socket corral@demo.service && \
+           corral generate /etc/corral/demo.toml --output /etc/systemd/system && \
+           systemctl daemon-reload && systemctl start demo.socket");
+    let w = get(&sb, PORT).expect("served through the standalone units");
+    assert_eq!(w["app"], "demo");
+}
