@@ -1145,6 +1145,17 @@ impl<'a> Checker<'a> {
                         ("node-ipc", ReadinessMode::NodeIpc),
                     ];
                     match self.choice("readiness.mode", k, v, &choices) {
+                        Some(ReadinessMode::NodeIpc) => {
+                            // Part of the config format, not yet of the runtime: refused here,
+                            // so that check, start and reload all say so the same way.
+                            readiness.mode = ReadinessMode::NodeIpc;
+                            self.error(
+                                loc(k, v),
+                                "readiness.mode: \"node-ipc\" is not supported by this version \
+                                 of corral yet; use \"notify\" or \"exec\""
+                                    .into(),
+                            );
+                        }
                         Some(mode) => readiness.mode = mode,
                         None => self.readiness_mode_bad = true,
                     }
@@ -1591,8 +1602,16 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             .ok_or_else(|| format!("duration \"{}\" is too large", s.escape_debug()))?;
         rest = rest[len..].trim_start();
     }
-    let secs = u64::try_from(total / 1_000_000_000)
-        .map_err(|_| format!("duration \"{}\" is too large", s.escape_debug()))?;
+    // Far beyond any sensible timeout, and small enough that deadline arithmetic never
+    // overflows.
+    const MAX: u128 = 366 * 24 * 3_600_000_000_000;
+    if total > MAX {
+        return Err(format!(
+            "duration \"{}\" is too large (at most a year)",
+            s.escape_debug()
+        ));
+    }
+    let secs = (total / 1_000_000_000) as u64;
     Ok(Duration::new(secs, (total % 1_000_000_000) as u32))
 }
 
@@ -1814,7 +1833,7 @@ owner = "www-data"
 group = "www-data"
 
 [readiness]
-mode = "node-ipc"
+mode = "exec"
 timeout = "1m"
 
 [watchdog]
@@ -1822,7 +1841,7 @@ timeout = "15s"
 
 [stop]
 signal = "SIGINT"
-message = "shutdown"
+# message = "shutdown" needs readiness.mode = "node-ipc"
 timeout = "45s"
 
 [restart]
@@ -1880,11 +1899,11 @@ watchdog = "0"
         assert_eq!(admin.owner.as_deref(), Some("www-data"));
         assert_eq!(admin.group.as_deref(), Some("www-data"));
         assert_eq!(admin.span_line, 15);
-        assert_eq!(c.readiness.mode, ReadinessMode::NodeIpc);
+        assert_eq!(c.readiness.mode, ReadinessMode::Exec);
         assert_eq!(c.readiness.timeout, Duration::from_secs(60));
         assert_eq!(c.watchdog, Some(Duration::from_secs(15)));
         assert_eq!(c.stop.signal, Signal::SIGINT);
-        assert_eq!(c.stop.message.as_deref(), Some("shutdown"));
+        assert_eq!(c.stop.message, None);
         assert_eq!(c.stop.timeout, Duration::from_secs(45));
         assert_eq!(c.restart.policy, RestartPolicy::Always);
         assert_eq!(c.restart.delay, Duration::from_millis(250));
@@ -2610,9 +2629,14 @@ environment = { Z = "last?", A = 3, B = true, C = 1.5, D = 2.0, E = -7, F = 0x10
             8,
             "readiness.mode",
         );
-        // the order of the sections does not matter
-        let c = ok("command = [\"x\"]\nstop.message = \"bye\"\nreadiness.mode = \"node-ipc\"\n");
-        assert_eq!(c.stop.message.as_deref(), Some("bye"));
+        // with node-ipc, in whatever order, the only complaint is that node-ipc is not there yet
+        let errs =
+            errors("command = [\"x\"]\nstop.message = \"bye\"\nreadiness.mode = \"node-ipc\"\n");
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!((errs[0].0, errs[0].1), (3, 18));
+        assert!(errs[0]
+            .2
+            .contains("\"node-ipc\" is not supported by this version"));
     }
 
     #[test]
@@ -2939,6 +2963,17 @@ max_memory = "lots"
 
     #[test]
     fn durations() {
+        // Capped at a year, so no deadline computed from them can overflow.
+        assert_eq!(
+            parse_duration("8000h"),
+            Ok(Duration::from_secs(8000 * 3600))
+        );
+        assert!(parse_duration("9000h")
+            .unwrap_err()
+            .contains("too large (at most a year)"));
+        assert!(parse_duration("3000000000000000h")
+            .unwrap_err()
+            .contains("too large"));
         let ok = |s: &str| parse_duration(s).unwrap();
         assert_eq!(ok("250ms"), Duration::from_millis(250));
         assert_eq!(ok("30s"), Duration::from_secs(30));

@@ -243,18 +243,15 @@ impl Server {
             std::fs::create_dir_all(dir)
                 .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
         }
-        if path.exists() {
-            if StdStream::connect(path).is_ok() {
-                return Err(Error::io(
-                    format!("control socket {}", path.display()),
-                    io::Error::new(
-                        io::ErrorKind::AddrInUse,
-                        "another corral is running this app",
-                    ),
-                ));
-            }
-            let _ = std::fs::remove_file(path);
-        }
+        crate::listen::remove_stale_socket(path).map_err(|e| {
+            let e = match e.kind() {
+                io::ErrorKind::AddrInUse => {
+                    io::Error::new(e.kind(), "another corral is running this app")
+                }
+                _ => e,
+            };
+            Error::io(format!("control socket {}", path.display()), e)
+        })?;
         let listener = UnixListener::bind(path)
             .map_err(|e| Error::io(format!("cannot bind control socket {}", path.display()), e))?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
@@ -277,10 +274,16 @@ impl Drop for Server {
 /// Accepts connections forever, handing each request to the event loop.
 pub async fn serve(listener: UnixListener, to_loop: mpsc::Sender<Incoming>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        tokio::spawn(connection(stream, to_loop.clone()));
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(connection(stream, to_loop.clone()));
+            }
+            Err(e) => {
+                // Out of fds, say: retrying at once would spin. The event loop runs on meanwhile.
+                tracing::warn!("control socket: cannot accept: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
     }
 }
 
@@ -356,9 +359,13 @@ async fn handle(line: &str, to_loop: &mpsc::Sender<Incoming>) -> Response {
         .unwrap_or_else(|_| Response::err("corral is shutting down"))
 }
 
-/// Sends one request and waits for the reply (as long as the operation takes: a reload
-/// answers when its roll is done).
-pub fn request(path: &Path, command: Command) -> Result<Response, Error> {
+/// Sends one request and waits for the reply, at most `timeout` (none for a reload, which
+/// answers when its roll is done, however long that takes).
+pub fn request(
+    path: &Path,
+    command: Command,
+    timeout: Option<Duration>,
+) -> Result<Response, Error> {
     let stream = StdStream::connect(path).map_err(|e| match e.kind() {
         io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => Error::NotRunning {
             path: path.to_path_buf(),
@@ -366,6 +373,9 @@ pub fn request(path: &Path, command: Command) -> Result<Response, Error> {
         },
         _ => Error::io(format!("cannot connect to {}", path.display()), e),
     })?;
+    stream
+        .set_read_timeout(timeout)
+        .map_err(|e| Error::io("control socket", e))?;
     let mut text = serde_json::to_string(&Request {
         version: PROTOCOL_VERSION,
         command,
@@ -382,7 +392,17 @@ pub fn request(path: &Path, command: Command) -> Result<Response, Error> {
     let mut line = String::new();
     BufReader::new(&stream)
         .read_line(&mut line)
-        .map_err(|e| Error::io(format!("cannot read from {}", path.display()), e))?;
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Error::io(
+                format!(
+                    "no answer from {} within {}s (is the supervisor stopped or stuck?)",
+                    path.display(),
+                    timeout.unwrap_or_default().as_secs()
+                ),
+                e,
+            ),
+            _ => Error::io(format!("cannot read from {}", path.display()), e),
+        })?;
     if line.is_empty() {
         return Err(Error::Protocol(format!(
             "{} closed the connection without an answer",

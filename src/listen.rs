@@ -130,10 +130,6 @@ impl Pool {
         }
     }
 
-    pub fn from_systemd(&self) -> bool {
-        matches!(self, Pool::Systemd(_))
-    }
-
     /// The listener set for `config`, binding what is new. On error nothing is kept open
     /// that was not open before.
     pub fn set_for(&self, config: &Config) -> Result<Set, Error> {
@@ -225,21 +221,7 @@ fn bind(l: &Listen) -> io::Result<ListenSocket> {
             })
         }
         Address::Unix(path) => {
-            if let Ok(m) = std::fs::symlink_metadata(path) {
-                if !m.file_type().is_socket() {
-                    return Err(io::Error::new(
-                        io::ErrorKind::AlreadyExists,
-                        "a file that is not a socket is in the way",
-                    ));
-                }
-                if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                    return Err(io::Error::new(
-                        io::ErrorKind::AddrInUse,
-                        "another process is listening there",
-                    ));
-                }
-                std::fs::remove_file(path)?;
-            }
+            remove_stale_socket(path)?;
             let s = Socket::new(Domain::UNIX, Type::STREAM, None)?;
             s.bind(&SockAddr::unix(path)?)?;
             let ours = ListenSocket {
@@ -257,6 +239,31 @@ fn bind(l: &Listen) -> io::Result<ListenSocket> {
             s.listen(backlog)?;
             Ok(ours)
         }
+    }
+}
+
+/// Makes way for binding a unix socket at `path`: a socket file left by a dead process is
+/// removed; a live one (something accepts, or its queue is full) or a file that is not a socket
+/// is an error and stays. The probe never blocks.
+pub fn remove_stale_socket(path: &std::path::Path) -> io::Result<()> {
+    let Ok(m) = std::fs::symlink_metadata(path) else {
+        return Ok(());
+    };
+    if !m.file_type().is_socket() {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "a file that is not a socket is in the way",
+        ));
+    }
+    let probe = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+    probe.set_nonblocking(true)?;
+    match probe.connect(&SockAddr::unix(path)?) {
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => std::fs::remove_file(path),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        _ => Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            "another process is listening there",
+        )),
     }
 }
 

@@ -137,9 +137,12 @@ fn dispatch(cmd: Cmd) -> Result<i32, Error> {
         Cmd::Check { configs } => check(&configs),
         Cmd::Generate { config, output } => generate(&config, &output),
         Cmd::Status { app, control, json } => status(app, control, json),
-        Cmd::Reload { app, control } => {
-            remote(&control_path(&app, control), Command::Reload, "reloaded")
-        }
+        Cmd::Reload { app, control } => remote(
+            &control_path(&app, control),
+            Command::Reload,
+            "reloaded",
+            None,
+        ),
         Cmd::Restart {
             app,
             worker,
@@ -148,6 +151,7 @@ fn dispatch(cmd: Cmd) -> Result<i32, Error> {
             &control_path(&app, control),
             Command::Restart { worker },
             "restarted",
+            None,
         ),
         Cmd::Scale {
             app,
@@ -157,6 +161,7 @@ fn dispatch(cmd: Cmd) -> Result<i32, Error> {
             &control_path(&app, control),
             Command::Scale { workers },
             "scaled",
+            Some(QUICK),
         ),
     }
 }
@@ -229,8 +234,16 @@ fn generate(config: &Path, output: &Path) -> Result<i32, Error> {
     Ok(exit::OK)
 }
 
-fn remote(path: &Path, command: Command, done: &str) -> Result<i32, Error> {
-    let r = control::request(path, command)?;
+/// How long a command that needs no roll waits for the supervisor.
+const QUICK: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn remote(
+    path: &Path,
+    command: Command,
+    done: &str,
+    timeout: Option<std::time::Duration>,
+) -> Result<i32, Error> {
+    let r = control::request(path, command, timeout)?;
     if r.ok {
         println!("{}", r.message.unwrap_or_else(|| done.to_string()));
         Ok(exit::OK)
@@ -263,15 +276,29 @@ fn status(app: Option<String>, control: Option<PathBuf>, json: bool) -> Result<i
         }
     };
     let mut replies = Vec::new();
+    let mut failed = None;
     for p in &paths {
-        let r = control::request(p, Command::Status)?;
-        match (r.ok, r.status) {
-            (true, Some(s)) => replies.push(s),
-            _ => {
-                return Err(Error::Refused(
-                    r.error.unwrap_or_else(|| "no status".into()),
-                ))
+        match control::request(p, Command::Status, Some(QUICK)) {
+            Ok(r) => match (r.ok, r.status) {
+                (true, Some(s)) => replies.push(s),
+                _ => {
+                    return Err(Error::Refused(
+                        r.error.unwrap_or_else(|| "no status".into()),
+                    ))
+                }
+            },
+            // Listing every app: one dead socket (a SIGKILLed supervisor's) says so and
+            // the others are still shown.
+            Err(e) if paths.len() > 1 => {
+                eprintln!("corral: {e}");
+                failed = Some(e);
             }
+            Err(e) => return Err(e),
+        }
+    }
+    if replies.is_empty() {
+        if let Some(e) = failed {
+            return Err(e);
         }
     }
     let mut out = std::io::stdout().lock();

@@ -134,7 +134,9 @@ impl NotifySocket {
     pub fn recv(&self) -> io::Result<Datagram> {
         loop {
             let mut buf = [0u8; MAX_DATAGRAM + 1];
-            let mut cmsg = nix::cmsg_space!(libc::ucred, [RawFd; 16]);
+            // Room for the most fds one message can carry (SCM_MAX_FD, 253): a sender cannot
+            // truncate the control data and so make corral miss (and leak) fds it was passed.
+            let mut cmsg = nix::cmsg_space!(libc::ucred, [RawFd; 253]);
             let mut iov = [io::IoSliceMut::new(&mut buf)];
             let msg = match recvmsg::<()>(
                 self.fd.as_raw_fd(),
@@ -150,7 +152,8 @@ impl NotifySocket {
             let len = msg.bytes;
             let truncated = msg.flags.contains(MsgFlags::MSG_TRUNC) || len > MAX_DATAGRAM;
             let mut pid = None;
-            for c in msg.cmsgs()? {
+            let Ok(cmsgs) = msg.cmsgs() else { continue };
+            for c in cmsgs {
                 match c {
                     ControlMessageOwned::ScmCredentials(cred) => pid = Some(cred.pid()),
                     ControlMessageOwned::ScmRights(fds) => {
@@ -198,10 +201,12 @@ impl Systemd {
             return None;
         };
         let sock = UnixDatagram::unbound().ok()?;
+        // Never wait on systemd from the event loop: a full queue drops the message instead.
+        sock.set_nonblocking(true).ok()?;
         Some(Systemd { sock, addr })
     }
 
-    /// Sends one datagram; failures are returned for the caller to log once, never fatal.
+    /// Sends one datagram without blocking; failures are for the caller to log, never fatal.
     pub fn send(&self, msg: &str) -> io::Result<()> {
         self.sock.send_to_addr(msg.as_bytes(), &self.addr).map(drop)
     }
@@ -249,6 +254,42 @@ mod tests {
     fn status_keeps_equals_signs_and_invalid_utf8_is_replaced() {
         let n = Notification::parse(b"STATUS=a=b\xff");
         assert_eq!(n.status.as_deref(), Some("a=b\u{fffd}"));
+    }
+
+    #[test]
+    fn fds_passed_along_are_closed_however_many() {
+        use nix::sys::socket::{sendmsg, ControlMessage};
+        let s = NotifySocket::bind("fd-test").unwrap();
+        let path = std::env::temp_dir().join(format!("corral-fdleak-{}", std::process::id()));
+        let file = std::fs::File::create(&path).unwrap();
+        let count = || {
+            std::fs::read_dir("/proc/self/fd")
+                .unwrap()
+                .filter_map(|e| std::fs::read_link(e.unwrap().path()).ok())
+                .filter(|t| *t == path)
+                .count()
+        };
+        let client = std::os::unix::net::UnixDatagram::unbound().unwrap();
+        let name = &s.env_value()[1..];
+        let addr = UnixAddr::new_abstract(name.as_bytes()).unwrap();
+        let fds = [file.as_raw_fd(); 200];
+        for _ in 0..5 {
+            let cmsg = [ControlMessage::ScmRights(&fds)];
+            let iov = [io::IoSlice::new(b"READY=1")];
+            sendmsg(
+                client.as_raw_fd(),
+                &iov,
+                &cmsg,
+                MsgFlags::empty(),
+                Some(&addr),
+            )
+            .unwrap();
+        }
+        for _ in 0..5 {
+            assert!(s.recv().unwrap().notification.ready);
+        }
+        assert_eq!(count(), 1, "only the test's own descriptor is left");
+        let _ = std::fs::remove_file(&path);
     }
 
     #[test]

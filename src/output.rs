@@ -37,6 +37,9 @@ pub struct Output {
     tx: SyncSender<Vec<u8>>,
     dropped: Arc<AtomicU64>,
     journal: bool,
+    /// How many flush markers (empty records) the writer has passed.
+    flushed: Arc<(std::sync::Mutex<u64>, std::sync::Condvar)>,
+    markers: Arc<AtomicU64>,
 }
 
 /// Who wrote a line: the fields of its journal entry, or its prefix on stderr.
@@ -51,9 +54,10 @@ pub struct Tag {
 }
 
 impl Output {
-    /// Starts the writer thread on journald if stderr is the journal, else on stderr.
-    pub fn start() -> Output {
-        if crate::journal::stderr_is_journal() {
+    /// Starts the writer thread: on journald when `journal` (stderr is the journal stream, see
+    /// [`crate::journal::stderr_is_journal`]) and journald answers, else on stderr.
+    pub fn start(journal: bool) -> Output {
+        if journal {
             if let Ok(j) = Journal::connect() {
                 return Self::start_with(Sink::Journal(j));
             }
@@ -66,15 +70,31 @@ impl Output {
         let dropped = Arc::new(AtomicU64::new(0));
         let d = dropped.clone();
         let journal = matches!(sink, Sink::Journal(_));
+        let flushed = Arc::new((std::sync::Mutex::new(0), std::sync::Condvar::new()));
+        let f = flushed.clone();
         std::thread::Builder::new()
             .name("corral-output".into())
-            .spawn(move || writer(rx, sink, d))
+            .spawn(move || writer(rx, sink, d, f))
             .expect("spawn the output thread");
         Output {
             tx,
             dropped,
             journal,
+            flushed,
+            markers: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// Waits until everything queued so far is written, for at most `timeout` (the sink may be
+    /// blocked for good: then lines are lost, as at any exit).
+    pub fn flush(&self, timeout: std::time::Duration) {
+        if self.tx.try_send(Vec::new()).is_err() {
+            return;
+        }
+        let target = self.markers.fetch_add(1, Ordering::SeqCst) + 1;
+        let (m, c) = &*self.flushed;
+        let guard = m.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = c.wait_timeout_while(guard, timeout, |done| *done < target);
     }
 
     /// Whether records are journal entries (else text lines).
@@ -157,9 +177,21 @@ impl Output {
     }
 }
 
-fn writer(rx: Receiver<Vec<u8>>, mut sink: Sink, dropped: Arc<AtomicU64>) {
+fn writer(
+    rx: Receiver<Vec<u8>>,
+    mut sink: Sink,
+    dropped: Arc<AtomicU64>,
+    flushed: Arc<(std::sync::Mutex<u64>, std::sync::Condvar)>,
+) {
     let mut reported = 0;
     while let Ok(record) = rx.recv() {
+        if record.is_empty() {
+            // A flush marker: everything queued before it has been written.
+            let (m, c) = &*flushed;
+            *m.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+            c.notify_all();
+            continue;
+        }
         let now = dropped.load(Ordering::Relaxed);
         if now > reported {
             let msg = format!(

@@ -20,7 +20,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
 
-use crate::config::{Config, ReadinessMode};
+use crate::config::Config;
 use crate::control::{self, Command, Incoming, Response, StatusReply};
 use crate::error::Error;
 use crate::listen::{self, Pool, Set};
@@ -43,6 +43,10 @@ const SUPERVISOR_ONLY: &[&str] = &[
     "JOURNAL_STREAM",
     "NODE_CHANNEL_FD",
     "NODE_CHANNEL_SERIALIZATION_MODE",
+    // systemd.exec(5): corral's pid, and the memory-pressure interface of corral's cgroup.
+    "SYSTEMD_EXEC_PID",
+    "MEMORY_PRESSURE_WATCH",
+    "MEMORY_PRESSURE_WRITE",
 ];
 
 pub struct RunOptions {
@@ -53,16 +57,9 @@ pub struct RunOptions {
 /// `corral run`: supervises until stopped; returns the exit code.
 pub fn run(opts: RunOptions) -> Result<i32, Error> {
     let config = Config::load(&opts.config)?;
-    if config.readiness.mode == ReadinessMode::NodeIpc {
-        return Err(Error::Usage(format!(
-            "{}: readiness mode \"node-ipc\" is not supported by this version of corral yet; \
-             use \"notify\" or \"exec\"",
-            config.path.display()
-        )));
-    }
     // Take what systemd gave corral, and keep it from the workers' inherited environment.
-    // Decide where logs go before JOURNAL_STREAM is taken out of the environment below.
-    let output = Output::start();
+    // Where logs go is decided before JOURNAL_STREAM is taken out of the environment below.
+    let journal = crate::journal::stderr_is_journal();
     let systemd = Systemd::from_env(std::env::var("NOTIFY_SOCKET").ok().as_deref());
     let sd_watchdog = systemd_watchdog();
     let inherited = listen::take_systemd_fds()?;
@@ -70,10 +67,12 @@ pub fn run(opts: RunOptions) -> Result<i32, Error> {
         .filter(|(k, _)| !SUPERVISOR_ONLY.iter().any(|s| k.as_bytes() == s.as_bytes()))
         .filter(|(k, _)| !k.as_bytes().starts_with(b"CORRAL_"))
         .collect();
+    // While this process has one thread: changing the environment races with other threads.
     for k in SUPERVISOR_ONLY {
         std::env::remove_var(k);
     }
 
+    let output = Output::start(journal);
     init_tracing(&config.app, output.clone());
 
     let pool = Pool::new(inherited);
@@ -93,6 +92,7 @@ pub fn run(opts: RunOptions) -> Result<i32, Error> {
         .map_err(|e| Error::io("cannot start the event loop", e))?;
     // Workers are forked from this thread, the one block_on runs on for the process's whole
     // life: PR_SET_PDEATHSIG fires when the *thread* that forked exits (prctl(2)).
+    let flush = output.clone();
     rt.block_on(async move {
         let (server, listener) = control::Server::bind(&control_path)?;
         let mut lp = Loop {
@@ -103,6 +103,7 @@ pub fn run(opts: RunOptions) -> Result<i32, Error> {
             next_gen: 1,
             pool,
             notify_env: notify.env_value().to_string(),
+            notify,
             systemd,
             base_env,
             devnull,
@@ -112,16 +113,11 @@ pub fn run(opts: RunOptions) -> Result<i32, Error> {
             exit: None,
         };
         let code = lp
-            .run(
-                config,
-                listeners,
-                notify,
-                listener,
-                sd_watchdog,
-                &control_path,
-            )
+            .run(config, listeners, listener, sd_watchdog, &control_path)
             .await;
         drop(server);
+        // The last lines (the exit's) are worth waiting a moment for.
+        flush.flush(Duration::from_secs(2));
         code
     })
 }
@@ -141,6 +137,8 @@ struct Generation {
     config: Config,
     listeners: Set,
     env: Vec<CString>,
+    /// The workers' PATH, for finding the program.
+    path: Option<OsString>,
     program: Result<PathBuf, String>,
 }
 
@@ -152,6 +150,7 @@ struct Loop {
     next_gen: u32,
     pool: Pool,
     notify_env: String,
+    notify: NotifySocket,
     systemd: Option<Systemd>,
     base_env: Vec<(OsString, OsString)>,
     devnull: OwnedFd,
@@ -166,7 +165,6 @@ impl Loop {
         &mut self,
         config: Config,
         listeners: Set,
-        notify: NotifySocket,
         control: tokio::net::UnixListener,
         sd_watchdog: Option<Duration>,
         control_path: &Path,
@@ -178,7 +176,8 @@ impl Loop {
             sig(SignalKind::interrupt())?,
             sig(SignalKind::hangup())?,
         );
-        let notify_io = notify
+        let notify_io = self
+            .notify
             .try_clone_std()
             .and_then(tokio::net::UnixDatagram::from_std)
             .map_err(|e| Error::io("notify socket", e))?;
@@ -215,28 +214,22 @@ impl Loop {
                 }
             };
             tokio::select! {
-                _ = chld.recv() => self.reap(),
+                _ = chld.recv() => {
+                    self.drain_notify();
+                    self.reap();
+                }
                 _ = term.recv() => self.step(Event::Stop),
                 _ = int.recv() => self.step(Event::Stop),
                 _ = hup.recv() => self.reload(None),
                 ready = notify_io.readable() => {
                     ready.map_err(|e| Error::io("notify socket", e))?;
-                    loop {
-                        match notify_io.try_io(tokio::io::Interest::READABLE, || notify.recv()) {
-                            Ok(d) => match self.machine.worker_by_pid(d.pid) {
-                                Some(id) if !d.notification.is_empty() => {
-                                    self.step(Event::Notify { id, msg: d.notification });
-                                }
-                                Some(_) => {}
-                                // Only current workers are heard (CONTRACT.md).
-                                None => tracing::debug!("ignored a notification from pid {}", d.pid),
-                            },
-                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                            Err(e) => {
-                                warn!("notify socket: {e}");
-                                break;
-                            }
-                        }
+                    // Inside try_io: the WouldBlock that ends the batch clears the readiness.
+                    let mut batch = Vec::new();
+                    let _ = notify_io.try_io(tokio::io::Interest::READABLE, || {
+                        self.take_datagrams(&mut batch)
+                    });
+                    for d in batch {
+                        self.on_datagram(d);
                     }
                 }
                 Some(incoming) = from_control.recv() => self.control(incoming),
@@ -249,9 +242,50 @@ impl Loop {
                             next_ping = Some(now + every);
                         }
                     }
+                    self.drain_notify();
                     self.step(Event::Tick);
                 }
             }
+        }
+    }
+
+    /// Reads every queued datagram into `batch`; ends with the error that stopped it
+    /// (`WouldBlock` when the queue is empty).
+    fn take_datagrams(&self, batch: &mut Vec<crate::notify::Datagram>) -> std::io::Result<()> {
+        loop {
+            match self.notify.recv() {
+                Ok(d) => batch.push(d),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Err(e),
+                Err(e) => {
+                    warn!("notify socket: {e}");
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// Hands queued notifications to the machine before an exit or a deadline is handled: a
+    /// `READY=1`, `ERRNO=` or `WATCHDOG=1` sent just before must count first, whatever order
+    /// the wake-ups came in.
+    fn drain_notify(&mut self) {
+        let mut batch = Vec::new();
+        let _ = self.take_datagrams(&mut batch);
+        for d in batch {
+            self.on_datagram(d);
+        }
+    }
+
+    fn on_datagram(&mut self, d: crate::notify::Datagram) {
+        match self.machine.worker_by_pid(d.pid) {
+            Some(id) if !d.notification.is_empty() => {
+                self.step(Event::Notify {
+                    id,
+                    msg: d.notification,
+                });
+            }
+            Some(_) => {}
+            // Only current workers are heard (CONTRACT.md).
+            None => tracing::debug!("ignored a notification from pid {}", d.pid),
         }
     }
 
@@ -363,12 +397,7 @@ impl Loop {
             .iter()
             .find(|(k, _)| k == "PATH")
             .map(|(_, v)| v.clone());
-        let program = spawn::resolve_program(
-            &config.command[0],
-            path.as_deref(),
-            config.directory.as_deref(),
-        )
-        .map_err(|e| e.to_string());
+        let program = resolve(&config, path.as_deref());
         let mut add = |k: &str, v: String| env.push((k.into(), v.into()));
         if !listeners.sockets.is_empty() {
             add("LISTEN_FDS", listeners.sockets.len().to_string());
@@ -395,6 +424,7 @@ impl Loop {
                 config,
                 listeners,
                 env,
+                path,
                 program,
             },
         );
@@ -402,6 +432,14 @@ impl Loop {
     }
 
     fn spawn(&mut self, slot: u32, generation: u32) -> Result<i32, String> {
+        let g = self
+            .gens
+            .get_mut(&generation)
+            .expect("a generation being spawned exists");
+        if g.program.is_err() {
+            // Not found before: it may have been installed (or its mount come up) since.
+            g.program = resolve(&g.config, g.path.as_deref());
+        }
         let g = &self.gens[&generation];
         let program = g.program.clone()?;
         let pipe = || {
@@ -488,13 +526,25 @@ impl Loop {
             }
         };
         let workers = config.workers.resolve();
+        self.roll_to(config, listeners, workers, Scope::All, reply);
+    }
+
+    /// Registers `config` as a new generation and asks the machine to roll to it.
+    fn roll_to(
+        &mut self,
+        config: Config,
+        listeners: Set,
+        workers: u32,
+        scope: Scope,
+        reply: Option<oneshot::Sender<Response>>,
+    ) {
         let params = Params::from_config(&config, workers);
         let generation = self.add_generation(config, listeners);
         let request = reply.map(|tx| self.request(tx));
         self.step(Event::Roll {
             generation,
             params,
-            scope: Scope::All,
+            scope,
             request,
         });
     }
@@ -517,28 +567,24 @@ impl Loop {
             }
             Command::Reload => self.reload(Some(reply)),
             Command::Restart { worker } => {
-                // Same config, new generation: a rolling restart.
-                let active = self.machine.active_generation();
-                let Some(g) = self.gens.get(&active) else {
+                // The newest config asked for, so that a restart never undoes a reload under
+                // way; with no reload pending, the live count (a `corral scale` included).
+                let latest = self.machine.latest_generation();
+                let Some(g) = self.gens.get(&latest) else {
                     let _ = reply.send(Response::err("nothing is running"));
                     return;
                 };
                 let (config, listeners) = (g.config.clone(), g.listeners.clone());
-                let params =
-                    Params::from_config(&config, self.machine.snapshot(Instant::now()).desired);
-                let generation = self.add_generation(config, listeners);
-                let request = Some(self.request(reply));
+                let workers = if latest == self.machine.active_generation() {
+                    self.machine.desired()
+                } else {
+                    config.workers.resolve()
+                };
                 let scope = worker.map_or(Scope::All, Scope::Slot);
-                self.step(Event::Roll {
-                    generation,
-                    params,
-                    scope,
-                    request,
-                });
+                self.roll_to(config, listeners, workers, scope, Some(reply));
             }
             Command::Scale { workers } => {
-                let desired = self.machine.snapshot(Instant::now()).desired;
-                let target = match parse_scale(&workers, desired) {
+                let target = match parse_scale(&workers, self.machine.desired()) {
                     Ok(n) => n,
                     Err(e) => {
                         let _ = reply.send(Response::err(e));
@@ -553,6 +599,11 @@ impl Loop {
             }
         }
     }
+}
+
+fn resolve(config: &Config, path: Option<&std::ffi::OsStr>) -> Result<PathBuf, String> {
+    spawn::resolve_program(&config.command[0], path, config.directory.as_deref())
+        .map_err(|e| e.to_string())
 }
 
 /// "4", "+2", "-1" against the current count.

@@ -196,9 +196,22 @@ pub fn spawn(cmd: &Command<'_>) -> Result<i32, SpawnError> {
     let parent = std::process::id() as libc::pid_t;
     let sigmax = libc::SIGRTMAX();
 
+    // Signals stay blocked across fork, so that no handler of the supervisor's runs in the
+    // child before the child has reset them all.
+    // SAFETY: sigfillset/sigprocmask on local sets; the old mask is restored below.
+    let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
+    let mut old_mask: libc::sigset_t = unsafe { std::mem::zeroed() };
+    unsafe {
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old_mask);
+    }
     // SAFETY: after fork the child runs only async-signal-safe functions on memory allocated
     // above (fork copies it), and leaves through execve or _exit, never returning into Rust code.
     let pid = unsafe { libc::fork() };
+    if pid != 0 {
+        // SAFETY: restores the mask saved above.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old_mask, std::ptr::null_mut()) };
+    }
     if pid < 0 {
         return Err(SpawnError::Setup(io::Error::last_os_error()));
     }
@@ -300,13 +313,14 @@ unsafe fn child(plan: ChildPlan<'_>) -> ! {
             libc::sigaction(sig, &dfl, std::ptr::null_mut());
         }
     }
-    let mut empty: libc::sigset_t = std::mem::zeroed();
-    libc::sigemptyset(&mut empty);
-    libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-
     // Its own process group, so a kill of the group reaches the worker's children too, and a
     // Ctrl-C on a terminal reaches only the supervisor, which then stops workers gracefully.
     libc::setpgid(0, 0);
+
+    // Signals were blocked across fork; the worker starts with none blocked.
+    let mut empty: libc::sigset_t = std::mem::zeroed();
+    libc::sigemptyset(&mut empty);
+    libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
 
     // Die with the supervisor, even on SIGKILL. The parent may already have died between fork
     // and prctl; then the death signal was never armed, so check and leave (prctl(2)).

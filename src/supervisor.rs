@@ -386,11 +386,27 @@ impl Supervisor {
             .map(|(&id, _)| id)
     }
 
-    /// Generation numbers still referred to (the runtime keeps their configs).
+    /// The generation whose config sets the slot count and policies now.
     pub fn active_generation(&self) -> u32 {
         self.active
     }
 
+    /// The newest config asked for: the queued roll's, else the running roll's, else the
+    /// active one. A restart replays this one, so that it never undoes a reload under way.
+    pub fn latest_generation(&self) -> u32 {
+        self.queued
+            .as_ref()
+            .map(|q| q.generation)
+            .or(self.roll.as_ref().map(|r| r.generation))
+            .unwrap_or(self.active)
+    }
+
+    /// The slot count now (what `corral scale +N` is relative to).
+    pub fn desired(&self) -> u32 {
+        self.desired
+    }
+
+    #[cfg(test)]
     pub fn is_rolling(&self) -> bool {
         self.roll.is_some()
     }

@@ -247,3 +247,85 @@ fn listeners_added_and_removed_by_a_reload() {
         "the unix socket of a removed listener is cleaned up"
     );
 }
+
+#[test]
+fn a_restart_during_a_reload_keeps_the_reloads_config() {
+    let c = Corral::start(TEMPLATE);
+    c.wait_ready(2, 1);
+    c.write_config(&format!(
+        "{}\n[readiness]\ntimeout = \"10s\"\n",
+        TEMPLATE.replace(
+            "workers = 2",
+            "workers = 2\nenvironment = { WORKER_TAG = \"v2\", WORKER_READY_DELAY = \"0.5\" }"
+        )
+    ));
+    let reload = std::process::Command::new(CORRAL)
+        .args(["reload", "demo", "--control"])
+        .arg(&c.control)
+        .spawn()
+        .unwrap();
+    c.wait_for("reload: replacing 2 worker(s) with generation 2", SECS(10));
+    let out = c.ctl(&["restart", "demo"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(reload.wait_with_output().unwrap().status.success());
+    for w in answers_from_n_at_once(c.port, 2).unwrap() {
+        assert_eq!(
+            w["tag"], "v2",
+            "the restart replayed the newest config, not the old one"
+        );
+    }
+}
+
+#[test]
+fn a_control_path_that_is_not_a_socket_is_never_deleted() {
+    let dir = scratch_dir();
+    let data = dir.join("data.txt");
+    std::fs::write(&data, "precious").unwrap();
+    std::fs::write(
+        dir.join("demo.toml"),
+        "command = [\"python3\", \"-c\", \"1\"]\n",
+    )
+    .unwrap();
+    let out = Command::new(CORRAL)
+        .arg("run")
+        .arg(dir.join("demo.toml"))
+        .arg("--control")
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("a file that is not a socket is in the way"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&data).unwrap(), "precious");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn status_of_every_app_survives_a_dead_apps_socket() {
+    let c = Corral::start(TEMPLATE);
+    c.wait_ready(2, 1);
+    // Next to the live app's socket, one nobody answers on, as a SIGKILLed supervisor leaves.
+    let dead = c.dir.join("dead.sock");
+    drop(std::os::unix::net::UnixListener::bind(&dead).unwrap());
+    // The control directory is $RUNTIME_DIRECTORY when set (as under systemd).
+    let out = Command::new(CORRAL)
+        .args(["status", "--json"])
+        .env("RUNTIME_DIRECTORY", &c.dir)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let apps: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(apps.as_array().unwrap().len(), 1);
+    assert_eq!(apps[0]["app"], "demo");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("dead.sock"));
+    // Only the dead one: not running.
+    let out = Command::new(CORRAL)
+        .args(["status", "--json", "--control"])
+        .arg(&dead)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+}
