@@ -111,6 +111,8 @@ DynamicUser=yes
 ",
     );
     s += HARDENING;
+    // For apps without listeners; an app with listeners is enabled through its socket.
+    s += "\n[Install]\nWantedBy=multi-user.target\n";
     s
 }
 

@@ -412,3 +412,34 @@ fn node_and_python_apps_run_under_the_hardening() {
     let w = get(&sb, PORT).expect("served through the standalone units");
     assert_eq!(w["app"], "demo");
 }
+
+#[test]
+fn long_lines_are_split_and_binary_lines_kept_as_journald_does() {
+    let env = r#"WORKER_SAY_LONG = "60000", WORKER_SAY_BINARY = "1""#;
+    let Some(sb) = setup(&demo(1, env, "")) else {
+        return;
+    };
+    let cursor = sb.cursor();
+    start(&sb);
+    sb.wait_journal(&cursor, "-u corral@demo.service", "ready after", SECS(10));
+    // 60000 bytes: one entry of 48 KiB (journald's LineMax) and one of the rest, nothing lost.
+    let long = sb.ok(
+        "journalctl -u corral@demo.service SYSLOG_IDENTIFIER=demo -o cat --no-pager | grep '^LLLL' | awk '{ print length($0) }'",
+    );
+    let sizes: Vec<usize> = long.lines().map(|l| l.parse().unwrap()).collect();
+    assert_eq!(sizes, vec![49152, 60000 - 49152], "{long}");
+    // A line that is not UTF-8 is kept byte for byte (journalctl shows it as a byte array).
+    let json = sb.ok(
+        "journalctl -u corral@demo.service SYSLOG_IDENTIFIER=demo -o json --no-pager | grep -v LLLL",
+    );
+    let binary: Vec<u8> = b"binary \xff\xfe junk".to_vec();
+    let found = json.lines().any(|l| {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        v["MESSAGE"].as_array().map(|a| {
+            a.iter()
+                .map(|b| b.as_u64().unwrap() as u8)
+                .collect::<Vec<u8>>()
+        }) == Some(binary.clone())
+    });
+    assert!(found, "no entry with the binary line: {json}");
+}

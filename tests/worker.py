@@ -18,6 +18,8 @@ new config) can change it:
   WORKER_IGNORE_TERM=1   ignore SIGTERM
   WORKER_SAY             a line printed on stdout at start; WORKER_SAY_ERR the same on stderr
                          ("{slot}" in them becomes the slot number)
+  WORKER_SAY_LONG=N      a line of N "L"s on stdout at start
+  WORKER_SAY_BINARY=1    a line that is not UTF-8 on stdout at start
 Paths: GET /crash answers, then exits with code 3; GET /hang stops watchdog pings.
 A connection that starts with "HOLD\n" is answered "HELD\n" at once, then read as usual: the
 tests use it to know a worker has taken (and is busy with) that connection.
@@ -80,6 +82,11 @@ if env.get("WORKER_IGNORE_TERM") == "1":
 else:
     signal.signal(signal.SIGTERM, on_term)
 
+if env.get("WORKER_SAY_LONG"):
+    print("L" * int(env["WORKER_SAY_LONG"]), flush=True)
+if env.get("WORKER_SAY_BINARY") == "1":
+    sys.stdout.buffer.write(b"binary \xff\xfe junk\n")
+    sys.stdout.buffer.flush()
 # "{slot}" in these lines becomes the worker's slot.
 if env.get("WORKER_SAY"):
     print(env["WORKER_SAY"].replace("{slot}", env.get("CORRAL_WORKER", "")), flush=True)

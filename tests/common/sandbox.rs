@@ -218,16 +218,31 @@ impl Sandbox {
         let needle_owned = needle.to_string();
         std::thread::spawn(move || {
             use std::io::BufRead;
-            for line in std::io::BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
+            // Entries may hold bytes that are not UTF-8: read bytes, compare as text.
+            let mut reader = std::io::BufReader::new(stdout);
+            let mut raw = Vec::new();
+            while matches!(reader.read_until(b'\n', &mut raw), Ok(n) if n > 0) {
+                let line = String::from_utf8_lossy(&raw).trim_end().to_string();
                 if line.contains(&needle_owned) {
                     let _ = tx.send(line);
                     break;
                 }
+                raw.clear();
             }
         });
         let found = rx.recv_timeout(timeout);
-        let _ = child.kill();
+        // nsenter forked journalctl into the sandbox's pid namespace. Kill journalctl, not
+        // nsenter: nsenter then reaps it and exits. An orphan would be reparented to the host's
+        // init, and the sandbox's shutdown would wait for that zombie.
+        let n = child.id();
+        let kids =
+            std::fs::read_to_string(format!("/proc/{n}/task/{n}/children")).unwrap_or_default();
+        for pid in kids.split_whitespace().filter_map(|p| p.parse().ok()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
         let _ = child.wait();
         match found {
             Ok(line) => line,
