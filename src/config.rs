@@ -1145,17 +1145,6 @@ impl<'a> Checker<'a> {
                         ("node-ipc", ReadinessMode::NodeIpc),
                     ];
                     match self.choice("readiness.mode", k, v, &choices) {
-                        Some(ReadinessMode::NodeIpc) => {
-                            // Part of the config format, not yet of the runtime: refused here,
-                            // so that check, start and reload all say so the same way.
-                            readiness.mode = ReadinessMode::NodeIpc;
-                            self.error(
-                                loc(k, v),
-                                "readiness.mode: \"node-ipc\" is not supported by this version \
-                                 of corral yet; use \"notify\" or \"exec\""
-                                    .into(),
-                            );
-                        }
                         Some(mode) => readiness.mode = mode,
                         None => self.readiness_mode_bad = true,
                     }
@@ -2629,14 +2618,10 @@ environment = { Z = "last?", A = 3, B = true, C = 1.5, D = 2.0, E = -7, F = 0x10
             8,
             "readiness.mode",
         );
-        // with node-ipc, in whatever order, the only complaint is that node-ipc is not there yet
-        let errs =
-            errors("command = [\"x\"]\nstop.message = \"bye\"\nreadiness.mode = \"node-ipc\"\n");
-        assert_eq!(errs.len(), 1, "{errs:?}");
-        assert_eq!((errs[0].0, errs[0].1), (3, 18));
-        assert!(errs[0]
-            .2
-            .contains("\"node-ipc\" is not supported by this version"));
+        // the order of the sections does not matter
+        let c = ok("command = [\"x\"]\nstop.message = \"bye\"\nreadiness.mode = \"node-ipc\"\n");
+        assert_eq!(c.stop.message.as_deref(), Some("bye"));
+        assert_eq!(c.readiness.mode, ReadinessMode::NodeIpc);
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod error;
 pub mod generator;
 pub mod journal;
 pub mod listen;
+pub mod nodeipc;
 pub mod notify;
 pub mod output;
 pub mod runtime;

@@ -16,11 +16,12 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
+use tokio::net::unix::OwnedWriteHalf;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
 
-use crate::config::Config;
+use crate::config::{Config, ReadinessMode};
 use crate::control::{self, Command, Incoming, Response, StatusReply};
 use crate::error::Error;
 use crate::listen::{self, Pool, Set};
@@ -111,6 +112,8 @@ pub fn run(opts: RunOptions) -> Result<i32, Error> {
             pending: HashMap::new(),
             next_request: 1,
             exit: None,
+            ipc: HashMap::new(),
+            ipc_ready: None,
         };
         let code = lp
             .run(config, listeners, listener, sd_watchdog, &control_path)
@@ -158,6 +161,10 @@ struct Loop {
     pending: HashMap<RequestId, oneshot::Sender<Response>>,
     next_request: RequestId,
     exit: Option<i32>,
+    /// Node.js IPC channels of node-ipc workers, by pid, with the app's `stop.message`.
+    ipc: HashMap<i32, (OwnedWriteHalf, Option<String>)>,
+    /// Where the channels' readers report a worker's `'ready'` (by pid).
+    ipc_ready: Option<mpsc::Sender<i32>>,
 }
 
 impl Loop {
@@ -182,6 +189,8 @@ impl Loop {
             .and_then(tokio::net::UnixDatagram::from_std)
             .map_err(|e| Error::io("notify socket", e))?;
         let (to_loop, mut from_control) = mpsc::channel::<Incoming>(64);
+        let (ipc_ready, mut ipc_readies) = mpsc::channel::<i32>(1024);
+        self.ipc_ready = Some(ipc_ready);
         tokio::spawn(control::serve(control, to_loop));
 
         let workers = config.workers.resolve();
@@ -233,6 +242,15 @@ impl Loop {
                     }
                 }
                 Some(incoming) = from_control.recv() => self.control(incoming),
+                Some(pid) = ipc_readies.recv() => {
+                    if let Some(id) = self.machine.worker_by_pid(pid) {
+                        let msg = crate::notify::Notification {
+                            ready: true,
+                            ..Default::default()
+                        };
+                        self.step(Event::Notify { id, msg });
+                    }
+                }
                 _ = sleep => {
                     let now = Instant::now();
                     if let (Some(t), Some(every)) = (next_ping, sd_watchdog) {
@@ -309,7 +327,18 @@ impl Loop {
                 };
                 self.step(event);
             }
-            Action::Signal { pid, signal, .. } => {
+            Action::Signal {
+                pid,
+                signal,
+                graceful,
+                ..
+            } => {
+                if graceful {
+                    // stop.message first (node-ipc): as PM2's shutdown_with_message does.
+                    if let Some((channel, Some(message))) = self.ipc.get(&pid) {
+                        let _ = channel.try_write(&crate::nodeipc::message(message));
+                    }
+                }
                 let _ = kill(Pid::from_raw(pid), signal);
                 if signal == Signal::SIGKILL {
                     // The worker leads its own process group: take its children too.
@@ -404,6 +433,11 @@ impl Loop {
             add("LISTEN_FDNAMES", listeners.fdnames());
         }
         add("NOTIFY_SOCKET", self.notify_env.clone());
+        if config.readiness.mode == ReadinessMode::NodeIpc {
+            // The channel follows the listeners (spawn places it there).
+            add("NODE_CHANNEL_FD", (3 + listeners.sockets.len()).to_string());
+            add("NODE_CHANNEL_SERIALIZATION_MODE", "json".into());
+        }
         if let Some(wd) = config.watchdog {
             add("WATCHDOG_USEC", wd.as_micros().to_string());
         }
@@ -450,12 +484,21 @@ impl Loop {
         let (err_r, err_w) = pipe()?;
         let mut env = g.env.clone();
         env.push(CString::new(format!("CORRAL_WORKER={slot}")).expect("no NUL"));
-        let fds = g.listeners.fds();
+        let mut fds = g.listeners.fds();
+        let node_ipc = g.config.readiness.mode == ReadinessMode::NodeIpc;
+        let channel = if node_ipc {
+            let (theirs, read, write) = crate::nodeipc::channel()
+                .map_err(|e| format!("cannot create the Node.js IPC channel: {e}"))?;
+            fds.push(theirs.as_raw_fd());
+            Some((theirs, read, write))
+        } else {
+            None
+        };
         let cmd = spawn::Command {
             program: &program,
             argv: &g.config.command,
             env: &env,
-            listen_pid: !fds.is_empty(),
+            listen_pid: !g.listeners.sockets.is_empty(),
             watchdog_pid: g.config.watchdog.is_some(),
             fds: &fds,
             stdin: self.devnull.as_raw_fd(),
@@ -465,6 +508,11 @@ impl Loop {
         };
         let pid = spawn::spawn(&cmd).map_err(|e| e.to_string())?;
         drop((out_w, err_w));
+        if let (Some((theirs, read, write)), Some(ready)) = (channel, &self.ipc_ready) {
+            drop(theirs);
+            tokio::spawn(crate::nodeipc::read(read, pid, ready.clone()));
+            self.ipc.insert(pid, (write, g.config.stop.message.clone()));
+        }
         let tag = Tag {
             app: self.app.clone(),
             slot,
@@ -499,6 +547,7 @@ impl Loop {
             let (pid, status) = status;
             // Whatever the worker left in its process group goes with it.
             let _ = killpg(pid, Signal::SIGKILL);
+            self.ipc.remove(&pid.as_raw());
             if let Some(id) = self.machine.worker_by_pid(pid.as_raw()) {
                 self.step(Event::Exited { id, status });
             }

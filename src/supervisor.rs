@@ -164,11 +164,13 @@ pub enum Action {
         slot: u32,
         generation: u32,
     },
-    /// Send `signal` to the worker; SIGKILL goes to its whole process group.
+    /// Send `signal` to the worker; SIGKILL goes to its whole process group. `graceful`: this
+    /// is the stop signal of a stop asked for (the runtime sends `stop.message` first).
     Signal {
         id: WorkerId,
         pid: i32,
         signal: Signal,
+        graceful: bool,
     },
     /// Answer a control request that waited for a roll or a scale.
     Reply {
@@ -508,12 +510,18 @@ impl Supervisor {
         let (slot, generation) = (w.slot, w.generation);
         if w.state == WorkerState::Stopping {
             // Given up on before its pid was known (a roll failed meanwhile): finish the job.
+            let graceful = !w.kill_sent;
             let signal = if w.kill_sent {
                 Signal::SIGKILL
             } else {
                 self.params[&generation].stop_signal
             };
-            self.out.push(Action::Signal { id, pid, signal });
+            self.out.push(Action::Signal {
+                id,
+                pid,
+                signal,
+                graceful,
+            });
             return;
         }
         self.log(
@@ -1123,7 +1131,12 @@ impl Supervisor {
         w.deadline = Some(now + p.stop_timeout);
         if let Some(pid) = w.pid {
             let signal = p.stop_signal;
-            self.out.push(Action::Signal { id, pid, signal });
+            self.out.push(Action::Signal {
+                id,
+                pid,
+                signal,
+                graceful: true,
+            });
         }
     }
 
@@ -1155,7 +1168,12 @@ impl Supervisor {
             w.deadline = Some(now + self.params[&gen].stop_timeout);
             if let Some(pid) = pid {
                 let signal = Signal::SIGABRT;
-                self.out.push(Action::Signal { id, pid, signal });
+                self.out.push(Action::Signal {
+                    id,
+                    pid,
+                    signal,
+                    graceful: false,
+                });
             }
         }
     }
@@ -1171,7 +1189,12 @@ impl Supervisor {
             w.kill_sent = true;
             if let Some(pid) = w.pid {
                 let signal = Signal::SIGKILL;
-                self.out.push(Action::Signal { id, pid, signal });
+                self.out.push(Action::Signal {
+                    id,
+                    pid,
+                    signal,
+                    graceful: false,
+                });
             }
         }
     }

@@ -928,6 +928,7 @@ fn watchdog_trigger_aborts_at_once_and_its_exit_counts_as_a_failure() {
         id: w,
         pid: h.pid(w),
         signal: Signal::SIGABRT,
+        graceful: false,
     };
     check!(h, out.contains(&sigabrt));
 

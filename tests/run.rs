@@ -460,3 +460,62 @@ fn check_reports_every_error_with_line_and_column() {
     assert_eq!(out.status.code(), Some(0));
     let _ = std::fs::remove_dir_all(dir);
 }
+
+fn node_ipc(env: &str, timeout: &str) -> String {
+    format!(
+        r#"
+command = ["node", "{{worker_ipc}}"]
+workers = 2
+environment = {{ {env} }}
+[[listen]]
+name = "http"
+address = "127.0.0.1:{{port}}"
+[readiness]
+mode = "node-ipc"
+timeout = "{timeout}"
+[stop]
+message = "shutdown"
+timeout = "10s"
+[restart]
+delay = "5s"
+"#
+    )
+}
+
+#[test]
+fn node_ipc_workers_say_ready_with_process_send_and_stop_on_the_message() {
+    let mut c = Corral::start(&node_ipc(r#"WORKER_TAG = "v1""#, "10s"));
+    c.wait_ready(2, 1);
+    for w in answers_from_n_at_once_node(c.port) {
+        assert_eq!(w["runtime"], "node-ipc");
+        // Node.js found the channel; LISTEN_FDS counts only the listeners.
+        assert_eq!(w["has_channel"], true);
+        assert_eq!(w["listen_fds"], "1");
+    }
+    // A reload stops the old workers with the message (they ignore SIGTERM).
+    c.write_config(&node_ipc(r#"WORKER_TAG = "v2""#, "10s"));
+    let out = c.ctl(&["reload", "demo"]);
+    assert!(out.status.success(), "{out:?}");
+    c.wait_for("demo[0]: slot 0 got the shutdown message", SECS(5));
+    c.wait_for("demo[1]: slot 1 got the shutdown message", SECS(5));
+    assert_eq!(c.get("/").unwrap()["tag"], "v2");
+    assert!(
+        !c.lines().iter().any(|l| l.contains("still running")),
+        "no worker needed SIGKILL"
+    );
+    c.signal(Signal::SIGTERM);
+    assert_eq!(c.wait_exit(SECS(8)).unwrap().code(), Some(0));
+}
+
+#[test]
+fn a_node_ipc_worker_that_never_sends_ready_is_not_ready() {
+    let c = Corral::start(&node_ipc(r#"WORKER_NEVER_READY = "1""#, "1s"));
+    c.wait_for("was not ready within 1.0s", SECS(10));
+    assert!(!c.lines().iter().any(|l| l.contains("2/2 ready")));
+}
+
+/// Two requests on two connections at once: node serves them concurrently, so this only
+/// collects answers (which worker answers is up to the kernel).
+fn answers_from_n_at_once_node(port: u16) -> Vec<serde_json::Value> {
+    (0..2).map(|_| http_get(port, "/").unwrap()).collect()
+}

@@ -56,11 +56,14 @@ pub struct Corral {
     exited: Option<ExitStatus>,
 }
 
-/// Fills `{port}` and `{worker}` in a config template.
+/// Fills `{port}`, `{worker}` (the Python worker) and `{worker_ipc}` (the Node.js one) in a
+/// config template.
 pub fn render(template: &str, port: u16) -> String {
+    let ipc = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/worker-ipc.js");
     template
         .replace("{port}", &port.to_string())
         .replace("{worker}", &worker_py())
+        .replace("{worker_ipc}", &ipc.display().to_string())
 }
 
 impl Corral {

@@ -1,0 +1,31 @@
+// A Node.js worker for readiness mode "node-ipc", as written for PM2's wait_ready: it says
+// process.send('ready') once it listens on the socket at fd 3, and shuts down on the
+// 'shutdown' message. SIGTERM is ignored, so only the message can stop it gracefully: the
+// tests see that it came.
+const http = require("http");
+const env = process.env;
+const server = http.createServer((req, res) => {
+  res.setHeader("Content-Type", "application/json");
+  res.end(
+    JSON.stringify({
+      runtime: "node-ipc",
+      pid: process.pid,
+      slot: env.CORRAL_WORKER,
+      generation: env.CORRAL_GENERATION,
+      tag: env.WORKER_TAG || null,
+      // Node.js deletes NODE_CHANNEL_FD from process.env once it has opened the channel.
+      has_channel: typeof process.send === "function",
+      listen_fds: env.LISTEN_FDS,
+    }),
+  );
+});
+server.listen({ fd: 3 }, () => {
+  if (env.WORKER_NEVER_READY !== "1") process.send("ready");
+});
+process.on("SIGTERM", () => {});
+process.on("message", (m) => {
+  if (m === "shutdown") {
+    console.log(`slot ${env.CORRAL_WORKER} got the shutdown message`);
+    server.close(() => process.exit(0));
+  }
+});
