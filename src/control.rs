@@ -127,7 +127,7 @@ impl StatusReply {
 }
 
 /// Resident set size from /proc/PID/statm (proc(5)): pages × page size.
-fn rss_bytes(pid: i32) -> Option<u64> {
+pub fn rss_bytes(pid: i32) -> Option<u64> {
     let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
     let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
     let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)

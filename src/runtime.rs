@@ -402,6 +402,13 @@ impl Loop {
                     Level::Error => error!(slot, pid, generation, "{who}{message}"),
                 }
             }
+            Action::SampleMemory { workers } => {
+                for (id, pid) in workers {
+                    if let Some(rss) = control::rss_bytes(pid) {
+                        self.step(Event::Memory { id, rss });
+                    }
+                }
+            }
             Action::Exit(code) => self.exit = Some(code),
         }
     }

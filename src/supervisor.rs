@@ -43,6 +43,8 @@ pub struct Params {
     pub delay: Duration,
     pub max_delay: Duration,
     pub reset_after: Duration,
+    /// `limits.max_memory`: a ready worker whose RSS is above it is replaced gracefully.
+    pub max_memory: Option<u64>,
 }
 
 impl Params {
@@ -60,6 +62,7 @@ impl Params {
             delay: config.restart.delay,
             max_delay: config.restart.max_delay,
             reset_after: config.restart.reset_after,
+            max_memory: config.limits.max_memory,
         }
     }
 }
@@ -136,6 +139,8 @@ pub enum Event {
     },
     /// SIGTERM/SIGINT: drain; a second one kills at once.
     Stop,
+    /// A worker's resident memory, as a `SampleMemory` action asked for.
+    Memory { id: WorkerId, rss: u64 },
 }
 
 /// Messages for systemd (and, standalone, for the terminal).
@@ -188,6 +193,10 @@ pub enum Action {
         pid: Option<i32>,
         generation: Option<u32>,
         message: String,
+    },
+    /// Read these workers' resident memory and report each as `Event::Memory`.
+    SampleMemory {
+        workers: Vec<(WorkerId, i32)>,
     },
     /// Nothing is left to supervise: exit the process with this code.
     Exit(i32),
@@ -322,8 +331,13 @@ pub struct Supervisor {
     last_status: String,
     restarts: u64,
     last_failed: bool,
+    /// When memory is next sampled (only while some generation has `limits.max_memory`).
+    next_sample: Option<Instant>,
     out: Vec<Action>,
 }
+
+/// How often workers' memory is checked against `limits.max_memory`.
+pub const MEMORY_SAMPLE_EVERY: Duration = Duration::from_secs(2);
 
 impl Default for Supervisor {
     fn default() -> Self {
@@ -347,6 +361,7 @@ impl Supervisor {
             last_status: String::new(),
             restarts: 0,
             last_failed: false,
+            next_sample: None,
             out: Vec::new(),
         }
     }
@@ -368,6 +383,7 @@ impl Supervisor {
             } => self.on_roll(generation, params, scope, request),
             Event::Scale { workers, request } => self.on_scale(workers, request, now),
             Event::Stop => self.on_stop(now),
+            Event::Memory { id, rss } => self.on_memory(id, rss, now),
         }
         self.settle(now);
         std::mem::take(&mut self.out)
@@ -377,7 +393,7 @@ impl Supervisor {
     pub fn next_deadline(&self) -> Option<Instant> {
         let workers = self.workers.values().filter_map(|w| w.deadline);
         let slots = self.slots.iter().filter_map(|s| s.retry_at);
-        workers.chain(slots).min()
+        workers.chain(slots).chain(self.next_sample).min()
     }
 
     /// Which worker a pid belongs to (for exits and notify datagrams).
@@ -679,7 +695,57 @@ impl Supervisor {
         }
     }
 
+    /// A ready worker above `limits.max_memory` is replaced the graceful way: a new worker for
+    /// its slot first, the old one stopped once that is ready (as one step of a roll).
+    fn on_memory(&mut self, id: WorkerId, rss: u64, now: Instant) {
+        let Some(w) = self.workers.get(&id) else {
+            return;
+        };
+        let Some(limit) = self.params[&w.generation].max_memory else {
+            return;
+        };
+        let slot = &self.slots[w.slot as usize];
+        let replaceable = w.state == WorkerState::Ready
+            && slot.worker == Some(id)
+            && slot.incoming.is_none()
+            && !slot.removing
+            && self.roll.is_none()
+            && self.phase == Phase::Running;
+        if rss <= limit || !replaceable {
+            return;
+        }
+        let (s, pid, gen) = (w.slot, w.pid, w.generation);
+        self.log(
+            Level::Warn,
+            Some(s),
+            pid,
+            Some(gen),
+            format!(
+                "uses {} MiB, above limits.max_memory ({} MiB): replacing it",
+                rss >> 20,
+                limit >> 20
+            ),
+        );
+        let slot = &mut self.slots[s as usize];
+        slot.restarts += 1;
+        self.restarts += 1;
+        self.spawn(s, true, gen, now);
+    }
+
     fn on_tick(&mut self, now: Instant) {
+        if self.next_sample.is_some_and(|t| t <= now) {
+            self.next_sample = None;
+            let workers: Vec<(WorkerId, i32)> = self
+                .workers
+                .iter()
+                .filter(|(_, w)| w.state == WorkerState::Ready)
+                .filter(|(_, w)| self.params[&w.generation].max_memory.is_some())
+                .filter_map(|(&id, w)| w.pid.map(|p| (id, p)))
+                .collect();
+            if !workers.is_empty() {
+                self.out.push(Action::SampleMemory { workers });
+            }
+        }
         let due: Vec<WorkerId> = self
             .workers
             .iter()
@@ -1286,6 +1352,17 @@ impl Supervisor {
         for generation in unused {
             self.params.remove(&generation);
             self.out.push(Action::Forget { generation });
+        }
+        // Memory is sampled while any worker's config limits it.
+        let limited = self.phase == Phase::Running
+            && self
+                .workers
+                .values()
+                .any(|w| self.params[&w.generation].max_memory.is_some());
+        if !limited {
+            self.next_sample = None;
+        } else if self.next_sample.is_none() {
+            self.next_sample = Some(now + MEMORY_SAMPLE_EVERY);
         }
         let idle = self.workers.is_empty()
             && self.slots.iter().all(|s| s.retry_at.is_none())

@@ -69,7 +69,13 @@ impl P {
             delay: ms(100),
             max_delay: secs(1),
             reset_after: secs(10),
+            max_memory: None,
         })
+    }
+
+    fn max_memory(mut self, bytes: u64) -> P {
+        self.0.max_memory = Some(bytes);
+        self
     }
 
     fn batch(mut self, batch: u32) -> P {
@@ -1860,4 +1866,105 @@ fn stop_with_nothing_running_exits_at_once() {
     h.exit(h.serving(0), 1);
     let out = h.stop();
     check!(h, out.contains(&Action::Exit(0)));
+}
+
+// ---- limits.max_memory ----
+
+const MIB: u64 = 1 << 20;
+
+/// The workers the last `SampleMemory` since `mark` asked about.
+fn sampled_since(h: &Harness, mark: usize) -> Vec<WorkerId> {
+    h.actions[mark..]
+        .iter()
+        .filter_map(|a| match a {
+            Action::SampleMemory { workers } => Some(workers.iter().map(|w| w.0).collect()),
+            _ => None,
+        })
+        .next_back()
+        .unwrap_or_default()
+}
+
+#[test]
+fn without_a_memory_limit_nothing_is_sampled_and_nothing_is_due() {
+    let mut h = Harness::started(P::new(2));
+    check_eq!(
+        h,
+        h.sup.next_deadline(),
+        None,
+        "an idle supervisor has no timer at all"
+    );
+    let mark = h.mark();
+    h.advance(secs(60));
+    check!(h, sampled_since(&h, mark).is_empty());
+}
+
+#[test]
+fn a_worker_above_max_memory_is_replaced_new_one_ready_first() {
+    let mut h = Harness::started(P::new(2).max_memory(100 * MIB));
+    let (w0, w1) = (h.last_spawn(0), h.last_spawn(1));
+    let mark = h.mark();
+    h.advance(MEMORY_SAMPLE_EVERY);
+    let mut sampled = sampled_since(&h, mark);
+    sampled.sort();
+    check_eq!(h, sampled, vec![w0, w1], "ready workers are sampled");
+
+    // Under the limit: nothing happens.
+    let mark = h.mark();
+    h.step(Event::Memory {
+        id: w1,
+        rss: 50 * MIB,
+    });
+    check!(h, h.spawned_since(mark).is_empty());
+
+    // Above: a replacement for slot 0, same generation; the old one keeps serving until then.
+    h.step(Event::Memory {
+        id: w0,
+        rss: 300 * MIB,
+    });
+    check_eq!(h, h.spawned_since(mark), vec![(0, 1)]);
+    check!(
+        h,
+        h.signals(w0).is_empty(),
+        "the old worker serves until its replacement is ready"
+    );
+    check_eq!(h, h.snap().ready, 2, "capacity is kept");
+    // Sampled again while the replacement starts: no second replacement.
+    let mark = h.mark();
+    h.step(Event::Memory {
+        id: w0,
+        rss: 300 * MIB,
+    });
+    check!(h, h.spawned_since(mark).is_empty());
+
+    let new = h.last_spawn(0);
+    h.ready(new);
+    check_eq!(
+        h,
+        h.signals(w0),
+        vec![Signal::SIGTERM],
+        "then it is stopped gracefully"
+    );
+    check_eq!(h, h.snap().restarts, 1, "and counted as a restart");
+    h.exit(w0, 0);
+    check_eq!(h, h.snap().ready, 2);
+    check!(
+        h,
+        h.status()
+            .starts_with("2/2 ready · generation 1 · 1 restart")
+    );
+}
+
+#[test]
+fn a_replacement_for_memory_that_fails_leaves_the_old_worker_serving() {
+    let mut h = Harness::started(P::new(1).max_memory(100 * MIB));
+    let old = h.last_spawn(0);
+    h.step(Event::Memory {
+        id: old,
+        rss: 300 * MIB,
+    });
+    let new = h.last_spawn(0);
+    check!(h, new != old);
+    h.exit(new, 1);
+    check!(h, h.signals(old).is_empty(), "the old worker still serves");
+    check_eq!(h, h.snap().ready, 1);
 }

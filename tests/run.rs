@@ -519,3 +519,41 @@ fn a_node_ipc_worker_that_never_sends_ready_is_not_ready() {
 fn answers_from_n_at_once_node(port: u16) -> Vec<serde_json::Value> {
     (0..2).map(|_| http_get(port, "/").unwrap()).collect()
 }
+
+#[test]
+fn a_worker_above_max_memory_is_replaced_after_its_replacement_is_ready() {
+    let c = Corral::start(
+        r#"
+command = ["python3", "{worker}"]
+environment = { WORKER_ALLOC_MB = "80" }
+[[listen]]
+name = "http"
+address = "127.0.0.1:{port}"
+[limits]
+max_memory = "50M"
+"#,
+    );
+    let line = c.wait_for("above limits.max_memory (50 MiB): replacing it", SECS(20));
+    let old: i64 = line
+        .split("pid ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    let exited = c.wait_for(
+        &format!("pid {old} (generation 1): exited with code 0"),
+        SECS(20),
+    );
+    // The replacement was ready before the old worker was asked to go.
+    let lines = c.lines();
+    let pos = |needle: &str| lines.iter().position(|l| l.contains(needle)).unwrap();
+    let replacing = pos("above limits.max_memory");
+    let ready_new = replacing
+        + lines[replacing..]
+            .iter()
+            .position(|l| l.contains("ready after") && !l.contains(&format!("pid {old} ")))
+            .expect("the replacement got ready");
+    assert!(ready_new < pos(&exited), "{lines:#?}");
+    c.get("/").unwrap();
+}

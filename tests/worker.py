@@ -20,6 +20,7 @@ new config) can change it:
                          ("{slot}" in them becomes the slot number)
   WORKER_SAY_LONG=N      a line of N "L"s on stdout at start
   WORKER_SAY_BINARY=1    a line that is not UTF-8 on stdout at start
+  WORKER_ALLOC_MB=N      hold N MiB of memory (resident) for its whole life
 Paths: GET /crash answers, then exits with code 3; GET /hang stops watchdog pings.
 A connection that starts with "HOLD\n" is answered "HELD\n" at once, then read as usual: the
 tests use it to know a worker has taken (and is busy with) that connection.
@@ -81,6 +82,9 @@ if env.get("WORKER_IGNORE_TERM") == "1":
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 else:
     signal.signal(signal.SIGTERM, on_term)
+
+# Memory that counts in RSS: bytes filled with non-zero data touch every page.
+BALLAST = b"\x01" * (int(env.get("WORKER_ALLOC_MB", "0")) << 20)
 
 if env.get("WORKER_SAY_LONG"):
     print("L" * int(env["WORKER_SAY_LONG"]), flush=True)
