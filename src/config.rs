@@ -317,6 +317,30 @@ const LIMITS_KEYS: &[&str] = &["max_memory"];
 const LOGS_KEYS: &[&str] = &["stderr_priority"];
 const SERVICE_KEYS: &[&str] = &["user", "group", "watchdog"];
 
+/// Every key a config file may hold, as `section.key` (`command` for top-level scalars): the
+/// one list the parser accepts, which the man page's coverage test checks corral.toml(5) against.
+pub fn all_keys() -> Vec<String> {
+    let tables: &[(&str, &[&str])] = &[
+        ("listen", LISTEN_KEYS),
+        ("readiness", READINESS_KEYS),
+        ("watchdog", WATCHDOG_KEYS),
+        ("stop", STOP_KEYS),
+        ("restart", RESTART_KEYS),
+        ("reload", RELOAD_KEYS),
+        ("limits", LIMITS_KEYS),
+        ("logs", LOGS_KEYS),
+        ("service", SERVICE_KEYS),
+    ];
+    let mut keys = Vec::new();
+    for top in TOP_KEYS {
+        match tables.iter().find(|(t, _)| t == top) {
+            Some((t, sub)) => keys.extend(sub.iter().map(|k| format!("{t}.{k}"))),
+            None => keys.push(top.to_string()),
+        }
+    }
+    keys
+}
+
 /// Sections and their keys, for hints about keys put at the top level.
 const SECTIONS: &[(&str, &[&str])] = &[
     ("[[listen]]", LISTEN_KEYS),

@@ -10,6 +10,7 @@
 //! - [`control`]: the control socket protocol and its client;
 //! - [`output`]: relay of worker stdout/stderr lines.
 
+pub mod cli;
 pub mod config;
 pub mod control;
 pub mod error;

@@ -4,87 +4,13 @@ use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
 
+use corral::cli::{Cli, Cmd};
 use corral::config::Config;
 use corral::control::{self, Command, StatusReply};
 use corral::error::{exit, Error};
 use corral::runtime::{self, RunOptions};
-
-const EXIT_CODES: &str = "\
-Exit codes:
-  0  success
-  1  failure: invalid config, refused or failed reload, error
-  2  usage error
-  3  not running: no supervisor answers on the control socket";
-
-#[derive(Parser)]
-#[command(
-    name = "corral",
-    version,
-    about = "Run N copies of a server behind shared, socket-activated listeners, the systemd way",
-    after_help = EXIT_CODES
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Cmd,
-}
-
-#[derive(Subcommand)]
-enum Cmd {
-    /// Run the supervisor in the foreground (what corral@.service starts).
-    Run {
-        /// The app config file, or an app name for /etc/corral/APP.toml.
-        config: String,
-        /// Control socket path (default: $RUNTIME_DIRECTORY/APP.sock, /run/corral/APP.sock as root).
-        #[arg(long, value_name = "PATH")]
-        control: Option<PathBuf>,
-    },
-    /// Validate config files; prints every error with FILE:LINE:COL and exits 1 on any.
-    Check {
-        #[arg(required = true, value_name = "CONFIG")]
-        configs: Vec<PathBuf>,
-    },
-    /// Show the workers of one app, or of every app running on this machine.
-    Status {
-        app: Option<String>,
-        #[arg(long, value_name = "PATH")]
-        control: Option<PathBuf>,
-        /// Print JSON (stable field names) instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Rolling reload with the re-read config; returns when done, non-zero if refused or failed.
-    Reload {
-        app: String,
-        #[arg(long, value_name = "PATH")]
-        control: Option<PathBuf>,
-    },
-    /// Rolling restart of every worker, or one, without re-reading the config.
-    Restart {
-        app: String,
-        /// Only this slot.
-        #[arg(long, value_name = "N")]
-        worker: Option<u32>,
-        #[arg(long, value_name = "PATH")]
-        control: Option<PathBuf>,
-    },
-    /// Write standalone APP.service and APP.socket units for CONFIG (replaces `pm2 startup`).
-    Generate {
-        config: PathBuf,
-        /// Directory to write the units to.
-        #[arg(long, value_name = "DIR", default_value = ".")]
-        output: PathBuf,
-    },
-    /// Change the number of workers now: N, +N or -N (until the next reload re-reads `workers`).
-    Scale {
-        app: String,
-        #[arg(allow_hyphen_values = true, value_name = "N|+N|-N")]
-        workers: String,
-        #[arg(long, value_name = "PATH")]
-        control: Option<PathBuf>,
-    },
-}
 
 fn main() -> ExitCode {
     // Installed as /usr/lib/systemd/system-generators/corral-generator -> /usr/bin/corral.
@@ -135,6 +61,17 @@ fn dispatch(cmd: Cmd) -> Result<i32, Error> {
             control,
         }),
         Cmd::Check { configs } => check(&configs),
+        Cmd::Logs {
+            app,
+            follow,
+            worker,
+            lines,
+        } => logs(&app, follow, worker, lines),
+        Cmd::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "corral", &mut std::io::stdout());
+            Ok(exit::OK)
+        }
         Cmd::Generate { config, output } => generate(&config, &output),
         Cmd::Status { app, control, json } => status(app, control, json),
         Cmd::Reload { app, control } => remote(
@@ -164,6 +101,34 @@ fn dispatch(cmd: Cmd) -> Result<i32, Error> {
             Some(QUICK),
         ),
     }
+}
+
+/// `corral logs`: journalctl, matching the fields corral gives every entry of the app.
+fn logs(app: &str, follow: bool, worker: Option<u32>, lines: u32) -> Result<i32, Error> {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new("journalctl");
+    cmd.arg(format!("CORRAL_APP={app}")).args([
+        "-n",
+        &lines.to_string(),
+        "-o",
+        "short-iso",
+        "--no-hostname",
+    ]);
+    if let Some(w) = worker {
+        cmd.arg(format!("CORRAL_WORKER={w}"));
+    }
+    if follow {
+        cmd.arg("-f");
+    }
+    // Replaces this process: journalctl's pager, colours and exit code are the user's.
+    let e = cmd.exec();
+    Err(match e.kind() {
+        std::io::ErrorKind::NotFound => Error::Refused(format!(
+            "there is no journal on this machine (journalctl not found): under `corral run` \
+             outside systemd, {app}'s logs are on corral's standard error"
+        )),
+        _ => Error::io("cannot run journalctl", e),
+    })
 }
 
 fn check(paths: &[PathBuf]) -> Result<i32, Error> {

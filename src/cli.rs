@@ -1,0 +1,100 @@
+//! The command line: every command and flag, in one place for `--help`, the completions and
+//! the man page's coverage test.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Exit codes, as `--help` and corral(1) list them (see [`crate::error::exit`]).
+pub const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  failure: invalid config, refused or failed reload, error
+  2  usage error
+  3  not running: no supervisor answers on the control socket";
+
+#[derive(Parser)]
+#[command(
+    name = "corral",
+    version,
+    about = "Run N copies of a server behind shared, socket-activated listeners, the systemd way",
+    after_help = EXIT_CODES
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// Run the supervisor in the foreground (what corral@.service starts).
+    Run {
+        /// The app config file, or an app name for /etc/corral/APP.toml.
+        config: String,
+        /// Control socket path (default: $RUNTIME_DIRECTORY/APP.sock, /run/corral/APP.sock as root).
+        #[arg(long, value_name = "PATH")]
+        control: Option<PathBuf>,
+    },
+    /// Validate config files; prints every error with FILE:LINE:COL and exits 1 on any.
+    Check {
+        #[arg(required = true, value_name = "CONFIG")]
+        configs: Vec<PathBuf>,
+    },
+    /// Show the workers of one app, or of every app running on this machine.
+    Status {
+        app: Option<String>,
+        #[arg(long, value_name = "PATH")]
+        control: Option<PathBuf>,
+        /// Print JSON (stable field names) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rolling reload with the re-read config; returns when done, non-zero if refused or failed.
+    Reload {
+        app: String,
+        #[arg(long, value_name = "PATH")]
+        control: Option<PathBuf>,
+    },
+    /// Rolling restart of every worker, or one, without re-reading the config.
+    Restart {
+        app: String,
+        /// Only this slot.
+        #[arg(long, value_name = "N")]
+        worker: Option<u32>,
+        #[arg(long, value_name = "PATH")]
+        control: Option<PathBuf>,
+    },
+    /// Show the app's logs from the journal (journalctl with the app's fields).
+    Logs {
+        app: String,
+        /// Keep printing new lines as they come.
+        #[arg(short, long)]
+        follow: bool,
+        /// Only this slot's lines (CORRAL_WORKER=N).
+        #[arg(long, value_name = "N")]
+        worker: Option<u32>,
+        /// How many of the last lines to show.
+        #[arg(short = 'n', long, value_name = "N", default_value_t = 50)]
+        lines: u32,
+    },
+    /// Print a shell completion script.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write standalone APP.service and APP.socket units for CONFIG (replaces `pm2 startup`).
+    Generate {
+        config: PathBuf,
+        /// Directory to write the units to.
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        output: PathBuf,
+    },
+    /// Change the number of workers now: N, +N or -N (until the next reload re-reads `workers`).
+    Scale {
+        app: String,
+        #[arg(allow_hyphen_values = true, value_name = "N|+N|-N")]
+        workers: String,
+        #[arg(long, value_name = "PATH")]
+        control: Option<PathBuf>,
+    },
+}
