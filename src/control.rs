@@ -56,6 +56,10 @@ pub struct Response {
     pub error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<StatusReply>,
+    /// Set on the lines that come before the answer of a long operation (a reload's progress);
+    /// the answer itself has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<String>,
 }
 
 /// What `status` returns: the supervisor's snapshot plus what only the runtime knows.
@@ -88,6 +92,8 @@ pub struct WorkerStatus {
     pub generation: u32,
     pub restarts: u32,
     pub uptime_s: Option<f64>,
+    /// CPU time over the worker's life, in percent of one CPU (what ps(1) shows as %CPU).
+    pub cpu_percent: Option<f64>,
     pub rss_bytes: Option<u64>,
     pub status: Option<String>,
 }
@@ -118,12 +124,29 @@ impl StatusReply {
                     generation: w.generation,
                     restarts: w.restarts,
                     uptime_s: w.uptime_s.map(|u| (u * 10.0).round() / 10.0),
+                    cpu_percent: w.pid.and_then(cpu_seconds).zip(w.uptime_s).map(|(c, u)| {
+                        let pct = if u > 0.0 { c / u * 100.0 } else { 0.0 };
+                        (pct * 10.0).round() / 10.0
+                    }),
                     rss_bytes: w.pid.and_then(rss_bytes),
                     status: w.status,
                 })
                 .collect(),
         }
     }
+}
+
+/// User + system CPU time from /proc/PID/stat (proc(5): fields 14 and 15, in clock ticks).
+pub fn cpu_seconds(pid: i32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count from the last ')'.
+    let rest: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = rest.get(11)?.parse::<u64>().ok()? + rest.get(12)?.parse::<u64>().ok()?;
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    Some(ticks as f64 / hz)
 }
 
 /// Resident set size from /proc/PID/statm (proc(5)): pages × page size.
@@ -145,6 +168,7 @@ impl Response {
             message: Some(message.into()),
             error: None,
             status: None,
+            progress: None,
         }
     }
     pub fn err(error: impl Into<String>) -> Response {
@@ -154,6 +178,7 @@ impl Response {
             message: None,
             error: Some(error.into()),
             status: None,
+            progress: None,
         }
     }
 }
@@ -227,7 +252,19 @@ pub fn all_paths() -> Vec<PathBuf> {
 /// A request from a connection, for the event loop to answer.
 pub struct Incoming {
     pub command: Command,
-    pub reply: oneshot::Sender<Response>,
+    pub reply: Reply,
+}
+
+/// Where the event loop answers a request: the answer, and progress lines before it.
+pub struct Reply {
+    pub answer: oneshot::Sender<Response>,
+    pub progress: mpsc::Sender<String>,
+}
+
+impl Reply {
+    pub fn send(self, r: Response) {
+        let _ = self.answer.send(r);
+    }
 }
 
 /// The listening control socket; removed from the file system when dropped.
@@ -305,58 +342,84 @@ fn peer_allowed(stream: &UnixStream) -> Result<(), String> {
 async fn connection(stream: UnixStream, to_loop: mpsc::Sender<Incoming>) {
     let allowed = peer_allowed(&stream);
     let (read, mut write) = stream.into_split();
-    let response = match allowed {
-        Err(e) => Response::err(e),
+    let request = match allowed {
+        Err(e) => Err(Response::err(e)),
         Ok(()) => {
             let mut line = String::new();
             let mut reader =
                 tokio::io::BufReader::new(tokio::io::AsyncReadExt::take(read, MAX_REQUEST));
             let read = tokio::time::timeout(Duration::from_secs(10), reader.read_line(&mut line));
             match read.await {
-                Err(_) => Response::err("no request within 10s"),
-                Ok(Err(e)) => Response::err(format!("cannot read request: {e}")),
-                Ok(Ok(_)) if !line.ends_with('\n') => {
-                    Response::err("request too long or not terminated by a newline")
-                }
-                Ok(Ok(_)) => handle(&line, &to_loop).await,
+                Err(_) => Err(Response::err("no request within 10s")),
+                Ok(Err(e)) => Err(Response::err(format!("cannot read request: {e}"))),
+                Ok(Ok(_)) if !line.ends_with('\n') => Err(Response::err(
+                    "request too long or not terminated by a newline",
+                )),
+                Ok(Ok(_)) => parse(&line).map_err(Response::err),
             }
         }
     };
-    let mut text = serde_json::to_string(&response).expect("a response serialises");
-    text.push('\n');
-    let _ = write.write_all(text.as_bytes()).await;
+    let response = match request {
+        Err(r) => r,
+        Ok(command) => {
+            let (answer, mut answered) = oneshot::channel();
+            let (progress, mut progressed) = mpsc::channel(64);
+            let incoming = Incoming {
+                command,
+                reply: Reply { answer, progress },
+            };
+            if to_loop.send(incoming).await.is_err() {
+                Response::err("corral is shutting down")
+            } else {
+                loop {
+                    tokio::select! {
+                        Some(p) = progressed.recv() => {
+                            let mut r = Response::ok("");
+                            r.message = None;
+                            r.progress = Some(p);
+                            if send_line(&mut write, &r).await.is_err() {
+                                break Response::err("the client went away");
+                            }
+                        }
+                        r = &mut answered => {
+                            break r.unwrap_or_else(|_| Response::err("corral is shutting down"));
+                        }
+                    }
+                }
+            }
+        }
+    };
+    let _ = send_line(&mut write, &response).await;
 }
 
-async fn handle(line: &str, to_loop: &mpsc::Sender<Incoming>) -> Response {
-    let value: serde_json::Value = match serde_json::from_str(line) {
-        Ok(v) => v,
-        Err(e) => return Response::err(format!("malformed request: {e}")),
-    };
+async fn send_line(
+    write: &mut tokio::net::unix::OwnedWriteHalf,
+    r: &Response,
+) -> std::io::Result<()> {
+    let mut text = serde_json::to_string(r).expect("a response serialises");
+    text.push('\n');
+    write.write_all(text.as_bytes()).await
+}
+
+/// Checks a request line: JSON, this protocol version, a known command. The error is the
+/// reply's text.
+fn parse(line: &str) -> Result<Command, String> {
+    let value: serde_json::Value =
+        serde_json::from_str(line).map_err(|e| format!("malformed request: {e}"))?;
     match value.get("version").and_then(|v| v.as_u64()) {
         Some(v) if v == u64::from(PROTOCOL_VERSION) => {}
         Some(v) => {
-            return Response::err(format!(
+            return Err(format!(
                 "protocol version {v} is not supported: this supervisor speaks version \
                  {PROTOCOL_VERSION} (corral {}); use the corral binary of the same version",
                 env!("CARGO_PKG_VERSION")
             ))
         }
-        None => return Response::err("malformed request: no \"version\""),
+        None => return Err("malformed request: no \"version\"".into()),
     }
-    let request: Request = match serde_json::from_value(value) {
-        Ok(r) => r,
-        Err(e) => return Response::err(format!("unknown or malformed command: {e}")),
-    };
-    let (tx, rx) = oneshot::channel();
-    let incoming = Incoming {
-        command: request.command,
-        reply: tx,
-    };
-    if to_loop.send(incoming).await.is_err() {
-        return Response::err("corral is shutting down");
-    }
-    rx.await
-        .unwrap_or_else(|_| Response::err("corral is shutting down"))
+    let request: Request =
+        serde_json::from_value(value).map_err(|e| format!("unknown or malformed command: {e}"))?;
+    Ok(request.command)
 }
 
 /// Sends one request and waits for the reply, at most `timeout` (none for a reload, which
@@ -365,6 +428,16 @@ pub fn request(
     path: &Path,
     command: Command,
     timeout: Option<Duration>,
+) -> Result<Response, Error> {
+    request_with_progress(path, command, timeout, |_| {})
+}
+
+/// [`request`], handing each progress line of a long operation to `progress` as it comes.
+pub fn request_with_progress(
+    path: &Path,
+    command: Command,
+    timeout: Option<Duration>,
+    mut progress: impl FnMut(&str),
 ) -> Result<Response, Error> {
     let stream = StdStream::connect(path).map_err(|e| match e.kind() {
         io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => Error::NotRunning {
@@ -389,10 +462,10 @@ pub fn request(
             return Err(Error::io(format!("cannot send to {}", path.display()), e));
         }
     }
-    let mut line = String::new();
-    BufReader::new(&stream)
-        .read_line(&mut line)
-        .map_err(|e| match e.kind() {
+    let mut reader = BufReader::new(&stream);
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).map_err(|e| match e.kind() {
             io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Error::io(
                 format!(
                     "no answer from {} within {}s (is the supervisor stopped or stuck?)",
@@ -403,32 +476,36 @@ pub fn request(
             ),
             _ => Error::io(format!("cannot read from {}", path.display()), e),
         })?;
-    if line.is_empty() {
-        return Err(Error::Protocol(format!(
-            "{} closed the connection without an answer",
-            path.display()
-        )));
-    }
-    let value: serde_json::Value = serde_json::from_str(&line).map_err(|e| {
-        Error::Protocol(format!(
-            "{} answered something that is not corral's protocol: {e}",
-            path.display()
-        ))
-    })?;
-    match value.get("version").and_then(|v| v.as_u64()) {
-        Some(v) if v == u64::from(PROTOCOL_VERSION) => {}
-        other => {
+        if line.is_empty() {
             return Err(Error::Protocol(format!(
-                "the supervisor speaks control protocol version {}, this client {PROTOCOL_VERSION} \
-                 (corral {}): use the corral binary of the same version",
-                other.map_or("?".to_string(), |v| v.to_string()),
-                env!("CARGO_PKG_VERSION")
-            )))
+                "{} closed the connection without an answer",
+                path.display()
+            )));
+        }
+        let value: serde_json::Value = serde_json::from_str(&line).map_err(|e| {
+            Error::Protocol(format!(
+                "{} answered something that is not corral's protocol: {e}",
+                path.display()
+            ))
+        })?;
+        match value.get("version").and_then(|v| v.as_u64()) {
+            Some(v) if v == u64::from(PROTOCOL_VERSION) => {}
+            other => {
+                return Err(Error::Protocol(format!(
+                    "the supervisor speaks control protocol version {}, this client \
+                     {PROTOCOL_VERSION} (corral {}): use the corral binary of the same version",
+                    other.map_or("?".to_string(), |v| v.to_string()),
+                    env!("CARGO_PKG_VERSION")
+                )))
+            }
+        }
+        let response: Response = serde_json::from_value(value)
+            .map_err(|e| Error::Protocol(format!("malformed answer: {e}")))?;
+        match &response.progress {
+            Some(p) => progress(p),
+            None => return Ok(response),
         }
     }
-    let response: Response = serde_json::from_value(value)
-        .map_err(|e| Error::Protocol(format!("malformed answer: {e}")))?;
-    Ok(response)
 }
 
 #[cfg(test)]

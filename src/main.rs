@@ -208,7 +208,8 @@ fn remote(
     done: &str,
     timeout: Option<std::time::Duration>,
 ) -> Result<i32, Error> {
-    let r = control::request(path, command, timeout)?;
+    // A roll's progress, as it goes, on stderr: stdout keeps only the outcome.
+    let r = control::request_with_progress(path, command, timeout, |p| eprintln!("{p}"))?;
     if r.ok {
         println!("{}", r.message.unwrap_or_else(|| done.to_string()));
         Ok(exit::OK)
@@ -303,8 +304,8 @@ fn table(s: &StatusReply, color: bool) -> String {
     }
     t += "\n";
     t += &format!(
-        "{:>4}  {:>8}  {:<8}  {:>3}  {:>8}  {:>8}  {:>9}  {}\n",
-        "SLOT", "PID", "STATE", "GEN", "RESTARTS", "UPTIME", "RSS", "STATUS"
+        "{:>4}  {:>8}  {:<8}  {:>3}  {:>8}  {:>7}  {:>6}  {:>9}  {}\n",
+        "SLOT", "PID", "STATE", "GEN", "RESTARTS", "UPTIME", "CPU", "RSS", "STATUS"
     );
     for w in &s.workers {
         let state = if color {
@@ -318,18 +319,30 @@ fn table(s: &StatusReply, color: bool) -> String {
             format!("{:<8}", w.state)
         };
         t += &format!(
-            "{:>4}  {:>8}  {}  {:>3}  {:>8}  {:>8}  {:>9}  {}\n",
+            "{:>4}  {:>8}  {}  {:>3}  {:>8}  {:>7}  {:>6}  {:>9}  {}\n",
             w.slot,
             w.pid.map_or("-".into(), |p| p.to_string()),
             state,
             w.generation,
             w.restarts,
-            w.uptime_s.map_or("-".into(), |u| format!("{u:.0}s")),
+            w.uptime_s.map_or("-".into(), human_uptime),
+            w.cpu_percent.map_or("-".into(), |c| format!("{c:.1}%")),
             w.rss_bytes.map_or("-".into(), human_bytes),
             w.status.as_deref().unwrap_or("")
         );
     }
     t
+}
+
+/// "42s", "7m", "3h", "2d": as `pm2 list` shows uptimes.
+fn human_uptime(s: f64) -> String {
+    let s = s as u64;
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m", s / 60),
+        3600..=86399 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86400),
+    }
 }
 
 fn human_bytes(b: u64) -> String {

@@ -18,11 +18,11 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
 use crate::config::{Config, ReadinessMode};
-use crate::control::{self, Command, Incoming, Response, StatusReply};
+use crate::control::{self, Command, Incoming, Reply, Response, StatusReply};
 use crate::error::Error;
 use crate::listen::{self, Pool, Set};
 use crate::notify::{NotifySocket, Systemd};
@@ -158,7 +158,7 @@ struct Loop {
     base_env: Vec<(OsString, OsString)>,
     devnull: OwnedFd,
     output: Output,
-    pending: HashMap<RequestId, oneshot::Sender<Response>>,
+    pending: HashMap<RequestId, Reply>,
     next_request: RequestId,
     exit: Option<i32>,
     /// Node.js IPC channels of node-ipc workers, by pid, with the app's `stop.message`.
@@ -347,7 +347,7 @@ impl Loop {
             }
             Action::Reply { request, result } => {
                 if let Some(tx) = self.pending.remove(&request) {
-                    let _ = tx.send(match result {
+                    tx.send(match result {
                         Ok(m) => Response::ok(m),
                         Err(e) => Response::err(e),
                     });
@@ -369,6 +369,10 @@ impl Loop {
                 supervisor::Systemd::Status(s) => {
                     info!("{s}");
                     self.sd_send(&format!("STATUS={s}"));
+                    // Whoever waits for a reload sees how it goes (never blocking the loop).
+                    for waiting in self.pending.values() {
+                        let _ = waiting.progress.try_send(s.clone());
+                    }
                 }
             },
             Action::Log {
@@ -562,7 +566,7 @@ impl Loop {
     }
 
     /// Re-reads the config and starts a roll; a bad config changes nothing.
-    fn reload(&mut self, reply: Option<oneshot::Sender<Response>>) {
+    fn reload(&mut self, reply: Option<Reply>) {
         info!("reload: reading {}", self.config_path.display());
         let prepared = Config::load(&self.config_path)
             .map_err(Error::from)
@@ -576,7 +580,7 @@ impl Loop {
                 let msg = format!("reload refused, nothing changed:\n{e}");
                 error!("{msg}");
                 if let Some(tx) = reply {
-                    let _ = tx.send(Response::err(msg));
+                    tx.send(Response::err(msg));
                 }
                 return;
             }
@@ -592,7 +596,7 @@ impl Loop {
         listeners: Set,
         workers: u32,
         scope: Scope,
-        reply: Option<oneshot::Sender<Response>>,
+        reply: Option<Reply>,
     ) {
         let params = Params::from_config(&config, workers);
         let generation = self.add_generation(config, listeners);
@@ -605,7 +609,7 @@ impl Loop {
         });
     }
 
-    fn request(&mut self, tx: oneshot::Sender<Response>) -> RequestId {
+    fn request(&mut self, tx: Reply) -> RequestId {
         let id = self.next_request;
         self.next_request += 1;
         self.pending.insert(id, tx);
@@ -619,7 +623,7 @@ impl Loop {
                 let snap = self.machine.snapshot(Instant::now());
                 let mut r = Response::ok(format!("{} is {}", self.app, snap.state));
                 r.status = Some(StatusReply::new(&self.app, &self.config_path, snap));
-                let _ = reply.send(r);
+                reply.send(r);
             }
             Command::Reload => self.reload(Some(reply)),
             Command::Restart { worker } => {
@@ -627,7 +631,7 @@ impl Loop {
                 // way; with no reload pending, the live count (a `corral scale` included).
                 let latest = self.machine.latest_generation();
                 let Some(g) = self.gens.get(&latest) else {
-                    let _ = reply.send(Response::err("nothing is running"));
+                    reply.send(Response::err("nothing is running"));
                     return;
                 };
                 let (config, listeners) = (g.config.clone(), g.listeners.clone());
@@ -643,7 +647,7 @@ impl Loop {
                 let target = match parse_scale(&workers, self.machine.desired()) {
                     Ok(n) => n,
                     Err(e) => {
-                        let _ = reply.send(Response::err(e));
+                        reply.send(Response::err(e));
                         return;
                     }
                 };

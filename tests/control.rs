@@ -329,3 +329,48 @@ fn status_of_every_app_survives_a_dead_apps_socket() {
         .unwrap();
     assert_eq!(out.status.code(), Some(3), "{out:?}");
 }
+
+#[test]
+fn scaling_up_and_down_under_load_fails_no_request() {
+    let c = Corral::start(TEMPLATE);
+    c.wait_ready(2, 1);
+    let load = Load::start(c.port);
+    c.get("/").unwrap();
+    let out = c.ctl(&["scale", "demo", "+2"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("scaled from 2 to 4 workers"));
+    c.wait_for("4/4 ready", SECS(20));
+    let out = c.ctl(&["scale", "demo", "1"]);
+    assert!(out.status.success(), "{out:?}");
+    c.wait_for("1/1 ready · generation 1", SECS(20));
+    c.get("/").unwrap();
+    let (ok, failures) = load.finish();
+    assert!(
+        failures.is_empty(),
+        "{} failed: {failures:?}",
+        failures.len()
+    );
+    assert!(ok > 20, "only {ok} requests");
+    // Scaled down to the lowest slot; the highest went.
+    let s = c.status();
+    let slots: Vec<u64> = s["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| w["state"] == "ready")
+        .map(|w| w["slot"].as_u64().unwrap())
+        .collect();
+    assert_eq!(slots, vec![0]);
+}
+
+#[test]
+fn logs_without_a_journal_says_so() {
+    let out = Command::new(CORRAL)
+        .args(["logs", "demo"])
+        .env("PATH", "/nonexistent")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("there is no journal on this machine"), "{err}");
+}

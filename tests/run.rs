@@ -320,6 +320,13 @@ fn reload_exit_codes() {
     let out = c.ctl(&["reload", "demo"]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("generation 2 serving"));
+    // The roll's progress came on stderr while it went.
+    let progress = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        progress.contains("reloading to generation 2: 0/1 replaced")
+            && progress.contains("reloading to generation 2: 1/1 replaced"),
+        "{progress}"
+    );
     let missing = c.dir.join("nothing-here.sock");
     let out = std::process::Command::new(CORRAL)
         .args(["reload", "demo", "--control"])
@@ -422,11 +429,22 @@ fn status_reports_every_field() {
         assert_eq!(w["restarts"], 0);
         assert!(w["uptime_s"].as_f64().unwrap() >= 0.0);
         assert!(w["rss_bytes"].as_u64().unwrap() > 1_000_000, "{w}");
+        let cpu = w["cpu_percent"].as_f64().unwrap();
+        assert!((0.0..=200.0).contains(&cpu), "{w}");
         assert_eq!(w["status"], "serving");
     }
     let out = c.ctl(&["status", "demo"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("SLOT") && text.contains("serving"), "{text}");
+    assert!(
+        text.starts_with("demo (") && text.contains("running · generation 1 · 2/2 ready"),
+        "{text}"
+    );
+    for column in [
+        "PID", "STATE", "GEN", "RESTARTS", "UPTIME", "CPU", "RSS", "STATUS",
+    ] {
+        assert!(text.contains(column), "no {column} column: {text}");
+    }
     assert!(!text.contains('\x1b'), "no colour when not on a terminal");
 }
 

@@ -247,6 +247,10 @@ fn journal_entries_carry_the_worker_fields_and_priority() {
         "{one}"
     );
     assert!(!one.contains("slot 0") && !one.contains("slot 2"), "{one}");
+    // corral logs selects the same, for the operator.
+    let logs = sb.ok("corral logs demo --worker 1 -n 100");
+    assert!(logs.contains("hello from slot 1"), "{logs}");
+    assert!(!logs.contains("slot 0") && !logs.contains("slot 2"), "{logs}");
     let errors = sb.ok("journalctl -u corral@demo.service PRIORITY=3 -o cat --no-pager");
     assert_eq!(
         errors
