@@ -898,7 +898,13 @@ impl Supervisor {
             format!("scaled from {old} to {workers} workers"),
         );
         if let Some(r) = request {
-            self.reply(r, Ok(format!("scaled from {old} to {workers} workers")));
+            self.reply(
+                r,
+                Ok(format!(
+                    "scaled from {old} to {workers} workers (until the next reload, which \
+                     applies the config's `workers` again)"
+                )),
+            );
         }
     }
 

@@ -1689,7 +1689,7 @@ fn live_scale_up_adds_slots_and_scale_down_stops_the_highest() {
     let mark = h.mark();
     h.scale(5, Some(1));
     check_eq!(h, h.spawned_since(mark), vec![(3, 1), (4, 1)]);
-    check_eq!(h, h.reply(1), ok("scaled from 3 to 5 workers"));
+    check_eq!(h, h.reply(1), ok(&scaled(3, 5)));
     check_eq!(h, h.status(), "3/5 ready · generation 1 · 0 restarts");
     h.ready(h.last_spawn(3));
     h.ready(h.last_spawn(4));
@@ -1699,7 +1699,7 @@ fn live_scale_up_adds_slots_and_scale_down_stops_the_highest() {
     let ids: Vec<WorkerId> = (0..5).map(|s| h.serving(s)).collect();
     let mark = h.mark();
     h.scale(2, Some(2));
-    check_eq!(h, h.reply(2), ok("scaled from 5 to 2 workers"));
+    check_eq!(h, h.reply(2), ok(&scaled(5, 2)));
     for (slot, &id) in ids.iter().enumerate() {
         let expected = if slot >= 2 {
             vec![Signal::SIGTERM]
@@ -1727,7 +1727,7 @@ fn scaling_back_up_refills_a_slot_once_its_worker_has_drained() {
     h.scale(2, Some(1));
     let mark = h.mark();
     h.scale(3, Some(2));
-    check_eq!(h, h.reply(2), ok("scaled from 2 to 3 workers"));
+    check_eq!(h, h.reply(2), ok(&scaled(2, 3)));
     check_eq!(h, h.spawned_since(mark), vec![], "slot 2 still drains");
     h.exit(w2, 0);
     check_eq!(h, h.spawned_since(mark), vec![(2, 1)]);
@@ -1967,4 +1967,12 @@ fn a_replacement_for_memory_that_fails_leaves_the_old_worker_serving() {
     h.exit(new, 1);
     check!(h, h.signals(old).is_empty(), "the old worker still serves");
     check_eq!(h, h.snap().ready, 1);
+}
+
+/// The reply of a live scale.
+fn scaled(from: u32, to: u32) -> String {
+    format!(
+        "scaled from {from} to {to} workers (until the next reload, which applies the \
+         config's `workers` again)"
+    )
 }

@@ -374,3 +374,62 @@ fn logs_without_a_journal_says_so() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("there is no journal on this machine"), "{err}");
 }
+
+#[test]
+fn status_has_colour_on_a_terminal_unless_no_color() {
+    let c = Corral::start(TEMPLATE);
+    c.wait_ready(2, 1);
+    // script(1) runs the command on a pseudo-terminal, as a user's shell would.
+    let on_tty = |no_color: bool| {
+        let mut cmd = Command::new("script");
+        cmd.args(["-qec"])
+            .arg(format!(
+                "{CORRAL} status demo --control {}",
+                c.control.display()
+            ))
+            .arg("/dev/null")
+            .env_remove("NO_COLOR");
+        if no_color {
+            cmd.env("NO_COLOR", "1");
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(
+        on_tty(false).contains("\x1b[32mready"),
+        "green 'ready' on a terminal"
+    );
+    let plain = on_tty(true);
+    assert!(
+        plain.contains("ready") && !plain.contains('\x1b'),
+        "{plain:?}"
+    );
+}
+
+#[test]
+fn a_supervisor_of_another_protocol_version_gives_a_clear_error() {
+    let dir = scratch_dir();
+    let path = dir.join("future.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut line = String::new();
+        BufReader::new(&s).read_line(&mut line).unwrap();
+        s.write_all(b"{\"version\":2,\"ok\":true,\"shape\":\"new\"}\n")
+            .unwrap();
+    });
+    let out = Command::new(CORRAL)
+        .args(["status", "demo", "--control"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    server.join().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("the supervisor speaks control protocol version 2, this client 1"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
