@@ -193,13 +193,7 @@ delay = "5s"
 "#,
     );
     let line = c.wait_for("was not ready within 700ms", SECS(10));
-    let pid: i32 = line
-        .split("pid ")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .unwrap()
-        .parse()
-        .unwrap();
+    let pid = pid_in(&line);
     assert!(wait_gone(pid, SECS(5)), "the worker was killed");
     c.wait_for("killed by SIGKILL", SECS(5));
     assert!(!c.lines().iter().any(|l| l.contains("1/1 ready")));
@@ -552,13 +546,7 @@ max_memory = "50M"
 "#,
     );
     let line = c.wait_for("above limits.max_memory (50 MiB): replacing it", SECS(20));
-    let old: i64 = line
-        .split("pid ")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .unwrap()
-        .parse()
-        .unwrap();
+    let old = pid_in(&line) as i64;
     let exited = c.wait_for(
         &format!("pid {old} (generation 1): exited with code 0"),
         SECS(20),

@@ -8,11 +8,9 @@ mod common;
 mod sandbox;
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::http_get;
+use common::{http_get, Load};
 use sandbox::Sandbox;
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
@@ -63,35 +61,9 @@ fn start(sb: &Sandbox) {
 }
 
 /// Continuous load inside the sandbox's network: one new connection per request.
-struct Load {
-    stop: Arc<AtomicBool>,
-    handle: std::thread::JoinHandle<(u64, Vec<String>)>,
-}
-
-impl Load {
-    fn start(sb: &Sandbox, port: u16) -> Load {
-        let ns = std::fs::File::open(format!("/proc/{}/ns/net", sb.pid)).unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let s = stop.clone();
-        let handle = std::thread::spawn(move || {
-            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-            let (mut ok, mut failures) = (0, Vec::new());
-            let limit = Instant::now() + SECS(120);
-            while !s.load(Ordering::SeqCst) && Instant::now() < limit {
-                match http_get(port, "/") {
-                    Ok(_) => ok += 1,
-                    Err(e) => failures.push(e.to_string()),
-                }
-            }
-            (ok, failures)
-        });
-        Load { stop, handle }
-    }
-
-    fn finish(self) -> (u64, Vec<String>) {
-        self.stop.store(true, Ordering::SeqCst);
-        self.handle.join().unwrap()
-    }
+fn load(sb: &Sandbox, port: u16) -> Load {
+    let ns = std::fs::File::open(format!("/proc/{}/ns/net", sb.pid)).unwrap();
+    Load::start_in(Some(ns), port)
 }
 
 #[test]
@@ -143,7 +115,7 @@ fn systemctl_reload_under_load_fails_no_request_and_leaves_only_new_workers() {
         return;
     };
     start(&sb);
-    let load = Load::start(&sb, PORT);
+    let load = load(&sb, PORT);
     sb.write(
         "/etc/corral/demo.toml",
         &demo(3, r#"WORKER_TAG = "v2", WORKER_READY_DELAY = "0.3""#, ""),
@@ -250,7 +222,10 @@ fn journal_entries_carry_the_worker_fields_and_priority() {
     // corral logs selects the same, for the operator.
     let logs = sb.ok("corral logs demo --worker 1 -n 100");
     assert!(logs.contains("hello from slot 1"), "{logs}");
-    assert!(!logs.contains("slot 0") && !logs.contains("slot 2"), "{logs}");
+    assert!(
+        !logs.contains("slot 0") && !logs.contains("slot 2"),
+        "{logs}"
+    );
     let errors = sb.ok("journalctl -u corral@demo.service PRIORITY=3 -o cat --no-pager");
     assert_eq!(
         errors
@@ -324,7 +299,7 @@ fn systemctl_restart_under_load_refuses_no_connection_and_stop_leaves_nothing() 
         return;
     };
     start(&sb);
-    let load = Load::start(&sb, PORT);
+    let load = load(&sb, PORT);
     let old = sb.prop("corral@demo.service", "MainPID");
     sb.ok("systemctl restart corral@demo.service");
     // Some requests after the restart, then stop the load.

@@ -289,9 +289,17 @@ pub struct Load {
 
 impl Load {
     pub fn start(port: u16) -> Load {
+        Self::start_in(None, port)
+    }
+
+    /// The same from inside a network namespace (a systemd sandbox's `/proc/PID/ns/net`).
+    pub fn start_in(netns: Option<std::fs::File>, port: u16) -> Load {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let s = stop.clone();
         let handle = std::thread::spawn(move || {
+            if let Some(ns) = netns {
+                nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            }
             let (mut ok, mut failures) = (0u64, Vec::new());
             // Bounded: stops when told to, or after 2 minutes at most.
             let limit = Instant::now() + Duration::from_secs(120);
@@ -343,4 +351,13 @@ pub fn answers_from_n_at_once(port: u16, n: usize) -> std::io::Result<Vec<Value>
         answers.push(serde_json::from_str(body).map_err(std::io::Error::other)?);
     }
     Ok(answers)
+}
+
+/// The pid in a log line of corral's (`worker 0 pid 1234 (generation 1): ...`).
+pub fn pid_in(line: &str) -> i32 {
+    line.split("pid ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {line:?}"))
 }
