@@ -31,7 +31,7 @@ pub enum Cmd {
     Run {
         /// The app config file, or an app name for /etc/corral/APP.toml.
         config: String,
-        /// Control socket path (default: $RUNTIME_DIRECTORY/APP.sock, /run/corral/APP.sock as root).
+        /// Control socket path (default: $RUNTIME_DIRECTORY/APP.sock under systemd, /run/corral/APP.sock as root, else $XDG_RUNTIME_DIR/corral/APP.sock).
         #[arg(long, value_name = "PATH")]
         control: Option<PathBuf>,
     },
@@ -43,6 +43,7 @@ pub enum Cmd {
     /// Show the workers of one app, or of every app running on this machine.
     Status {
         app: Option<String>,
+        /// Control socket path (default: found from APP, see corral(1)).
         #[arg(long, value_name = "PATH")]
         control: Option<PathBuf>,
         /// Print JSON (stable field names) instead of a table.
@@ -52,6 +53,7 @@ pub enum Cmd {
     /// Rolling reload with the re-read config; returns when done, non-zero if refused or failed.
     Reload {
         app: String,
+        /// Control socket path (default: found from APP, see corral(1)).
         #[arg(long, value_name = "PATH")]
         control: Option<PathBuf>,
     },
@@ -61,6 +63,7 @@ pub enum Cmd {
         /// Only this slot.
         #[arg(long, value_name = "N")]
         worker: Option<u32>,
+        /// Control socket path (default: found from APP, see corral(1)).
         #[arg(long, value_name = "PATH")]
         control: Option<PathBuf>,
     },
@@ -94,6 +97,7 @@ pub enum Cmd {
         app: String,
         #[arg(allow_hyphen_values = true, value_name = "N|+N|-N")]
         workers: String,
+        /// Control socket path (default: found from APP, see corral(1)).
         #[arg(long, value_name = "PATH")]
         control: Option<PathBuf>,
     },

@@ -195,6 +195,43 @@ impl Pool {
     }
 }
 
+impl Pool {
+    /// Under systemd, the listeners whose address in the config is not the address of the
+    /// socket systemd passed under that name: the socket unit still has the old one until
+    /// `systemctl daemon-reload` and a restart of the socket. Standalone: none.
+    pub fn address_mismatches(&self, config: &Config) -> Vec<String> {
+        let Pool::Systemd(inherited) = self else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for l in &config.listen {
+            let Some((_, sock)) = inherited.iter().find(|(n, _)| *n == l.name) else {
+                continue;
+            };
+            let Ok(actual) = socket2::SockRef::from(&sock.fd).local_addr() else {
+                continue;
+            };
+            let same = match &l.address {
+                Address::Tcp(a) => actual.as_socket() == Some(*a),
+                Address::Unix(p) => actual.as_pathname() == Some(p.as_path()),
+            };
+            if !same {
+                let actual = actual
+                    .as_socket()
+                    .map(|a| a.to_string())
+                    .or_else(|| actual.as_pathname().map(|p| p.display().to_string()))
+                    .unwrap_or_else(|| "?".into());
+                out.push(format!(
+                    "listener `{}`: the config says {}, but systemd's socket is {actual}; it \
+                     stays until `systemctl daemon-reload` and a restart of the app's socket unit",
+                    l.name, l.address
+                ));
+            }
+        }
+        out
+    }
+}
+
 fn listen_error(config: &Config, l: &Listen, e: io::Error) -> Error {
     Error::Listen(format!(
         "{}:{}: cannot listen on {} (listener `{}`): {e}",

@@ -35,7 +35,13 @@ fn main() -> ExitCode {
     match dispatch(cli.command) {
         Ok(code) => ExitCode::from(code as u8),
         Err(e) => {
-            let _ = writeln!(std::io::stderr(), "corral: {e}");
+            // Config diagnostics stand alone, each line FILE:LINE:COL: ..., for editors and CI.
+            let prefix = if matches!(e, Error::Config(_)) {
+                ""
+            } else {
+                "corral: "
+            };
+            let _ = writeln!(std::io::stderr(), "{prefix}{e}");
             ExitCode::from(e.exit_code() as u8)
         }
     }
@@ -269,7 +275,8 @@ fn status(app: Option<String>, control: Option<PathBuf>, json: bool) -> Result<i
     }
     let mut out = std::io::stdout().lock();
     if json {
-        let text = if app.is_some() && replies.len() == 1 {
+        // One app asked about (by name or socket): an object; every app: an array.
+        let text = if paths.len() == 1 && replies.len() == 1 {
             serde_json::to_string_pretty(&replies[0])
         } else {
             serde_json::to_string_pretty(&replies)

@@ -193,6 +193,9 @@ impl Loop {
         self.ipc_ready = Some(ipc_ready);
         tokio::spawn(control::serve(control, to_loop));
 
+        for w in self.pool.address_mismatches(&config) {
+            warn!("{w}");
+        }
         let workers = config.workers.resolve();
         info!(
             "starting {workers} worker(s) of {} (control socket {})",
@@ -585,6 +588,9 @@ impl Loop {
                 return;
             }
         };
+        for w in self.pool.address_mismatches(&config) {
+            warn!("{w}");
+        }
         let workers = config.workers.resolve();
         self.roll_to(config, listeners, workers, Scope::All, reply);
     }

@@ -191,17 +191,17 @@ fn service_settings(config: &Config, sockets: &[String], watchdog: Option<&str>)
     if !sockets.is_empty() {
         let _ = writeln!(s, "Sockets={}", sockets.join(" "));
     }
-    match (&config.service.user, &config.service.group) {
-        (None, None) => s += "DynamicUser=yes\n",
-        (user, group) => {
+    // No user: a dynamic one (systemd.exec(5) DynamicUser=), never root; a group alone is
+    // then the dynamic user's group.
+    match &config.service.user {
+        None => s += "DynamicUser=yes\n",
+        Some(u) => {
             s += "DynamicUser=no\n";
-            if let Some(u) = user {
-                let _ = writeln!(s, "User={}", escape(u));
-            }
-            if let Some(g) = group {
-                let _ = writeln!(s, "Group={}", escape(g));
-            }
+            let _ = writeln!(s, "User={}", escape(u));
         }
+    }
+    if let Some(g) = &config.service.group {
+        let _ = writeln!(s, "Group={}", escape(g));
     }
     if let Some(d) = &config.directory {
         let _ = writeln!(s, "WorkingDirectory={}", escape(&d.display().to_string()));
@@ -336,6 +336,24 @@ mod tests {
         assert_eq!(escape("50%"), "50%%");
         assert_eq!(sec(Duration::from_millis(1500)), "1500ms");
         assert_eq!(sec(Duration::from_secs(40)), "40s");
+    }
+
+    #[test]
+    fn a_group_without_a_user_still_runs_as_a_dynamic_user() {
+        let files = render(
+            &config("command = [\"x\"]\n[service]\ngroup = \"www-data\"\n"),
+            Path::new("/etc/corral/api.toml"),
+            &Flavor::Generator,
+        );
+        let service = &files[0].contents;
+        assert!(
+            service.contains("DynamicUser=yes\nGroup=www-data\n"),
+            "{service}"
+        );
+        assert!(
+            !service.lines().any(|l| l.starts_with("User=")),
+            "{service}"
+        );
     }
 
     #[test]

@@ -58,6 +58,12 @@ fn sockets_passed_by_systemd_are_served_by_every_worker() {
     let port = listener.local_addr().unwrap().port();
     let c = Corral::start_with(TEMPLATE, |cmd| activated(cmd, &listener, "http"));
     c.wait_ready(2, 1);
+    // The config's address is not systemd's socket's: said, not acted on.
+    let warning = c.wait_for("listener `http`: the config says 127.0.0.1:1", SECS(5));
+    assert!(
+        warning.contains(&format!("systemd's socket is 127.0.0.1:{port}")),
+        "{warning}"
+    );
     // corral keeps the socket; the test can even close its own copy.
     drop(listener);
     let mut slots = std::collections::BTreeSet::new();
