@@ -5,6 +5,7 @@
 //! would start the host's services); the sandbox boots a target that only brings up journald.
 //! If it cannot boot, tests fail loudly in CI (`CI=true`) and are skipped with the reason
 //! elsewhere.
+#![allow(dead_code)] // each test crate uses a part of it
 
 use std::fs::File;
 use std::io::Write;

@@ -1,0 +1,4 @@
+# corral (rpm %postun)
+if [ -d /run/systemd/system ]; then
+    systemctl daemon-reload || :
+fi

@@ -1,0 +1,308 @@
+//! The Debian and RPM packages: what `packaging/build` makes, what lintian and rpmlint say,
+//! and what installing, upgrading under load and purging do in a booted systemd.
+
+mod common;
+#[path = "common/sandbox.rs"]
+mod sandbox;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+
+use common::{http_get, Load};
+
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// One build at a time: both tests use the same target directory.
+static BUILD: Mutex<()> = Mutex::new(());
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs packaging/build (for `version`, if given) and returns (the .deb, the .rpm).
+fn build(version: Option<&str>) -> (PathBuf, PathBuf) {
+    let _one = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+    let mut cmd = Command::new("bash");
+    cmd.arg(root().join("packaging/build"));
+    if let Some(v) = version {
+        cmd.env("CORRAL_DEB_VERSION", v);
+    }
+    let out = cmd.output().expect("run packaging/build");
+    assert!(
+        out.status.success(),
+        "packaging/build failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The exact file names: the default version gets the "-1" revision; an override is whole.
+    let (deb_version, rpm_version) = match version {
+        None => (format!("{VERSION}-1"), format!("{VERSION}-1")),
+        Some(v) => (v.to_string(), format!("{v}-1")),
+    };
+    let find = |dir: &str, prefix: String| {
+        std::fs::read_dir(root().join(dir))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with(&prefix)
+            })
+            .unwrap_or_else(|| panic!("no {prefix}* in {dir}"))
+    };
+    // cargo-deb replaces an earlier .deb: keep each build's packages aside.
+    let keep = root().join("target/packages-test").join(&deb_version);
+    std::fs::create_dir_all(&keep).unwrap();
+    let aside = |p: PathBuf| {
+        let to = keep.join(p.file_name().unwrap());
+        std::fs::copy(&p, &to).unwrap();
+        to
+    };
+    let deb = aside(find("target/debian", format!("corral_{deb_version}_")));
+    let rpm = aside(find(
+        "target/generate-rpm",
+        format!("corral-{rpm_version}."),
+    ));
+    (deb, rpm)
+}
+
+fn run(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd}: {e} (.ci/run installs it)"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The regular files and symlinks a .deb installs, as absolute paths.
+fn deb_files(deb: &Path) -> BTreeSet<String> {
+    run("dpkg-deb", &["-c", deb.to_str().unwrap()])
+        .lines()
+        .filter(|l| !l.starts_with('d'))
+        .map(|l| {
+            let path = l.split_whitespace().nth(5).unwrap();
+            path.trim_start_matches('.').to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn both_packages_hold_the_same_payload_and_pass_lintian_and_rpmlint() {
+    if !nix::unistd::geteuid().is_root() && std::env::var("CI").is_err() {
+        eprintln!("SKIPPED: building packages here needs what .ci/run installs");
+        return;
+    }
+    let (deb, rpm) = build(None);
+    let field = |f: &str| run("dpkg-deb", &["-f", deb.to_str().unwrap(), f]);
+    assert_eq!(field("Package").trim(), "corral");
+    assert_eq!(
+        field("Version").trim(),
+        format!("{VERSION}-1"),
+        "version from Cargo.toml"
+    );
+    let depends = field("Depends");
+    assert!(
+        depends.trim().starts_with("libc6 (>= ") && !depends.contains(','),
+        "depends on libc only: {depends}"
+    );
+    let description = field("Description");
+    assert!(description.contains("socket-activated listeners") && description.lines().count() > 3);
+
+    let files = deb_files(&deb);
+    for path in [
+        "/usr/bin/corral",
+        "/usr/lib/systemd/system/corral@.service",
+        "/usr/lib/systemd/system/corral@.socket",
+        "/usr/lib/systemd/system-generators/corral-generator",
+        "/usr/share/man/man1/corral.1.gz",
+        "/usr/share/man/man5/corral.toml.5.gz",
+        "/usr/share/man/man8/corral-generator.8.gz",
+        "/usr/share/bash-completion/completions/corral",
+        "/usr/share/zsh/vendor-completions/_corral",
+        "/usr/share/fish/vendor_completions.d/corral.fish",
+        "/etc/corral/README",
+        "/usr/share/doc/corral/examples/api.toml",
+        "/usr/share/doc/corral/copyright",
+    ] {
+        assert!(files.contains(path), "{path} not in the .deb: {files:#?}");
+    }
+    let listing = run("dpkg-deb", &["-c", deb.to_str().unwrap()]);
+    assert!(
+        listing.contains(
+            "./usr/lib/systemd/system-generators/corral-generator -> ../../../bin/corral"
+        ),
+        "the generator is a symlink to the binary: {listing}"
+    );
+    let conffiles = run("dpkg-deb", &["-I", deb.to_str().unwrap(), "conffiles"]);
+    assert_eq!(conffiles.trim(), "/etc/corral/README");
+
+    let lintian = Command::new("lintian")
+        .args(["--tag-display-limit", "0"])
+        .arg(&deb)
+        .output()
+        .expect("lintian (.ci/run installs it)");
+    let report = String::from_utf8_lossy(&lintian.stdout);
+    let flagged: Vec<&str> = report
+        .lines()
+        .filter(|l| l.starts_with("E:") || l.starts_with("W:"))
+        .collect();
+    assert!(
+        flagged.is_empty(),
+        "lintian (overrides: packaging/lintian-overrides): {flagged:#?}"
+    );
+
+    // The RPM installs the same files; only each format's own license and changelog files
+    // (and lintian's overrides) differ.
+    let rpm_files: BTreeSet<String> = run("rpm", &["-qlp", rpm.to_str().unwrap()])
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let deb_only = [
+        "/usr/share/doc/corral/copyright",
+        "/usr/share/doc/corral/changelog.Debian.gz",
+        "/usr/share/lintian/overrides/corral",
+    ];
+    let rpm_only = ["/usr/share/licenses/corral/LICENSE"];
+    let common_deb: BTreeSet<&String> = files
+        .iter()
+        .filter(|f| !deb_only.contains(&f.as_str()))
+        .collect();
+    let common_rpm: BTreeSet<&String> = rpm_files
+        .iter()
+        .filter(|f| !rpm_only.contains(&f.as_str()))
+        .collect();
+    assert_eq!(common_rpm, common_deb, "rpm -qlp and the .deb differ");
+    let info = run("rpm", &["-qip", rpm.to_str().unwrap()]);
+    assert!(info.contains(&format!("Version     : {VERSION}")), "{info}");
+    let requires = run("rpm", &["-qp", "--requires", rpm.to_str().unwrap()]);
+    for r in requires.lines() {
+        let known = [
+            "libc.so",
+            "libgcc_s.so",
+            "ld-linux",
+            "rpmlib(",
+            "rtld(",
+            "/bin/sh",
+            "config(corral)",
+        ];
+        assert!(
+            known.iter().any(|k| r.starts_with(k)),
+            "unexpected requirement {r:?}"
+        );
+    }
+
+    // rpmlint, where it runs: no error but the ones packaging/rpmlint.toml explains.
+    match Command::new("rpmlint")
+        .arg("-c")
+        .arg(root().join("packaging/rpmlint.toml"))
+        .arg(&rpm)
+        .output()
+    {
+        Ok(out) => {
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(text.contains(" 0 errors"), "rpmlint: {text}");
+        }
+        Err(e) => eprintln!("rpmlint cannot run here ({e}): not checked"),
+    }
+}
+
+const APP: &str = r#"
+command = ["/usr/bin/python3", "{root}/tests/worker.py"]
+workers = 2
+[[listen]]
+name = "http"
+address = "127.0.0.1:8080"
+[stop]
+timeout = "3s"
+"#;
+
+#[test]
+fn install_upgrade_under_load_and_purge_in_a_booted_systemd() {
+    let (deb, _) = build(None);
+    let (deb2, _) = build(Some(&format!("{VERSION}+upgrade")));
+    let Some(sb) = sandbox::boot() else { return };
+    let out = sb.ok(&format!("dpkg -i {}", deb.display()));
+    assert!(!out.contains("warning"), "{out}");
+    assert_eq!(
+        sb.ok("readlink /usr/lib/systemd/system-generators/corral-generator")
+            .trim(),
+        "../../../bin/corral"
+    );
+    sb.write(
+        "/etc/corral/demo.toml",
+        &APP.replace("{root}", &root().display().to_string()),
+    );
+    sb.ok("systemctl daemon-reload && systemctl enable --now corral@demo.socket && systemctl start corral@demo.service");
+    let answer = sb
+        .in_netns(|| http_get(8080, "/"))
+        .expect("the installed package serves");
+    assert_eq!(answer["app"], "demo");
+    let old_pid = sb.prop("corral@demo.service", "MainPID");
+
+    // Upgrade under load: the running app moves to the new binary; no connection fails.
+    let ns = std::fs::File::open(format!("/proc/{}/ns/net", sb.pid)).unwrap();
+    let load = Load::start_in(Some(ns), 8080);
+    sb.in_netns(|| http_get(8080, "/")).unwrap();
+    let out = sb.ok(&format!("dpkg -i {}", deb2.display()));
+    assert!(
+        out.contains("corral: restarting corral@demo.service on the new version"),
+        "{out}"
+    );
+    sb.in_netns(|| http_get(8080, "/")).unwrap();
+    let (ok, failures) = load.finish();
+    assert!(
+        failures.is_empty(),
+        "{} failed during the upgrade: {failures:?}",
+        failures.len()
+    );
+    assert!(ok > 5, "only {ok} requests");
+    assert_ne!(
+        sb.prop("corral@demo.service", "MainPID"),
+        old_pid,
+        "restarted on the new binary"
+    );
+    assert_eq!(
+        sb.ok("dpkg-query -W -f '${Version}' corral").trim(),
+        format!("{VERSION}+upgrade")
+    );
+
+    // Purge: the running app is stopped, and said so; no file of the package is left; the
+    // admin's config stays, and is named.
+    let out = sb.ok("dpkg --purge corral");
+    assert!(
+        out.contains("corral: stopping") && out.contains("corral@demo.service"),
+        "{out}"
+    );
+    assert!(out.contains("left in place: demo.toml"), "{out}");
+    assert_eq!(sb.prop("corral@demo.service", "ActiveState"), "inactive");
+    let left = sb.sh(
+        "ls /usr/bin/corral /usr/lib/systemd/system-generators/corral-generator \
+         /usr/lib/systemd/system/corral@.service /usr/share/man/man1/corral.1.gz \
+         /etc/corral/README /usr/share/doc/corral 2>/dev/null",
+    );
+    assert!(
+        String::from_utf8_lossy(&left.stdout).trim().is_empty(),
+        "left behind: {left:?}"
+    );
+    assert!(
+        sb.sh("dpkg -s corral").status.code() != Some(0),
+        "the package is gone"
+    );
+    // With the admin's file gone too, a purge leaves no /etc/corral at all.
+    sb.ok(&format!(
+        "rm /etc/corral/demo.toml && dpkg -i {} && dpkg --purge corral",
+        deb.display()
+    ));
+    assert!(
+        !sb.sh("test -e /etc/corral").status.success(),
+        "/etc/corral removed on purge"
+    );
+}
