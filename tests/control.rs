@@ -344,13 +344,7 @@ fn scaling_up_and_down_under_load_fails_no_request() {
     assert!(out.status.success(), "{out:?}");
     c.wait_for("1/1 ready · generation 1", SECS(20));
     c.get("/").unwrap();
-    let (ok, failures) = load.finish();
-    assert!(
-        failures.is_empty(),
-        "{} failed: {failures:?}",
-        failures.len()
-    );
-    assert!(ok > 20, "only {ok} requests");
+    load.finish_without_failures(21);
     // Scaled down to the lowest slot; the highest went.
     let s = c.status();
     let slots: Vec<u64> = s["workers"]

@@ -231,13 +231,7 @@ fn sighup_under_load_fails_no_request_and_leaves_only_the_new_generation() {
     let mark = c.mark();
     c.signal(Signal::SIGHUP);
     c.wait_for_after(mark, "generation 2 serving: 3 worker(s) replaced", SECS(60));
-    let (ok, failures) = load.finish();
-    assert!(
-        failures.is_empty(),
-        "{} failed requests: {failures:?}",
-        failures.len()
-    );
-    assert!(ok > 20, "only {ok} requests went through");
+    load.finish_without_failures(21);
 
     for pid in &old {
         assert!(wait_gone(*pid as i32, SECS(5)), "old worker {pid} is gone");

@@ -314,6 +314,19 @@ impl Load {
         Load { stop, handle }
     }
 
+    /// Stops the load and checks what a user under it would: no request failed, and at least
+    /// `min_ok` went through (so the load really ran across what the test did).
+    #[track_caller]
+    pub fn finish_without_failures(self, min_ok: u64) {
+        let (ok, failures) = self.finish();
+        assert!(
+            failures.is_empty(),
+            "{} failed: {failures:?}",
+            failures.len()
+        );
+        assert!(ok >= min_ok, "only {ok} requests went through");
+    }
+
     /// Stops the load; returns (successful requests, failures).
     pub fn finish(self) -> (u64, Vec<String>) {
         self.stop.store(true, Ordering::SeqCst);
