@@ -215,7 +215,7 @@ fn both_packages_hold_the_same_payload_and_pass_lintian_and_rpmlint() {
 }
 
 const APP: &str = r#"
-command = ["/usr/bin/python3", "{root}/tests/worker.py"]
+command = ["/usr/bin/python3", "{worker}"]
 workers = 2
 [[listen]]
 name = "http"
@@ -229,7 +229,10 @@ fn install_upgrade_under_load_and_purge_in_a_booted_systemd() {
     let (deb, _) = build(None);
     let (deb2, _) = build(Some(&format!("{VERSION}+upgrade")));
     let Some(sb) = sandbox::boot() else { return };
-    let out = sb.ok(&format!("dpkg -i {}", deb.display()));
+    sb.install_workers();
+    sb.copy_in(&deb, "/var/cache/corral-test/corral.deb", 0o644);
+    sb.copy_in(&deb2, "/var/cache/corral-test/corral-upgrade.deb", 0o644);
+    let out = sb.ok("dpkg -i /var/cache/corral-test/corral.deb");
     assert!(!out.contains("warning"), "{out}");
     assert_eq!(
         sb.ok("readlink /usr/lib/systemd/system-generators/corral-generator")
@@ -238,7 +241,7 @@ fn install_upgrade_under_load_and_purge_in_a_booted_systemd() {
     );
     sb.write(
         "/etc/corral/demo.toml",
-        &APP.replace("{root}", &root().display().to_string()),
+        &APP.replace("{worker}", sandbox::WORKER_PY),
     );
     sb.ok("systemctl daemon-reload && systemctl enable --now corral@demo.socket && systemctl start corral@demo.service");
     let answer = sb
@@ -251,7 +254,7 @@ fn install_upgrade_under_load_and_purge_in_a_booted_systemd() {
     let ns = std::fs::File::open(format!("/proc/{}/ns/net", sb.pid)).unwrap();
     let load = Load::start_in(Some(ns), 8080);
     sb.in_netns(|| http_get(8080, "/")).unwrap();
-    let out = sb.ok(&format!("dpkg -i {}", deb2.display()));
+    let out = sb.ok("dpkg -i /var/cache/corral-test/corral-upgrade.deb");
     assert!(
         out.contains("corral: restarting corral@demo.service on the new version"),
         "{out}"
@@ -291,10 +294,7 @@ fn install_upgrade_under_load_and_purge_in_a_booted_systemd() {
         "the package is gone"
     );
     // With the admin's file gone too, a purge leaves no /etc/corral at all.
-    sb.ok(&format!(
-        "rm /etc/corral/demo.toml && dpkg -i {} && dpkg --purge corral",
-        deb.display()
-    ));
+    sb.ok("rm /etc/corral/demo.toml && dpkg -i /var/cache/corral-test/corral.deb && dpkg --purge corral");
     assert!(
         !sb.sh("test -e /etc/corral").status.success(),
         "/etc/corral removed on purge"

@@ -20,7 +20,7 @@ const PORT: u16 = 8080;
 fn demo(workers: u32, env: &str, extra: &str) -> String {
     format!(
         r#"
-command = ["/usr/bin/python3", "{root}/tests/worker.py"]
+command = ["/usr/bin/python3", "{WORKER_PY}"]
 workers = {workers}
 environment = {{ {env} }}
 
@@ -38,7 +38,7 @@ timeout = "3s"
 delay = "100ms"
 {extra}
 "#,
-        root = env!("CARGO_MANIFEST_DIR")
+        WORKER_PY = sandbox::WORKER_PY
     )
 }
 
@@ -307,7 +307,7 @@ fn systemctl_restart_under_load_refuses_no_connection_and_stop_leaves_nothing() 
     assert_eq!(sb.prop("corral@demo.service", "ActiveState"), "inactive");
     assert_eq!(sb.prop("corral@demo.service", "Result"), "success");
     let left = sb.sh(&format!(
-        "cat /sys/fs/cgroup{cgroup}/cgroup.procs 2>/dev/null; pgrep -f [t]ests/worker.py"
+        "cat /sys/fs/cgroup{cgroup}/cgroup.procs 2>/dev/null; pgrep -f [c]orral-test/worker.py"
     ));
     assert!(
         String::from_utf8_lossy(&left.stdout).trim().is_empty(),
@@ -363,9 +363,9 @@ fn node_and_python_apps_run_under_the_hardening() {
     sb.write(
         "/etc/corral/nodeapp.toml",
         &format!(
-            "command = [\"/usr/bin/node\", \"{}/tests/worker.js\"]\nworkers = 2\n\
+            "command = [\"/usr/bin/node\", \"{}\"]\nworkers = 2\n\
              [readiness]\nmode = \"exec\"\n[[listen]]\nname = \"http\"\naddress = \"127.0.0.1:8081\"\n",
-            env!("CARGO_MANIFEST_DIR")
+            sandbox::WORKER_JS
         ),
     );
     sb.ok("systemctl daemon-reload && systemctl start corral@nodeapp.socket corral@nodeapp.service corral@demo.socket corral@demo.service");

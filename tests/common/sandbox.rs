@@ -14,6 +14,10 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+/// The test workers inside the sandbox (see [`Sandbox::install_workers`]).
+pub const WORKER_PY: &str = "/usr/local/lib/corral-test/worker.py";
+pub const WORKER_JS: &str = "/usr/local/lib/corral-test/worker.js";
+
 /// At most one sandbox at a time from this test binary: each boots a whole systemd.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
@@ -175,16 +179,55 @@ impl Sandbox {
         assert!(child.wait().unwrap().success(), "cannot write {path}");
     }
 
-    /// Installs corral as the packages do: binary, generator symlink, unit templates.
+    /// Copies a host file into the sandbox. Nothing is read through a host path inside the
+    /// sandbox: wherever the project lives (under /tmp, which the sandbox replaces; under
+    /// /home or /root, which ProtectHome= hides from services), its bytes come over stdin.
+    pub fn copy_in(&self, from: &Path, to: &str, mode: u32) {
+        let data = std::fs::read(from).unwrap_or_else(|e| panic!("read {}: {e}", from.display()));
+        let mut child = Command::new("nsenter")
+            .args(["-t", &self.pid.to_string(), "-a", "sh", "-c"])
+            .arg(format!(
+                "mkdir -p \"$(dirname '{to}')\" && cat > '{to}' && chmod {mode:o} '{to}'"
+            ))
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(&data).unwrap();
+        assert!(
+            child.wait().unwrap().success(),
+            "cannot copy {} to {to}",
+            from.display()
+        );
+    }
+
+    /// The test workers, where a hardened service can read them.
+    pub fn install_workers(&self) {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        self.copy_in(&root.join("tests/worker.py"), WORKER_PY, 0o644);
+        self.copy_in(&root.join("tests/worker.js"), WORKER_JS, 0o644);
+    }
+
+    /// Installs corral as the packages do: binary, generator symlink, unit templates; and
+    /// the test workers.
     pub fn install(&self) {
-        let root = env!("CARGO_MANIFEST_DIR");
-        let bin = env!("CARGO_BIN_EXE_corral");
-        self.ok(&format!(
-            "install -m 0755 {bin} /usr/bin/corral && \
-             mkdir -p /usr/lib/systemd/system-generators /etc/corral && \
-             ln -sf /usr/bin/corral /usr/lib/systemd/system-generators/corral-generator && \
-             install -m 0644 {root}/units/corral@.service {root}/units/corral@.socket /usr/lib/systemd/system/"
-        ));
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        self.copy_in(
+            Path::new(env!("CARGO_BIN_EXE_corral")),
+            "/usr/bin/corral",
+            0o755,
+        );
+        for unit in ["corral@.service", "corral@.socket"] {
+            self.copy_in(
+                &root.join("units").join(unit),
+                &format!("/usr/lib/systemd/system/{unit}"),
+                0o644,
+            );
+        }
+        self.ok(
+            "mkdir -p /usr/lib/systemd/system-generators /etc/corral && \
+             ln -sf /usr/bin/corral /usr/lib/systemd/system-generators/corral-generator",
+        );
+        self.install_workers();
     }
 
     /// The current journal cursor: `wait_journal` looks only after it.
