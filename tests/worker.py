@@ -140,9 +140,11 @@ def get_ready() -> None:
     delay = float(env.get("WORKER_READY_DELAY", "0"))
     if delay:
         time.sleep(delay)
-    notify("READY=1")
+    # One datagram, as sd_notify(3) allows: the status is there as soon as the worker is ready.
     if env.get("WORKER_STATUS"):
-        notify("STATUS=" + env["WORKER_STATUS"])
+        notify("READY=1\nSTATUS=" + env["WORKER_STATUS"])
+    else:
+        notify("READY=1")
 
 
 def serve(listeners: list) -> None:
