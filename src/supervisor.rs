@@ -251,6 +251,8 @@ struct Slot {
     restarts: u32,
     /// Scaled away: it goes once its worker is gone; highest slots only.
     removing: bool,
+    /// After a failed replacement for memory: no new one before this (the slot's backoff).
+    replace_after: Option<Instant>,
 }
 
 #[derive(Clone, Debug)]
@@ -616,6 +618,22 @@ impl Supervisor {
             if !slot_has_worker && self.phase == Phase::Running && !self.slots[s].removing {
                 self.schedule_restart(w.slot, None, now);
             }
+            // A replacement for memory that failed: the old worker serves on; the next try
+            // waits out the slot's backoff, doubling as crashes do.
+            if slot_has_worker && self.roll.is_none() && w.stop != Some(StopKind::Abort) {
+                let slot = &mut self.slots[s];
+                let p = &self.params[&slot.generation];
+                let wait = slot.next_delay;
+                slot.next_delay = (wait * 2).min(p.max_delay);
+                slot.replace_after = Some(now + wait);
+                self.log(
+                    Level::Warn,
+                    Some(w.slot),
+                    None,
+                    None,
+                    format!("its replacement failed; the next try waits {}", human(wait)),
+                );
+            }
             return;
         }
         if slot.worker == Some(id) {
@@ -709,6 +727,7 @@ impl Supervisor {
             && slot.worker == Some(id)
             && slot.incoming.is_none()
             && !slot.removing
+            && slot.replace_after.is_none_or(|t| t <= now)
             && self.roll.is_none()
             && self.phase == Phase::Running;
         if rss <= limit || !replaceable {
@@ -1020,6 +1039,14 @@ impl Supervisor {
             };
             roll.in_flight.insert(s);
             let gen = roll.generation;
+            // A replacement already starting in this slot (for memory) gives way to the roll's:
+            // a slot has one incoming worker at most.
+            if let Some(old) = self.slots[s as usize].incoming.take() {
+                if let Some(w) = self.workers.get_mut(&old) {
+                    w.stop = Some(StopKind::Abort);
+                }
+                self.kill(old);
+            }
             self.spawn(s, true, gen, now);
         }
     }
@@ -1174,6 +1201,7 @@ impl Supervisor {
         if slot.incoming == Some(id) {
             slot.incoming = None;
             slot.retry_at = None;
+            slot.replace_after = None;
             slot.generation = gen;
             let old = slot.worker.replace(id);
             if let Some(roll) = &mut self.roll {
@@ -1450,6 +1478,7 @@ impl Slot {
             next_delay: delay,
             restarts: 0,
             removing: false,
+            replace_after: None,
         }
     }
 }
