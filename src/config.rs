@@ -2462,8 +2462,22 @@ environment = { Z = "last?", A = 3, B = true, C = 1.5, D = 2.0, E = -7, F = 0x10
         };
         assert!(name_error("").contains("must not be empty"));
         // Only what is safe in a unit name and in LISTEN_FDNAMES, unescaped.
-        for bad in ["a:b", "a b", "caf\u{e9}", "a\\tb", "web*", "a%b", "x/../y", "-x", ".x", "a@b"] {
-            assert!(name_error(bad).contains("use only letters, digits"), "{bad:?}");
+        for bad in [
+            "a:b",
+            "a b",
+            "caf\u{e9}",
+            "a\\tb",
+            "web*",
+            "a%b",
+            "x/../y",
+            "-x",
+            ".x",
+            "a@b",
+        ] {
+            assert!(
+                name_error(bad).contains("use only letters, digits"),
+                "{bad:?}"
+            );
         }
         assert!(name_error(&"n".repeat(65)).contains("at most 64 characters"));
         let c = ok(&listen_file(&[&format!(

@@ -206,19 +206,22 @@ pub fn default_path(app: &str) -> PathBuf {
     }
 }
 
-/// Where a client looks for APP's socket: the default path, or else, as root, where
-/// `corral@APP.service` puts it (`RuntimeDirectory=corral/APP`, so `/run/corral/APP/APP.sock`).
+/// Where a client looks for APP's socket: the first of these that exists, else the default.
+/// The default path; as root, `/run/corral/APP.sock` (standalone) and `/run/corral/APP/APP.sock`
+/// (`corral@APP.service`, `RuntimeDirectory=corral/APP`). A `RUNTIME_DIRECTORY` inherited from
+/// some other unit (a deploy timer running `corral reload api`) must not hide the app.
 pub fn find_path(app: &str) -> PathBuf {
     let default = default_path(app);
-    if !default.exists() && std::env::var_os("RUNTIME_DIRECTORY").is_none() {
-        let unit = Path::new("/run/corral")
-            .join(app)
-            .join(format!("{app}.sock"));
-        if nix::unistd::geteuid().is_root() && unit.exists() {
-            return unit;
-        }
+    let mut candidates = vec![default.clone()];
+    if nix::unistd::geteuid().is_root() {
+        let file = format!("{app}.sock");
+        candidates.push(Path::new("/run/corral").join(&file));
+        candidates.push(Path::new("/run/corral").join(app).join(&file));
     }
-    default
+    candidates
+        .into_iter()
+        .find(|p| p.exists())
+        .unwrap_or(default)
 }
 
 /// Every control socket on this machine that a client can see: `DIR/*.sock` and `DIR/*/*.sock`
@@ -373,6 +376,8 @@ async fn connection(stream: UnixStream, to_loop: mpsc::Sender<Incoming>) {
             } else {
                 loop {
                     tokio::select! {
+                        // Progress queued before the answer goes out before it.
+                        biased;
                         Some(p) = progressed.recv() => {
                             let mut r = Response::ok("");
                             r.message = None;

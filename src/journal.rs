@@ -1,7 +1,8 @@
 //! journald's native protocol (systemd-journald.service(8), "Native Journal Protocol"): one
 //! datagram per entry to /run/systemd/journal/socket, each field `NAME=value\n`, or, when the
-//! value holds a newline or is not text, `NAME\n` + 64-bit little-endian length + bytes + `\n`.
-//! Binary values are kept whole (journalctl shows them as blobs): nothing is lost silently.
+//! value holds a newline, `NAME\n` + 64-bit little-endian length + bytes + `\n`. Values that
+//! are not text go as they are (the protocol allows any bytes but newline in the first form);
+//! journalctl shows them as byte arrays: nothing is lost silently.
 
 use std::io;
 use std::os::unix::net::UnixDatagram;

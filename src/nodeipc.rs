@@ -51,17 +51,33 @@ pub fn message(message: &str) -> Vec<u8> {
 /// that often is ready already).
 pub async fn read(channel: OwnedReadHalf, pid: i32, ready: mpsc::Sender<i32>) {
     let mut reader = BufReader::new(channel);
+    // Bounded: a message longer than MAX_LINE is skipped up to its newline, never buffered.
     let mut line = Vec::new();
+    let mut skipping = false;
     loop {
-        line.clear();
-        match reader.read_until(b'\n', &mut line).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) if line.len() > MAX_LINE => continue,
-            Ok(_) => {
-                if is_ready(line.trim_ascii_end()) {
-                    let _ = ready.try_send(pid);
-                }
+        let chunk = match reader.fill_buf().await {
+            Ok([]) | Err(_) => return,
+            Ok(c) => c,
+        };
+        let (part, end) = match chunk.iter().position(|&b| b == b'\n') {
+            Some(i) => (&chunk[..i], Some(i + 1)),
+            None => (chunk, None),
+        };
+        if !skipping {
+            line.extend_from_slice(part);
+            if line.len() > MAX_LINE {
+                line.clear();
+                skipping = true;
             }
+        }
+        let used = end.unwrap_or(chunk.len());
+        reader.consume(used);
+        if end.is_some() {
+            if !skipping && is_ready(line.trim_ascii_end()) {
+                let _ = ready.try_send(pid);
+            }
+            line.clear();
+            skipping = false;
         }
     }
 }
@@ -69,6 +85,31 @@ pub async fn read(channel: OwnedReadHalf, pid: i32, ready: mpsc::Sender<i32>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_oversized_message_is_skipped_and_the_next_ready_still_counts() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (theirs, ours, _write) = channel().unwrap();
+            let (tx, mut rx) = mpsc::channel(4);
+            let reader = tokio::spawn(read(ours, 42, tx));
+            let mut worker = std::os::unix::net::UnixStream::from(theirs);
+            let mut junk = vec![b'x'; 3 * MAX_LINE];
+            junk.extend_from_slice(b"\"ready\"\n\"ready\"\n");
+            std::io::Write::write_all(&mut worker, &junk).unwrap();
+            drop(worker);
+            assert_eq!(rx.recv().await, Some(42), "the 'ready' after the junk");
+            assert_eq!(
+                rx.recv().await,
+                None,
+                "the junk line itself was not taken as ready"
+            );
+            reader.await.unwrap();
+        });
+    }
 
     #[test]
     fn only_the_ready_string_is_ready() {

@@ -1981,15 +1981,27 @@ fn scaled(from: u32, to: u32) -> String {
 fn a_reload_takes_over_a_slot_whose_memory_replacement_is_still_starting() {
     let mut h = Harness::started(P::new(1).max_memory(100 * MIB));
     let old = h.last_spawn(0);
-    h.step(Event::Memory { id: old, rss: 300 * MIB });
+    h.step(Event::Memory {
+        id: old,
+        rss: 300 * MIB,
+    });
     let for_memory = h.last_spawn(0);
     h.roll(2, P::new(1).max_memory(100 * MIB), Scope::All, Some(1));
-    check_eq!(h, h.signals(for_memory), vec![Signal::SIGKILL], "it gives way to the roll's");
+    check_eq!(
+        h,
+        h.signals(for_memory),
+        vec![Signal::SIGKILL],
+        "it gives way to the roll's"
+    );
     let new = h.spawn_of(0, 2);
     h.exit(for_memory, 137);
     h.ready(new);
     h.exit(old, 0);
-    check_eq!(h, h.reply(1), ok("generation 2 serving: 1 worker(s) replaced"));
+    check_eq!(
+        h,
+        h.reply(1),
+        ok("generation 2 serving: 1 worker(s) replaced")
+    );
     let views = h.views(0);
     check_eq!(h, views.len(), 1, "one worker in the slot: {views:?}");
     check_eq!(h, views[0].generation, 2);
@@ -1999,20 +2011,36 @@ fn a_reload_takes_over_a_slot_whose_memory_replacement_is_still_starting() {
 fn a_failed_memory_replacement_is_retried_only_after_the_slots_backoff() {
     let mut h = Harness::started(P::new(1).max_memory(100 * MIB));
     let old = h.last_spawn(0);
-    h.step(Event::Memory { id: old, rss: 300 * MIB });
+    h.step(Event::Memory {
+        id: old,
+        rss: 300 * MIB,
+    });
     h.exit(h.last_spawn(0), 1);
     // Within the backoff (100ms): no new attempt.
     let mark = h.mark();
-    h.step(Event::Memory { id: old, rss: 300 * MIB });
+    h.step(Event::Memory {
+        id: old,
+        rss: 300 * MIB,
+    });
     check!(h, h.spawned_since(mark).is_empty());
     // After it: one more, and on failure the wait doubles.
     h.advance(ms(100));
-    h.step(Event::Memory { id: old, rss: 300 * MIB });
+    h.step(Event::Memory {
+        id: old,
+        rss: 300 * MIB,
+    });
     check_eq!(h, h.spawned_since(mark), vec![(0, 1)]);
     h.exit(h.last_spawn(0), 1);
     let mark = h.mark();
     h.advance(ms(100));
-    h.step(Event::Memory { id: old, rss: 300 * MIB });
+    h.step(Event::Memory {
+        id: old,
+        rss: 300 * MIB,
+    });
     check!(h, h.spawned_since(mark).is_empty(), "200ms now");
-    check!(h, h.signals(old).is_empty(), "the old worker serves on throughout");
+    check!(
+        h,
+        h.signals(old).is_empty(),
+        "the old worker serves on throughout"
+    );
 }

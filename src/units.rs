@@ -99,7 +99,7 @@ NotifyAccess=main
 ExecStart=/usr/bin/corral run /etc/corral/%i.toml
 # Synchronous: systemctl reload waits for the roll and fails when it is refused or fails
 # (systemd.service(5) advises this over kill -HUP).
-ExecReload=/usr/bin/corral reload %i
+ExecReload=/usr/bin/corral reload --control %t/corral/%i/%i.sock %i
 # SIGTERM to corral, which drains its workers; SIGKILL for whatever is left at the timeout.
 KillMode=mixed
 Restart=on-failure
@@ -156,6 +156,13 @@ fn listen_lines(l: &Listen) -> String {
     let _ = writeln!(s, "ListenStream={}", escape(&addr));
     let _ = writeln!(s, "FileDescriptorName={}", escape(&l.name));
     let _ = writeln!(s, "Backlog={}", l.backlog);
+    if let Address::Tcp(a) = &l.address {
+        if a.ip().is_unspecified() && a.is_ipv6() {
+            // "[::]:PORT" (and a bare "PORT") means every address, IPv4 too, whatever
+            // net.ipv6.bindv6only says (systemd.socket(5) BindIPv6Only=).
+            s += "BindIPv6Only=both\n";
+        }
+    }
     if let Some(mode) = l.mode {
         let _ = writeln!(s, "SocketMode={mode:04o}");
     }
@@ -220,7 +227,35 @@ fn service_settings(config: &Config, sockets: &[String], watchdog: Option<&str>)
         "TimeoutStopSec={}",
         sec(config.stop.timeout + STOP_MARGIN)
     );
+    let _ = writeln!(s, "TimeoutStartSec={}", sec(start_timeout(config)));
+    // ProtectHome=yes hides /home and /root: an app that lives there (as PM2 apps often do)
+    // gets them read-only instead.
+    let in_home = |p: &Path| p.starts_with("/home") || p.starts_with("/root");
+    if config.directory.as_deref().is_some_and(in_home) || in_home(Path::new(&config.command[0])) {
+        s += "ProtectHome=read-only\n";
+    }
     s
+}
+
+/// systemd applies TimeoutStartSec= to the start (every slot ready) and to ExecReload= (a
+/// whole roll: one readiness timeout per batch, then the last old workers' drain). The
+/// default 90s would cut a long roll short, and fail a reload that is still going well.
+fn start_timeout(config: &Config) -> Duration {
+    let workers = config.workers.resolve().max(1);
+    let batch = config.reload.batch.slots(workers).max(1);
+    let rounds = workers.div_ceil(batch);
+    let roll = config.readiness.timeout * rounds + config.stop.timeout + Duration::from_secs(30);
+    roll.max(Duration::from_secs(90))
+}
+
+/// The app's first socket unit (the one an operator enables) pulls in the others, so every
+/// listener is open at boot, not only once the service has started.
+fn siblings(i: usize, sockets: &[String]) -> String {
+    if i == 0 && sockets.len() > 1 {
+        format!("Wants={}\n", sockets[1..].join(" "))
+    } else {
+        String::new()
+    }
 }
 
 fn header(source: &Path) -> String {
@@ -260,9 +295,10 @@ pub fn render(config: &Config, source: &Path, flavor: &Flavor) -> Vec<UnitFile> 
                 files.push(UnitFile {
                     path: PathBuf::from(format!("{unit}.d/50-corral.conf")),
                     contents: format!(
-                        "{}[Unit]\nSourcePath={}\n\n[Socket]\n{service}{}",
+                        "{}[Unit]\nSourcePath={}\n{}\n[Socket]\n{service}{}",
                         header(source),
                         source.display(),
+                        siblings(i, &sockets),
                         listen_lines(l)
                     ),
                 });
@@ -275,7 +311,8 @@ pub fn render(config: &Config, source: &Path, flavor: &Flavor) -> Vec<UnitFile> 
             let bin = escape(&binary.display().to_string());
             let mut service = format!(
                 "{}[Unit]\nDescription=corral app {app}\nAfter=network.target\n{deps}\n[Service]\nType=notify\nNotifyAccess=main\n\
-                 ExecStart={bin} run {}\nExecReload={bin} reload {app}\nKillMode=mixed\n\
+                 ExecStart={bin} run {}\nExecReload={bin} reload --control %t/corral/{app}/{app}.sock \
+                 {app}\nKillMode=mixed\n\
                  Restart=on-failure\nRestartSec=1s\n\
                  RuntimeDirectory=corral/{app}\n",
                 header(source),
@@ -288,14 +325,15 @@ pub fn render(config: &Config, source: &Path, flavor: &Flavor) -> Vec<UnitFile> 
                 path: PathBuf::from(format!("{app}.service")),
                 contents: service,
             });
-            for (unit, l) in sockets.iter().zip(&config.listen) {
+            for (i, (unit, l)) in sockets.iter().zip(&config.listen).enumerate() {
                 files.push(UnitFile {
                     path: PathBuf::from(unit),
                     contents: format!(
-                        "{}[Unit]\nDescription=corral app {app} socket {}\n\n[Socket]\n\
+                        "{}[Unit]\nDescription=corral app {app} socket {}\n{}\n[Socket]\n\
                          Service={app}.service\n{}\n[Install]\nWantedBy=sockets.target\n",
                         header(source),
                         escape(&l.name),
+                        siblings(i, &sockets),
                         listen_lines(l)
                     ),
                 });

@@ -317,7 +317,8 @@ fn install_upgrade_under_load_and_purge_in_a_booted_systemd() {
     let left = sb.sh(
         "ls /usr/bin/corral /usr/lib/systemd/system-generators/corral-generator \
          /usr/lib/systemd/system/corral@.service /usr/share/man/man1/corral.1.gz \
-         /etc/corral/README /usr/share/doc/corral 2>/dev/null",
+         /etc/corral/README /usr/share/doc/corral \
+         /etc/systemd/system/sockets.target.wants/corral@demo.socket 2>/dev/null",
     );
     assert!(
         String::from_utf8_lossy(&left.stdout).trim().is_empty(),
