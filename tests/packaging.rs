@@ -305,6 +305,42 @@ fn install_upgrade_under_load_and_purge_in_a_booted_systemd() {
         format!("{VERSION}+upgrade")
     );
 
+    // An app whose config is broken at upgrade time keeps running as it is, and is named;
+    // the others move on (a reinstall runs the same upgrade path).
+    sb.write(
+        "/etc/corral/other.toml",
+        &APP.replace("{worker}", sandbox::WORKER_PY)
+            .replace("8080", "8081"),
+    );
+    sb.ok("systemctl daemon-reload && systemctl start corral@other.socket corral@other.service");
+    let (demo_pid, other_pid) = (
+        sb.prop("corral@demo.service", "MainPID"),
+        sb.prop("corral@other.service", "MainPID"),
+    );
+    sb.write(
+        "/etc/corral/other.toml",
+        "command = [\"x\"]\nworkers = \"lots\"\n",
+    );
+    let out = sb.sh("dpkg -i /var/cache/corral-test/corral-upgrade.deb 2>&1");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("corral: not restarting corral@other.service"),
+        "{text}"
+    );
+    assert_eq!(
+        sb.prop("corral@other.service", "MainPID"),
+        other_pid,
+        "left running"
+    );
+    assert_ne!(
+        sb.prop("corral@demo.service", "MainPID"),
+        demo_pid,
+        "the good app restarted"
+    );
+    sb.in_netns(|| http_get(8081, "/"))
+        .expect("the broken-config app still serves");
+
     // Purge: the running app is stopped, and said so; no file of the package is left; the
     // admin's config stays, and is named.
     let out = sb.ok("dpkg --purge corral");
@@ -312,7 +348,7 @@ fn install_upgrade_under_load_and_purge_in_a_booted_systemd() {
         out.contains("corral: stopping") && out.contains("corral@demo.service"),
         "{out}"
     );
-    assert!(out.contains("left in place: demo.toml"), "{out}");
+    assert!(out.contains("left in place: demo.toml other.toml"), "{out}");
     assert_eq!(sb.prop("corral@demo.service", "ActiveState"), "inactive");
     let left = sb.sh(
         "ls /usr/bin/corral /usr/lib/systemd/system-generators/corral-generator \
@@ -329,7 +365,7 @@ fn install_upgrade_under_load_and_purge_in_a_booted_systemd() {
         "the package is gone"
     );
     // With the admin's file gone too, a purge leaves no /etc/corral at all.
-    sb.ok("rm /etc/corral/demo.toml && dpkg -i /var/cache/corral-test/corral.deb && dpkg --purge corral");
+    sb.ok("rm /etc/corral/demo.toml /etc/corral/other.toml && dpkg -i /var/cache/corral-test/corral.deb && dpkg --purge corral");
     assert!(
         !sb.sh("test -e /etc/corral").status.success(),
         "/etc/corral removed on purge"
