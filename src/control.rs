@@ -171,6 +171,17 @@ impl Response {
             progress: None,
         }
     }
+    /// A line of a long operation's progress, sent before its answer.
+    pub fn progress(line: String) -> Response {
+        Response {
+            version: PROTOCOL_VERSION,
+            ok: true,
+            message: None,
+            error: None,
+            status: None,
+            progress: Some(line),
+        }
+    }
     pub fn err(error: impl Into<String>) -> Response {
         Response {
             version: PROTOCOL_VERSION,
@@ -186,23 +197,25 @@ impl Response {
 /// The default control socket path (see CONTRACT.md): `$RUNTIME_DIRECTORY/APP.sock` under
 /// systemd, else `/run/corral/APP.sock` as root, else `$XDG_RUNTIME_DIR/corral/APP.sock`.
 pub fn default_path(app: &str) -> PathBuf {
-    let file = format!("{app}.sock");
+    control_dir().join(format!("{app}.sock"))
+}
+
+/// The directory of [`default_path`]: where control sockets are, for every app.
+pub fn control_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("RUNTIME_DIRECTORY") {
         // systemd.exec(5): several directories are separated by colons; the first is ours.
         if let Some(first) = std::env::split_paths(&dir).next() {
             if !first.as_os_str().is_empty() {
-                return first.join(file);
+                return first;
             }
         }
     }
     if nix::unistd::geteuid().is_root() {
-        return PathBuf::from("/run/corral").join(file);
+        return PathBuf::from("/run/corral");
     }
     match std::env::var_os("XDG_RUNTIME_DIR") {
-        Some(d) if !d.is_empty() => PathBuf::from(d).join("corral").join(file),
-        _ => std::env::temp_dir()
-            .join(format!("corral-{}", nix::unistd::geteuid()))
-            .join(file),
+        Some(d) if !d.is_empty() => PathBuf::from(d).join("corral"),
+        _ => std::env::temp_dir().join(format!("corral-{}", nix::unistd::geteuid())),
     }
 }
 
@@ -227,10 +240,8 @@ pub fn find_path(app: &str) -> PathBuf {
 /// Every control socket on this machine that a client can see: `DIR/*.sock` and `DIR/*/*.sock`
 /// under the control directory.
 pub fn all_paths() -> Vec<PathBuf> {
-    let default = default_path("x");
-    let Some(dir) = default.parent() else {
-        return Vec::new();
-    };
+    let dir = control_dir();
+    let dir = dir.as_path();
     let socks = |d: &Path| -> Vec<PathBuf> {
         std::fs::read_dir(d)
             .map(|rd| {
@@ -379,10 +390,7 @@ async fn connection(stream: UnixStream, to_loop: mpsc::Sender<Incoming>) {
                         // Progress queued before the answer goes out before it.
                         biased;
                         Some(p) = progressed.recv() => {
-                            let mut r = Response::ok("");
-                            r.message = None;
-                            r.progress = Some(p);
-                            if send_line(&mut write, &r).await.is_err() {
+                            if send_line(&mut write, &Response::progress(p)).await.is_err() {
                                 break Response::err("the client went away");
                             }
                         }

@@ -232,12 +232,8 @@ fn status(app: Option<String>, control: Option<PathBuf>, json: bool) -> Result<i
             // Every app on this machine: every socket in the control directory.
             let v = control::all_paths();
             if v.is_empty() {
-                let dir = control::default_path("x");
                 return Err(Error::NotRunning {
-                    path: dir
-                        .parent()
-                        .unwrap_or(Path::new("/run/corral"))
-                        .to_path_buf(),
+                    path: control::control_dir(),
                     source: std::io::Error::new(
                         std::io::ErrorKind::NotFound,
                         "no control socket there",
