@@ -1,0 +1,410 @@
+//! App config files: parsing and validation.
+//!
+//! An app is described by one TOML file; the app name is the file stem
+//! (`/etc/corral/api.toml` describes the app `api`). Parsing never stops at
+//! the first problem: every problem in the file is collected and reported as
+//! `FILE:LINE:COL: message`, with 1-based lines and columns (columns counted
+//! in characters), sorted by position.
+//!
+//! This file holds the schema (the types a valid file becomes) and `Config::load`/`parse`;
+//! `check` walks the document and collects the diagnostics, `values` parses the values
+//! inside strings (durations, sizes, signals, addresses) and `cpus` counts the CPUs for
+//! `workers = "auto"`.
+
+use std::fmt;
+use std::fs;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use toml_edit::ImDocument;
+
+mod check;
+mod cpus;
+mod values;
+
+use check::{
+    Checker, LIMITS_KEYS, LISTEN_KEYS, LOGS_KEYS, READINESS_KEYS, RELOAD_KEYS, RESTART_KEYS,
+    SERVICE_KEYS, STOP_KEYS, TOP_KEYS, WATCHDOG_KEYS,
+};
+pub use cpus::available_cpus;
+pub use values::{parse_duration, parse_signal, parse_size};
+
+/// A validated app config.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The file the config came from, as given.
+    pub path: PathBuf,
+    /// The app name: the file stem.
+    pub app: String,
+    /// The worker's argv (no shell). Never empty.
+    pub command: Vec<String>,
+    /// Working directory of the workers; always absolute.
+    pub directory: Option<PathBuf>,
+    /// How many workers to run.
+    pub workers: WorkerCount,
+    /// Extra environment for the workers, in file order.
+    pub environment: Vec<(String, String)>,
+    /// Listening sockets, in file order.
+    pub listen: Vec<Listen>,
+    /// How a worker tells it is ready.
+    pub readiness: Readiness,
+    /// Worker watchdog timeout (`[watchdog] timeout`); `None` when not set.
+    pub watchdog: Option<Duration>,
+    /// How workers are stopped.
+    pub stop: Stop,
+    /// When and how fast workers are restarted.
+    pub restart: Restart,
+    /// Rolling reload settings.
+    pub reload: Reload,
+    /// Resource limits.
+    pub limits: Limits,
+    /// Logging settings.
+    pub logs: Logs,
+    /// Settings for the generated systemd service.
+    pub service: Service,
+}
+
+/// Number of workers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WorkerCount {
+    /// A fixed number (1..=1024).
+    Count(u32),
+    /// One per available CPU (see [`available_cpus`]).
+    Auto,
+}
+
+impl WorkerCount {
+    /// The actual number of workers to run.
+    pub fn resolve(self) -> u32 {
+        match self {
+            WorkerCount::Count(n) => n,
+            WorkerCount::Auto => available_cpus(),
+        }
+    }
+}
+
+/// One `[[listen]]` socket.
+#[derive(Clone, Debug)]
+pub struct Listen {
+    /// Name of the socket (`LISTEN_FDNAMES` entry, `FileDescriptorName=`).
+    pub name: String,
+    pub address: Address,
+    /// Listen backlog; default `SOMAXCONN` (4096).
+    pub backlog: u32,
+    /// Unix socket file mode.
+    pub mode: Option<u32>,
+    /// Unix socket file owner.
+    pub owner: Option<String>,
+    /// Unix socket file group.
+    pub group: Option<String>,
+    /// Line of the `[[listen]]` header, for later messages.
+    pub span_line: usize,
+}
+
+/// Where a socket listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Address {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Address::Tcp(addr) => write!(f, "{addr}"),
+            Address::Unix(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+/// `[readiness]`
+#[derive(Clone, Debug)]
+pub struct Readiness {
+    pub mode: ReadinessMode,
+    pub timeout: Duration,
+}
+
+impl Default for Readiness {
+    fn default() -> Self {
+        Readiness {
+            mode: ReadinessMode::Notify,
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `readiness.mode`
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadinessMode {
+    /// `"notify"`: the worker sends `READY=1` over `NOTIFY_SOCKET`.
+    Notify,
+    /// `"exec"`: the worker is ready once it is running.
+    Exec,
+    /// `"node-ipc"`: the worker says so over the Node.js IPC channel.
+    NodeIpc,
+}
+
+/// `[stop]`
+#[derive(Clone, Debug)]
+pub struct Stop {
+    pub signal: Signal,
+    /// Message sent over the Node IPC channel (node-ipc readiness only).
+    pub message: Option<String>,
+    pub timeout: Duration,
+}
+
+impl Default for Stop {
+    fn default() -> Self {
+        Stop {
+            signal: Signal::SIGTERM,
+            message: None,
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `[restart]`
+#[derive(Clone, Debug)]
+pub struct Restart {
+    pub policy: RestartPolicy,
+    pub delay: Duration,
+    pub max_delay: Duration,
+    /// A worker that has been ready this long resets the backoff.
+    pub reset_after: Duration,
+}
+
+impl Default for Restart {
+    fn default() -> Self {
+        Restart {
+            policy: RestartPolicy::OnFailure,
+            delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(30),
+            reset_after: Duration::from_secs(10),
+        }
+    }
+}
+
+/// `restart.policy`
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RestartPolicy {
+    Always,
+    OnFailure,
+    Never,
+}
+
+/// `[reload]`
+#[derive(Clone, Debug)]
+pub struct Reload {
+    pub batch: Batch,
+}
+
+impl Default for Reload {
+    fn default() -> Self {
+        Reload {
+            batch: Batch::Count(1),
+        }
+    }
+}
+
+/// How many workers are replaced at a time during a reload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Batch {
+    Count(u32),
+    Percent(u32),
+}
+
+impl Batch {
+    /// Number of workers replaced at a time out of `workers`, always in
+    /// `1..=max(workers, 1)`.
+    pub fn slots(self, workers: u32) -> u32 {
+        let n = match self {
+            Batch::Count(n) => n,
+            Batch::Percent(p) => {
+                let n = (u64::from(workers) * u64::from(p)).div_ceil(100);
+                u32::try_from(n).unwrap_or(u32::MAX)
+            }
+        };
+        n.clamp(1, workers.max(1))
+    }
+}
+
+/// `[limits]`
+#[derive(Clone, Debug, Default)]
+pub struct Limits {
+    /// Memory limit in bytes.
+    pub max_memory: Option<u64>,
+}
+
+/// `[logs]`
+#[derive(Clone, Debug)]
+pub struct Logs {
+    /// Syslog priority (0..=7) of lines the workers write to stderr.
+    pub stderr_priority: u8,
+}
+
+impl Default for Logs {
+    fn default() -> Self {
+        Logs { stderr_priority: 6 }
+    }
+}
+
+/// `[service]`
+#[derive(Clone, Debug, Default)]
+pub struct Service {
+    pub user: Option<String>,
+    pub group: Option<String>,
+    /// Supervisor watchdog; `Some(ZERO)` means explicitly disabled.
+    pub watchdog: Option<Duration>,
+}
+
+/// Everything wrong with one config file.
+#[derive(Clone, Debug)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+/// One problem. `line` and `col` are 1-based; a diagnostic about the file as
+/// a whole (it cannot be read) has `line == 0` and `col == 0`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub line: usize,
+    pub col: usize,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let file = self.file.display();
+        for (i, d) in self.diagnostics.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            if d.line == 0 {
+                write!(f, "{file}: {}", d.message)?;
+            } else {
+                write!(f, "{file}:{}:{}: {}", d.line, d.col, d.message)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Every key a config file may hold, as `section.key` (`command` for top-level scalars): the
+/// one list the parser accepts, which the man page's coverage test checks corral.toml(5) against.
+pub fn all_keys() -> Vec<String> {
+    let tables: &[(&str, &[&str])] = &[
+        ("listen", LISTEN_KEYS),
+        ("readiness", READINESS_KEYS),
+        ("watchdog", WATCHDOG_KEYS),
+        ("stop", STOP_KEYS),
+        ("restart", RESTART_KEYS),
+        ("reload", RELOAD_KEYS),
+        ("limits", LIMITS_KEYS),
+        ("logs", LOGS_KEYS),
+        ("service", SERVICE_KEYS),
+    ];
+    let mut keys = Vec::new();
+    for top in TOP_KEYS {
+        match tables.iter().find(|(t, _)| t == top) {
+            Some((t, sub)) => keys.extend(sub.iter().map(|k| format!("{t}.{k}"))),
+            None => keys.push(top.to_string()),
+        }
+    }
+    keys
+}
+
+impl Config {
+    /// Reads and parses the config file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        match fs::read_to_string(path) {
+            Ok(text) => Config::parse(path, &text),
+            Err(err) => Err(ConfigError {
+                file: path.to_path_buf(),
+                diagnostics: vec![Diagnostic {
+                    line: 0,
+                    col: 0,
+                    message: format!("cannot read: {err}"),
+                }],
+            }),
+        }
+    }
+
+    /// Parses and validates `text`; `path` is only used for messages and to
+    /// derive the app name.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let mut ck = Checker::new(text);
+        let app = match app_name(path) {
+            Ok(app) => app,
+            Err(message) => {
+                ck.diags.push(Diagnostic {
+                    line: 1,
+                    col: 1,
+                    message,
+                });
+                String::new()
+            }
+        };
+        let config = match ImDocument::parse(text) {
+            Ok(doc) => Some(ck.document(path, app, doc.as_table())),
+            Err(err) => {
+                let message = err
+                    .message()
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                ck.error(err.span(), format!("TOML syntax error: {message}"));
+                None
+            }
+        };
+        match config {
+            Some(config) if ck.diags.is_empty() => Ok(config),
+            _ => {
+                let mut diagnostics = ck.diags;
+                diagnostics.sort_by_key(|d| (d.line, d.col));
+                Err(ConfigError {
+                    file: path.to_path_buf(),
+                    diagnostics,
+                })
+            }
+        }
+    }
+}
+
+/// The app name: the file stem, which must be usable in a unit instance name.
+fn app_name(path: &Path) -> Result<String, String> {
+    let stem = path.file_stem().unwrap_or_default();
+    let Some(stem) = stem.to_str() else {
+        return Err(format!(
+            "the app name (from the file name) `{}` is not valid UTF-8",
+            stem.to_string_lossy()
+        ));
+    };
+    if stem.is_empty() {
+        return Err("the app name (the file name without .toml) must not be empty".into());
+    }
+    if stem.len() > 128 {
+        return Err(format!(
+            "the app name `{stem}` (from the file name) is longer than 128 characters"
+        ));
+    }
+    let valid_chars = stem
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    // Not starting with '-' either: `corral reload -web` would read it as an option.
+    if !valid_chars || stem.starts_with(['.', '-']) {
+        return Err(format!(
+            "invalid app name `{stem}` (from the file name): use only letters, digits, '_', '.' \
+             and '-', not starting with '.' or '-'"
+        ));
+    }
+    Ok(stem.to_string())
+}
+#[cfg(test)]
+mod tests;

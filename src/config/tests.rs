@@ -1,0 +1,1157 @@
+//! Tests of whole config files through [`Config::parse`], and of the schema types.
+
+use super::check::RESERVED_ENV;
+use super::*;
+
+const PATH: &str = "/etc/corral/api.toml";
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(Path::new(PATH), text)
+}
+
+fn ok(text: &str) -> Config {
+    match parse(text) {
+        Ok(config) => config,
+        Err(e) => panic!("expected a valid config, got:\n{e}"),
+    }
+}
+
+/// All diagnostics as (line, col, message).
+fn errors(text: &str) -> Vec<(usize, usize, String)> {
+    match parse(text) {
+        Ok(config) => panic!("expected errors, got {config:?}"),
+        Err(e) => {
+            assert_eq!(e.file, Path::new(PATH));
+            e.diagnostics
+                .into_iter()
+                .map(|d| (d.line, d.col, d.message))
+                .collect()
+        }
+    }
+}
+
+/// The only diagnostic of a file that has exactly one problem.
+fn error(text: &str) -> (usize, usize, String) {
+    let mut all = errors(text);
+    assert_eq!(all.len(), 1, "expected one error, got {all:#?}");
+    all.remove(0)
+}
+
+/// The only diagnostic of `command = ["x"]` followed by `rest`.
+fn error_with_command(rest: &str) -> (usize, usize, String) {
+    error(&format!("command = [\"x\"]\n{rest}"))
+}
+
+fn assert_error(text: &str, line: usize, col: usize, contains: &str) {
+    let (l, c, message) = error(text);
+    assert_eq!((l, c), (line, col), "wrong position for {message:?}");
+    assert!(
+        message.contains(contains),
+        "{message:?} does not contain {contains:?}"
+    );
+}
+
+/// Like `assert_error` with `command = ["x"]` on line 1 (so `rest` starts on line 2).
+fn assert_error_after_command(rest: &str, line: usize, col: usize, contains: &str) {
+    assert_error(&format!("command = [\"x\"]\n{rest}"), line, col, contains);
+}
+
+const FULL: &str = r#"command = ["node", "server.js", "--port=0"]
+directory = "/srv/api"
+workers = 4
+
+[environment]
+NODE_ENV = "production"
+THREADS = 3
+DEBUG = false
+
+[[listen]]
+name = "http"
+address = "127.0.0.1:8080"
+backlog = 1024
+
+[[listen]]
+name = "admin"
+address = "/run/api/admin.sock"
+mode = "0660"
+owner = "www-data"
+group = "www-data"
+
+[readiness]
+mode = "exec"
+timeout = "1m"
+
+[watchdog]
+timeout = "15s"
+
+[stop]
+signal = "SIGINT"
+# message = "shutdown" needs readiness.mode = "node-ipc"
+timeout = "45s"
+
+[restart]
+policy = "always"
+delay = "250ms"
+max_delay = "1m30s"
+reset_after = "2m"
+
+[reload]
+batch = "25%"
+
+[limits]
+max_memory = "1.5G"
+
+[logs]
+stderr_priority = "warning"
+
+[service]
+user = "api"
+group = "api"
+watchdog = "0"
+"#;
+
+#[test]
+fn full_valid_file() {
+    let c = ok(FULL);
+    assert_eq!(c.path, Path::new(PATH));
+    assert_eq!(c.app, "api");
+    assert_eq!(c.command, ["node", "server.js", "--port=0"]);
+    assert_eq!(c.directory.as_deref(), Some(Path::new("/srv/api")));
+    assert_eq!(c.workers, WorkerCount::Count(4));
+    assert_eq!(
+        c.environment,
+        [
+            ("NODE_ENV".to_string(), "production".to_string()),
+            ("THREADS".to_string(), "3".to_string()),
+            ("DEBUG".to_string(), "false".to_string()),
+        ]
+    );
+    assert_eq!(c.listen.len(), 2);
+    let http = &c.listen[0];
+    assert_eq!(http.name, "http");
+    assert_eq!(
+        http.address,
+        Address::Tcp("127.0.0.1:8080".parse().unwrap())
+    );
+    assert_eq!(http.backlog, 1024);
+    assert_eq!((http.mode, &http.owner, &http.group), (None, &None, &None));
+    assert_eq!(http.span_line, 10);
+    let admin = &c.listen[1];
+    assert_eq!(admin.name, "admin");
+    assert_eq!(admin.address, Address::Unix("/run/api/admin.sock".into()));
+    assert_eq!(admin.backlog, 4096);
+    assert_eq!(admin.mode, Some(0o660));
+    assert_eq!(admin.owner.as_deref(), Some("www-data"));
+    assert_eq!(admin.group.as_deref(), Some("www-data"));
+    assert_eq!(admin.span_line, 15);
+    assert_eq!(c.readiness.mode, ReadinessMode::Exec);
+    assert_eq!(c.readiness.timeout, Duration::from_secs(60));
+    assert_eq!(c.watchdog, Some(Duration::from_secs(15)));
+    assert_eq!(c.stop.signal, Signal::SIGINT);
+    assert_eq!(c.stop.message, None);
+    assert_eq!(c.stop.timeout, Duration::from_secs(45));
+    assert_eq!(c.restart.policy, RestartPolicy::Always);
+    assert_eq!(c.restart.delay, Duration::from_millis(250));
+    assert_eq!(c.restart.max_delay, Duration::from_secs(90));
+    assert_eq!(c.restart.reset_after, Duration::from_secs(120));
+    assert_eq!(c.reload.batch, Batch::Percent(25));
+    assert_eq!(c.limits.max_memory, Some(1536 * 1024 * 1024));
+    assert_eq!(c.logs.stderr_priority, 4);
+    assert_eq!(c.service.user.as_deref(), Some("api"));
+    assert_eq!(c.service.group.as_deref(), Some("api"));
+    assert_eq!(c.service.watchdog, Some(Duration::ZERO));
+}
+
+#[test]
+fn minimal_file_defaults() {
+    let c = ok("command = [\"/usr/bin/app\"]\n");
+    assert_eq!(c.app, "api");
+    assert_eq!(c.command, ["/usr/bin/app"]);
+    assert_eq!(c.directory, None);
+    assert_eq!(c.workers, WorkerCount::Count(1));
+    assert!(c.environment.is_empty());
+    assert!(c.listen.is_empty());
+    assert_eq!(c.readiness.mode, ReadinessMode::Notify);
+    assert_eq!(c.readiness.timeout, Duration::from_secs(30));
+    assert_eq!(c.watchdog, None);
+    assert_eq!(c.stop.signal, Signal::SIGTERM);
+    assert_eq!(c.stop.message, None);
+    assert_eq!(c.stop.timeout, Duration::from_secs(30));
+    assert_eq!(c.restart.policy, RestartPolicy::OnFailure);
+    assert_eq!(c.restart.delay, Duration::from_millis(100));
+    assert_eq!(c.restart.max_delay, Duration::from_secs(30));
+    assert_eq!(c.restart.reset_after, Duration::from_secs(10));
+    assert_eq!(c.reload.batch, Batch::Count(1));
+    assert_eq!(c.limits.max_memory, None);
+    assert_eq!(c.logs.stderr_priority, 6);
+    assert_eq!(c.service.user, None);
+    assert_eq!(c.service.group, None);
+    assert_eq!(c.service.watchdog, None);
+}
+
+#[test]
+fn alternative_table_syntaxes() {
+    let c = ok(r#"command = ["x"]
+stop.signal = "HUP"
+restart = { policy = "never" }
+environment = { A = "1" }
+listen = [{ name = "a", address = "80" }]
+[watchdog]
+"#);
+    assert_eq!(c.stop.signal, Signal::SIGHUP);
+    assert_eq!(c.restart.policy, RestartPolicy::Never);
+    assert_eq!(c.environment, [("A".to_string(), "1".to_string())]);
+    assert_eq!(c.listen[0].address.to_string(), "[::]:80");
+    assert_eq!(c.listen[0].span_line, 5);
+    assert_eq!(c.watchdog, None);
+}
+
+#[test]
+fn unknown_key_top_level_with_hint() {
+    let e = parse("command = [\"x\"]\n\nworker = 3\n").unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "/etc/corral/api.toml:3:1: unknown key `worker` in the top level; did you mean `workers`?"
+    );
+}
+
+#[test]
+fn unknown_key_in_tables() {
+    assert_error_after_command(
+        "[restart]\nmax_dealy = \"1s\"\n",
+        3,
+        1,
+        "unknown key `max_dealy` in [restart]; did you mean `max_delay`?",
+    );
+    assert_error_after_command(
+        "[[listen]]\nname = \"a\"\naddress = \"80\"\n  adress = \"81\"\n",
+        5,
+        3,
+        "unknown key `adress` in [[listen]]; did you mean `address`?",
+    );
+    // dotted keys: the position is the unknown part of the key
+    assert_error_after_command(
+        "stop.sgnal = \"TERM\"\n",
+        2,
+        6,
+        "unknown key `sgnal` in [stop]; did you mean `signal`?",
+    );
+    // inline tables
+    assert_error_after_command(
+        "readiness = { mode = \"exec\", timout = \"1s\" }\n",
+        2,
+        30,
+        "unknown key `timout` in [readiness]; did you mean `timeout`?",
+    );
+    // no hint when nothing is close
+    let (_, _, m) = error_with_command("banana = 1\n");
+    assert_eq!(m, "unknown key `banana` in the top level");
+    // a key that belongs in a section
+    let (_, _, m) = error_with_command("max_memory = \"1G\"\n");
+    assert_eq!(
+        m,
+        "unknown key `max_memory` in the top level; did you mean to put it in [limits]?"
+    );
+    // case differences count as close
+    let (_, _, m) = error_with_command("Workers = 2\n");
+    assert!(m.ends_with("did you mean `workers`?"), "{m}");
+}
+
+#[test]
+fn type_errors() {
+    assert_error_after_command(
+        "[readiness]\ntimeout = 30\n",
+        3,
+        11,
+        "readiness.timeout: expected a string like \"30s\", found an integer",
+    );
+    assert_error_after_command(
+        "directory = 5\n",
+        2,
+        13,
+        "directory: expected a string, found an integer",
+    );
+    assert_error_after_command(
+        "stop = \"TERM\"\n",
+        2,
+        8,
+        "stop: expected a table ([stop]), found a string",
+    );
+    assert_error_after_command(
+        "[service]\nwatchdog = true\n",
+        3,
+        12,
+        "service.watchdog: expected a string like \"30s\", found a boolean",
+    );
+    assert_error_after_command(
+        "[listen]\nname = \"a\"\n",
+        2,
+        1,
+        "listen: expected an array of tables ([[listen]]), found a table",
+    );
+    assert_error_after_command(
+        "listen = [\"80\"]\n",
+        2,
+        11,
+        "listen: expected every element to be a table, found a string",
+    );
+    assert_error_after_command(
+        "[limits]\nmax_memory = 1.5\n",
+        3,
+        14,
+        "expected a size like \"512M\" or a number of bytes, found a float",
+    );
+    assert_error_after_command(
+        "stop.signal = 15\n",
+        2,
+        15,
+        "stop.signal: expected a signal name like \"SIGTERM\", found an integer",
+    );
+    assert_error_after_command(
+        "[watchdog]\ntimeout = 1979-05-27\n",
+        3,
+        11,
+        "found a date-time",
+    );
+    assert_error_after_command("[logs]\nstderr_priority = [3]\n", 3, 19, "found an array");
+}
+
+#[test]
+fn command_errors() {
+    assert_error("workers = 2\n", 1, 1, "missing required key `command`");
+    assert_error("command = []\n", 1, 11, "command: must not be empty");
+    assert_error(
+        "command = \"node server.js\"\n",
+        1,
+        11,
+        "command: expected an array of strings like [\"node\", \"server.js\"], found a string",
+    );
+    assert_error(
+        "command = [\"node\", 3]\n",
+        1,
+        20,
+        "command: expected every element to be a string, found an integer",
+    );
+    assert_error(
+        "command = [\"\", \"x\"]\n",
+        1,
+        12,
+        "command: the program must not be empty",
+    );
+    assert_error(
+        "command = [\"x\", \"\"]\n",
+        1,
+        17,
+        "command: arguments must not be empty",
+    );
+    // an empty file is just missing its command
+    assert_error("", 1, 1, "missing required key `command`");
+}
+
+#[test]
+fn directory_must_be_absolute() {
+    assert_error_after_command(
+        "directory = \"srv/api\"\n",
+        2,
+        13,
+        "directory: must be an absolute path, found \"srv/api\"",
+    );
+}
+
+#[test]
+fn workers_values() {
+    assert_eq!(
+        ok("command = [\"x\"]\nworkers = 1024\n").workers,
+        WorkerCount::Count(1024)
+    );
+    assert_eq!(
+        ok("command = [\"x\"]\nworkers = \"auto\"\n").workers,
+        WorkerCount::Auto
+    );
+    assert_error_after_command(
+        "workers = 0\n",
+        2,
+        11,
+        "workers: must be between 1 and 1024, found 0",
+    );
+    assert_error_after_command("workers = 1025\n", 2, 11, "found 1025");
+    assert_error_after_command("workers = -3\n", 2, 11, "found -3");
+    assert_error_after_command(
+        "workers = \"many\"\n",
+        2,
+        11,
+        "workers: expected an integer or \"auto\", found \"many\"",
+    );
+    assert_error_after_command(
+        "workers = 2.0\n",
+        2,
+        11,
+        "workers: expected an integer or \"auto\", found a float",
+    );
+}
+
+#[test]
+fn environment_conversion_and_order() {
+    let c = ok(r#"command = ["x"]
+environment = { Z = "last?", A = 3, B = true, C = 1.5, D = 2.0, E = -7, F = 0x10, G = "" }
+"#);
+    let expected = [
+        ("Z", "last?"),
+        ("A", "3"),
+        ("B", "true"),
+        ("C", "1.5"),
+        ("D", "2.0"),
+        ("E", "-7"),
+        ("F", "16"),
+        ("G", ""),
+    ];
+    let got: Vec<(&str, &str)> = c
+        .environment
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(got, expected);
+}
+
+#[test]
+fn environment_errors() {
+    assert_error_after_command(
+        "[environment]\nLISTEN_FDS = \"3\"\n",
+        3,
+        1,
+        "environment: `LISTEN_FDS` is reserved",
+    );
+    for name in RESERVED_ENV.iter().chain(&["CORRAL_APP", "CORRAL_"]) {
+        let (_, _, m) = error_with_command(&format!("environment = {{ {name} = \"1\" }}\n"));
+        assert!(m.contains("is reserved"), "{name}: {m}");
+    }
+    // not reserved: different case, or merely containing the prefix
+    ok("command = [\"x\"]\nenvironment = { corral_x = \"1\", MY_CORRAL_X = \"1\" }\n");
+    assert_error_after_command(
+        "[environment]\n\"A=B\" = \"1\"\n",
+        3,
+        1,
+        "environment: invalid variable name `A=B`: must not contain '=' or NUL",
+    );
+    assert_error_after_command(
+        "[environment]\n\"\" = \"1\"\n",
+        3,
+        1,
+        "environment: variable names must not be empty",
+    );
+    assert_error_after_command(
+        "environment = { A = [1] }\n",
+        2,
+        21,
+        "environment.A: expected a string, found an array",
+    );
+    assert_error_after_command(
+        "environment = \"A=1\"\n",
+        2,
+        15,
+        "environment: expected a table ([environment]), found a string",
+    );
+}
+
+#[test]
+fn columns_count_characters() {
+    // "é" and "ü" are two bytes each but one column.
+    assert_error_after_command(
+        "environment = { A = \"é\", \"Ü\" = \"ü\", B = [] }\n",
+        2,
+        41,
+        "environment.B: expected a string",
+    );
+}
+
+fn listen_file(entries: &[&str]) -> String {
+    let mut text = String::from("command = [\"x\"]\n");
+    for entry in entries {
+        text.push_str("[[listen]]\n");
+        text.push_str(entry);
+    }
+    text
+}
+
+#[test]
+fn address_display() {
+    assert_eq!(
+        Address::Tcp("127.0.0.1:8080".parse().unwrap()).to_string(),
+        "127.0.0.1:8080"
+    );
+    assert_eq!(
+        Address::Tcp("[::]:80".parse().unwrap()).to_string(),
+        "[::]:80"
+    );
+    assert_eq!(
+        Address::Unix("/run/x.sock".into()).to_string(),
+        "/run/x.sock"
+    );
+}
+
+#[test]
+fn listen_address_errors_in_file() {
+    assert_error(
+        &listen_file(&["name = \"web\"\naddress = \"localhost:8080\"\n"]),
+        4,
+        11,
+        "listen.address \"localhost:8080\": `localhost` is not an IP address; hostnames are \
+             not resolved, use an IP address like 127.0.0.1:8080",
+    );
+    assert_error(
+        &listen_file(&["name = \"web\"\naddress = \"127.0.0.1:0\"\n"]),
+        4,
+        11,
+        "port must be between 1 and 65535, found 0",
+    );
+    assert_error(
+        &listen_file(&["name = \"web\"\naddress = 8080\n"]),
+        4,
+        11,
+        "listen.address: expected a string, found an integer",
+    );
+}
+
+#[test]
+fn listen_required_keys() {
+    assert_error(
+        &listen_file(&["address = \"80\"\n"]),
+        2,
+        1,
+        "[[listen]]: missing required key `name`",
+    );
+    assert_error(
+        &listen_file(&["name = \"a\"\n"]),
+        2,
+        1,
+        "[[listen]]: missing required key `address`",
+    );
+    let all = errors(&listen_file(&[
+        "",
+        "name = \"a\"\naddress = \"80\"\n",
+        "mode = \"0600\"\n",
+    ]));
+    let got: Vec<(usize, usize)> = all.iter().map(|(l, c, _)| (*l, *c)).collect();
+    assert_eq!(got, [(2, 1), (2, 1), (6, 1), (6, 1)], "{all:#?}");
+}
+
+#[test]
+fn listen_duplicates() {
+    let text = listen_file(&[
+        "name = \"web\"\naddress = \"80\"\n",
+        "name = \"web\"\naddress = \"[::]:80\"\n",
+    ]);
+    let all = errors(&text);
+    assert_eq!(
+        all,
+        [
+            (
+                6,
+                8,
+                "listen.name \"web\" is already used by the listener at line 2".to_string()
+            ),
+            (
+                7,
+                11,
+                "listen.address [::]:80 is already used by the listener at line 2".to_string()
+            ),
+        ]
+    );
+    // duplicates are found even when the earlier listener has other problems
+    let text = listen_file(&[
+        "name = \"a\"\naddress = \"/run/a.sock\"\nbacklog = 0\n",
+        "name = \"a\"\naddress = \"/run/a.sock\"\n",
+    ]);
+    let all = errors(&text);
+    assert_eq!(all.len(), 3, "{all:#?}");
+    assert_eq!((all[1].0, all[1].1), (7, 8));
+    assert_eq!((all[2].0, all[2].1), (8, 11));
+}
+
+#[test]
+fn app_names_cannot_look_like_options() {
+    // `corral reload -web` (ExecReload=) would read it as a flag.
+    let e = Config::parse(Path::new("/etc/corral/-web.toml"), "command = [\"x\"]\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not starting with '.' or '-'"), "{e}");
+}
+
+#[test]
+fn listen_names() {
+    let name_error = |name: &str| {
+        let (l, c, m) = error(&listen_file(&[&format!(
+            "name = \"{name}\"\naddress = \"80\"\n"
+        )]));
+        assert_eq!((l, c), (3, 8), "{m}");
+        m
+    };
+    assert!(name_error("").contains("must not be empty"));
+    // Only what is safe in a unit name and in LISTEN_FDNAMES, unescaped.
+    for bad in [
+        "a:b",
+        "a b",
+        "caf\u{e9}",
+        "a\\tb",
+        "web*",
+        "a%b",
+        "x/../y",
+        "-x",
+        ".x",
+        "a@b",
+    ] {
+        assert!(
+            name_error(bad).contains("use only letters, digits"),
+            "{bad:?}"
+        );
+    }
+    assert!(name_error(&"n".repeat(65)).contains("at most 64 characters"));
+    let c = ok(&listen_file(&[&format!(
+        "name = \"{}\"\naddress = \"80\"\n",
+        "n".repeat(64)
+    )]));
+    assert_eq!(c.listen[0].name.len(), 64);
+    ok(&listen_file(&["name = \"web-1_x.y\"\naddress = \"80\"\n"]));
+}
+
+#[test]
+fn listen_backlog() {
+    let c = ok(&listen_file(&[
+        "name = \"a\"\naddress = \"80\"\nbacklog = 65535\n",
+    ]));
+    assert_eq!(c.listen[0].backlog, 65535);
+    assert_error(
+        &listen_file(&["name = \"a\"\naddress = \"80\"\nbacklog = 0\n"]),
+        5,
+        11,
+        "listen.backlog: must be between 1 and 65535, found 0",
+    );
+    assert_error(
+        &listen_file(&["name = \"a\"\naddress = \"80\"\nbacklog = 65536\n"]),
+        5,
+        11,
+        "found 65536",
+    );
+    assert_error(
+        &listen_file(&["name = \"a\"\naddress = \"80\"\nbacklog = \"1\"\n"]),
+        5,
+        11,
+        "listen.backlog: expected an integer, found a string",
+    );
+}
+
+#[test]
+fn listen_unix_only_keys() {
+    let all = errors(&listen_file(&[
+            "name = \"a\"\naddress = \"127.0.0.1:80\"\nmode = \"0660\"\nowner = \"root\"\ngroup = \"root\"\n",
+        ]));
+    assert_eq!(
+        all,
+        [
+            (
+                5,
+                8,
+                "listen.mode: only applies to unix sockets, but 127.0.0.1:80 is a TCP address"
+                    .to_string()
+            ),
+            (
+                6,
+                9,
+                "listen.owner: only applies to unix sockets, but 127.0.0.1:80 is a TCP address"
+                    .to_string()
+            ),
+            (
+                7,
+                9,
+                "listen.group: only applies to unix sockets, but 127.0.0.1:80 is a TCP address"
+                    .to_string()
+            ),
+        ]
+    );
+}
+
+#[test]
+fn listen_modes() {
+    let mode = |m: &str| {
+        parse(&listen_file(&[&format!(
+            "name = \"a\"\naddress = \"/run/a.sock\"\nmode = {m}\n"
+        )]))
+        .map(|c| c.listen[0].mode)
+        .map_err(|e| {
+            assert_eq!(e.diagnostics.len(), 1);
+            let d = &e.diagnostics[0];
+            assert_eq!((d.line, d.col), (5, 8));
+            d.message.clone()
+        })
+    };
+    assert_eq!(mode("\"0660\""), Ok(Some(0o660)));
+    assert_eq!(mode("\"600\""), Ok(Some(0o600)));
+    assert_eq!(mode("\"0777\""), Ok(Some(0o777)));
+    assert_eq!(mode("0o640"), Ok(Some(0o640)));
+    assert!(mode("\"1777\"")
+        .unwrap_err()
+        .contains("must be at most 0777"));
+    assert!(mode("\"0999\"")
+        .unwrap_err()
+        .contains("expected an octal string like \"0660\""));
+    assert!(mode("\"\"").is_err());
+    assert!(mode("\"rw-rw----\"").is_err());
+    assert!(mode("660")
+        .unwrap_err()
+        .contains("expected an octal string like \"0660\", found an integer"));
+}
+
+#[test]
+fn listen_owner_group() {
+    let c = ok(&listen_file(&[
+        "name = \"a\"\naddress = \"/run/a.sock\"\nowner = \"app\"\n",
+    ]));
+    assert_eq!(c.listen[0].owner.as_deref(), Some("app"));
+    assert_eq!(c.listen[0].group, None);
+    assert_error(
+        &listen_file(&["name = \"a\"\naddress = \"/run/a.sock\"\ngroup = \"\"\n"]),
+        5,
+        9,
+        "listen.group: invalid name",
+    );
+}
+
+#[test]
+fn readiness_errors() {
+    assert_eq!(
+        ok("command = [\"x\"]\nreadiness.mode = \"exec\"\n")
+            .readiness
+            .mode,
+        ReadinessMode::Exec
+    );
+    assert_error_after_command(
+        "[readiness]\nmode = \"ready\"\n",
+        3,
+        8,
+        "readiness.mode: expected \"notify\", \"exec\" or \"node-ipc\", found \"ready\"",
+    );
+    assert_error_after_command(
+        "[readiness]\nmode = \"node_ipc\"\n",
+        3,
+        8,
+        "; did you mean \"node-ipc\"?",
+    );
+    assert_error_after_command(
+        "[readiness]\ntimeout = \"0s\"\n",
+        3,
+        11,
+        "readiness.timeout: must be greater than 0",
+    );
+    assert_error_after_command(
+        "[readiness]\ntimeout = \"30\"\n",
+        3,
+        11,
+        "readiness.timeout: missing unit (e.g. \"30s\")",
+    );
+}
+
+#[test]
+fn watchdog_table() {
+    assert_eq!(ok("command = [\"x\"]\n[watchdog]\n").watchdog, None);
+    assert_eq!(
+        ok("command = [\"x\"]\nwatchdog.timeout = \"500ms\"\n").watchdog,
+        Some(Duration::from_millis(500))
+    );
+    assert_error_after_command(
+        "[watchdog]\ntimeout = \"0\"\n",
+        3,
+        11,
+        "watchdog.timeout: must be greater than 0",
+    );
+    assert_error_after_command(
+        "watchdog = \"10s\"\n",
+        2,
+        12,
+        "watchdog: expected a table ([watchdog]), found a string",
+    );
+}
+
+#[test]
+fn stop_errors() {
+    assert_error_after_command(
+        "[stop]\nsignal = \"SIGFOO\"\n",
+        3,
+        10,
+        "stop.signal: unknown signal \"SIGFOO\"",
+    );
+    assert_error_after_command(
+        "[stop]\ntimeout = \"0ms\"\n",
+        3,
+        11,
+        "stop.timeout: must be greater than 0",
+    );
+    assert_error_after_command(
+        "[stop]\nmessage = \"shutdown\"\n",
+        3,
+        11,
+        "stop.message: only allowed with readiness.mode = \"node-ipc\"",
+    );
+    assert_error_after_command(
+        "[readiness]\nmode = \"exec\"\n[stop]\nmessage = \"shutdown\"\n",
+        5,
+        11,
+        "stop.message: only allowed with readiness.mode = \"node-ipc\"",
+    );
+    // with an invalid mode only the mode is reported
+    assert_error_after_command(
+        "[stop]\nmessage = \"bye\"\n[readiness]\nmode = \"ipc\"\n",
+        5,
+        8,
+        "readiness.mode",
+    );
+    // the order of the sections does not matter
+    let c = ok("command = [\"x\"]\nstop.message = \"bye\"\nreadiness.mode = \"node-ipc\"\n");
+    assert_eq!(c.stop.message.as_deref(), Some("bye"));
+    assert_eq!(c.readiness.mode, ReadinessMode::NodeIpc);
+}
+
+#[test]
+fn restart_errors() {
+    assert_error_after_command(
+        "[restart]\npolicy = \"on_failure\"\n",
+        3,
+        10,
+        "restart.policy: expected \"always\", \"on-failure\" or \"never\", found \"on_failure\"; \
+             did you mean \"on-failure\"?",
+    );
+    assert_error_after_command(
+        "[restart]\ndelay = \"0\"\n",
+        3,
+        9,
+        "restart.delay: must be greater than 0",
+    );
+    assert_error_after_command(
+        "[restart]\nmax_delay = \"0s\"\n",
+        3,
+        13,
+        "restart.max_delay: must be greater than 0",
+    );
+    assert_error_after_command(
+        "[restart]\ndelay = \"5s\"\nmax_delay = \"1s\"\n",
+        4,
+        13,
+        "restart.max_delay (1s) must not be shorter than restart.delay (5s)",
+    );
+    assert_error_after_command(
+        "[restart]\nmax_delay = \"1s\"\ndelay = \"5s\"\n",
+        3,
+        13,
+        "must not be shorter",
+    );
+    assert_error_after_command(
+        "[restart]\ndelay = \"1m\"\n",
+        3,
+        9,
+        "restart.delay (60s) is longer than the default restart.max_delay (30s)",
+    );
+    let c = ok(
+        "command = [\"x\"]\n[restart]\ndelay = \"2s\"\nmax_delay = \"2s\"\nreset_after = \"0\"\n",
+    );
+    assert_eq!(c.restart.delay, c.restart.max_delay);
+    assert_eq!(c.restart.reset_after, Duration::ZERO);
+    // an invalid delay is reported once, without a comparison error
+    assert_error_after_command(
+        "[restart]\ndelay = \"1x\"\nmax_delay = \"1ms\"\n",
+        3,
+        9,
+        "unknown unit `x`",
+    );
+}
+
+#[test]
+fn reload_batch() {
+    let batch = |b: &str| {
+        ok(&format!("command = [\"x\"]\nreload.batch = {b}\n"))
+            .reload
+            .batch
+    };
+    assert_eq!(batch("3"), Batch::Count(3));
+    assert_eq!(batch("\"1%\""), Batch::Percent(1));
+    assert_eq!(batch("\"100%\""), Batch::Percent(100));
+    assert_error_after_command(
+        "reload.batch = 0\n",
+        2,
+        16,
+        "reload.batch: must be at least 1, found 0",
+    );
+    assert_error_after_command(
+        "reload.batch = \"0%\"\n",
+        2,
+        16,
+        "reload.batch: percentage must be between 1% and 100%",
+    );
+    assert_error_after_command("reload.batch = \"101%\"\n", 2, 16, "between 1% and 100%");
+    assert_error_after_command(
+        "reload.batch = \"half\"\n",
+        2,
+        16,
+        "reload.batch: expected an integer or a percentage like \"25%\", found \"half\"",
+    );
+    assert_error_after_command(
+        "reload.batch = \"5\"\n",
+        2,
+        16,
+        "expected an integer or a percentage",
+    );
+    assert_error_after_command("reload.batch = 0.5\n", 2, 16, "found a float");
+}
+
+#[test]
+fn batch_slots() {
+    assert_eq!(Batch::Count(1).slots(10), 1);
+    assert_eq!(Batch::Count(3).slots(10), 3);
+    assert_eq!(Batch::Count(30).slots(10), 10);
+    assert_eq!(Batch::Count(5).slots(0), 1);
+    assert_eq!(Batch::Percent(25).slots(10), 3);
+    assert_eq!(Batch::Percent(25).slots(8), 2);
+    assert_eq!(Batch::Percent(50).slots(3), 2);
+    assert_eq!(Batch::Percent(1).slots(3), 1);
+    assert_eq!(Batch::Percent(100).slots(7), 7);
+    assert_eq!(Batch::Percent(10).slots(0), 1);
+    assert_eq!(Batch::Percent(100).slots(u32::MAX), u32::MAX);
+}
+
+#[test]
+fn limits_max_memory() {
+    let mem = |m: &str| {
+        ok(&format!("command = [\"x\"]\n[limits]\nmax_memory = {m}\n"))
+            .limits
+            .max_memory
+    };
+    assert_eq!(mem("\"512M\""), Some(512 << 20));
+    assert_eq!(mem("1048576"), Some(1 << 20));
+    assert_error_after_command(
+        "[limits]\nmax_memory = 0\n",
+        3,
+        14,
+        "limits.max_memory: must be greater than 0",
+    );
+    assert_error_after_command(
+        "[limits]\nmax_memory = \"0K\"\n",
+        3,
+        14,
+        "must be greater than 0",
+    );
+    assert_error_after_command(
+        "[limits]\nmax_memory = -5\n",
+        3,
+        14,
+        "must be greater than 0",
+    );
+    assert_error_after_command(
+        "[limits]\nmax_memory = \"12X\"\n",
+        3,
+        14,
+        "limits.max_memory: invalid size \"12X\": unknown unit `X`",
+    );
+}
+
+#[test]
+fn logs_priority() {
+    let prio = |p: &str| {
+        ok(&format!(
+            "command = [\"x\"]\n[logs]\nstderr_priority = {p}\n"
+        ))
+        .logs
+        .stderr_priority
+    };
+    let names = [
+        ("emerg", 0),
+        ("alert", 1),
+        ("crit", 2),
+        ("err", 3),
+        ("error", 3),
+        ("warning", 4),
+        ("warn", 4),
+        ("notice", 5),
+        ("info", 6),
+        ("debug", 7),
+    ];
+    for (name, level) in names {
+        assert_eq!(prio(&format!("\"{name}\"")), level, "{name}");
+    }
+    assert_eq!(prio("0"), 0);
+    assert_eq!(prio("7"), 7);
+    assert_error_after_command(
+        "[logs]\nstderr_priority = 8\n",
+        3,
+        19,
+        "logs.stderr_priority: must be between 0 and 7, found 8",
+    );
+    assert_error_after_command(
+        "[logs]\nstderr_priority = \"loud\"\n",
+        3,
+        19,
+        "logs.stderr_priority: expected a syslog level",
+    );
+    assert_error_after_command(
+        "[logs]\nstderr_priority = \"infoo\"\n",
+        3,
+        19,
+        "did you mean \"info\"?",
+    );
+}
+
+#[test]
+fn service_table() {
+    let c = ok("command = [\"x\"]\n[service]\nwatchdog = \"20s\"\n");
+    assert_eq!(c.service.watchdog, Some(Duration::from_secs(20)));
+    assert_error_after_command(
+        "[service]\nuser = \"\"\n",
+        3,
+        8,
+        "service.user: invalid name \"\"",
+    );
+    assert_error_after_command(
+        "[service]\ngroup = 0\n",
+        3,
+        9,
+        "service.group: expected a string, found an integer",
+    );
+    assert_error_after_command(
+        "[service]\nwatchdog = \"soon\"\n",
+        3,
+        12,
+        "service.watchdog: invalid duration \"soon\"",
+    );
+}
+
+#[test]
+fn many_errors_reported_sorted() {
+    let text = r#"workers = 0
+wrkers = 2
+[stop]
+timeout = 30
+signal = "SIGFOO"
+[[listen]]
+name = "a:b"
+address = "localhost:80"
+[limits]
+max_memory = "lots"
+"#;
+    let e = parse(text).unwrap_err();
+    let got: Vec<(usize, usize)> = e.diagnostics.iter().map(|d| (d.line, d.col)).collect();
+    assert_eq!(
+        got,
+        [
+            (1, 1),
+            (1, 11),
+            (2, 1),
+            (4, 11),
+            (5, 10),
+            (7, 8),
+            (8, 11),
+            (10, 14)
+        ],
+        "{e}"
+    );
+    let shown = e.to_string();
+    let lines: Vec<&str> = shown.lines().collect();
+    assert_eq!(lines.len(), 8);
+    assert!(!shown.ends_with('\n'));
+    assert!(lines[0].starts_with("/etc/corral/api.toml:1:1: missing required key `command`"));
+    assert_eq!(
+        lines[2],
+        "/etc/corral/api.toml:2:1: unknown key `wrkers` in the top level; did you mean `workers`?"
+    );
+    assert_eq!(
+        lines[3],
+        "/etc/corral/api.toml:4:11: stop.timeout: expected a string like \"30s\", found an integer"
+    );
+}
+
+#[test]
+fn syntax_errors() {
+    let (line, col, message) = error("command = [\"x\"]\nworkers = = 3\n");
+    assert_eq!((line, col), (2, 11), "{message}");
+    assert!(message.starts_with("TOML syntax error: "), "{message}");
+    assert!(!message.contains('\n'));
+
+    let (line, col, message) = error("command = [\"x\"]\n[stop]\n[stop]\n");
+    assert_eq!((line, col), (3, 1), "{message}");
+    assert!(message.contains("duplicate key"), "{message}");
+
+    // columns are characters: "é" is two bytes
+    let (line, col, _) = error("command = [\"é\"] x\n");
+    assert_eq!((line, col), (1, 17));
+
+    // only the syntax error is reported, not the missing command
+    let (line, col, _) = error("workers = [\n");
+    assert_eq!(line, 2);
+    assert_eq!(col, 1);
+}
+
+#[test]
+fn app_names() {
+    let app = |path: &str| Config::parse(Path::new(path), "command = [\"x\"]\n").map(|c| c.app);
+    assert_eq!(app("/etc/corral/api.toml").unwrap(), "api");
+    assert_eq!(app("relative/my-app_2.v1.toml").unwrap(), "my-app_2.v1");
+    assert_eq!(app("noext").unwrap(), "noext");
+    for bad in [
+        "/etc/corral/.toml",
+        "/etc/corral/.hidden.toml",
+        "my app.toml",
+        "caf\u{e9}.toml",
+        "a@b.toml",
+        "",
+    ] {
+        let e = app(bad).unwrap_err();
+        assert_eq!(e.diagnostics.len(), 1, "{bad}: {e}");
+        let d = &e.diagnostics[0];
+        assert_eq!((d.line, d.col), (1, 1), "{bad}");
+        assert!(d.message.contains("app name"), "{bad}: {}", d.message);
+    }
+    // reported together with the other problems
+    let e = Config::parse(Path::new("bad name.toml"), "workers = 0\n").unwrap_err();
+    assert_eq!(e.diagnostics.len(), 3, "{e}");
+}
+
+#[test]
+fn load_reads_files() {
+    let dir = std::env::temp_dir().join(format!("corral-config-test-{}", std::process::id()));
+    fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("web.toml");
+    fs::write(&path, "command = [\"x\"]\nworkers = 2\n").unwrap();
+    let c = Config::load(&path).unwrap();
+    assert_eq!(c.app, "web");
+    assert_eq!(c.path, path);
+    assert_eq!(c.workers, WorkerCount::Count(2));
+
+    let missing = dir.join("missing.toml");
+    let e = Config::load(&missing).unwrap_err();
+    assert_eq!(e.diagnostics.len(), 1);
+    let text = e.to_string();
+    assert!(
+        text.starts_with(&format!("{}: cannot read: ", missing.display())),
+        "{text}"
+    );
+    assert!(text.contains("No such file"), "{text}");
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn display_of_errors() {
+    let e = ConfigError {
+        file: PathBuf::from("x.toml"),
+        diagnostics: vec![
+            Diagnostic {
+                line: 1,
+                col: 2,
+                message: "one".into(),
+            },
+            Diagnostic {
+                line: 3,
+                col: 4,
+                message: "two".into(),
+            },
+        ],
+    };
+    assert_eq!(e.to_string(), "x.toml:1:2: one\nx.toml:3:4: two");
+    let boxed: Box<dyn std::error::Error> = Box::new(e);
+    assert!(boxed.to_string().starts_with("x.toml:1:2"));
+}
