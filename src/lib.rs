@@ -8,7 +8,9 @@
 //! - [`notify`]: the sd_notify protocol, both as a receiver for workers and a sender to systemd;
 //! - [`listen`]: listening sockets, inherited from systemd or bound here;
 //! - [`control`]: the control socket protocol and its client;
-//! - [`output`]: relay of worker stdout/stderr lines.
+//! - [`output`]: relay of worker stdout/stderr lines;
+//! - [`procfs`]: what /proc says about processes, and workers' process trees;
+//! - [`probe`]: readiness of servers that never say READY=1, from what they wait on.
 
 pub mod cli;
 pub mod config;
@@ -20,6 +22,8 @@ pub mod listen;
 pub mod nodeipc;
 pub mod notify;
 pub mod output;
+pub mod probe;
+pub mod procfs;
 pub mod runtime;
 pub mod spawn;
 pub mod supervisor;

@@ -1,14 +1,20 @@
 //! The sd_notify protocol (sd_notify(3)), in both directions.
 //!
-//! Workers get a `NOTIFY_SOCKET` that belongs to the supervisor: an abstract-namespace datagram
-//! socket with `SO_PASSCRED`, so the kernel attaches the sender's pid to every datagram and a
-//! worker cannot claim to be another one. The supervisor itself talks to systemd through the
-//! `NOTIFY_SOCKET` it was started with, if any.
+//! Workers get a `NOTIFY_SOCKET` that belongs to the supervisor: a datagram socket with
+//! `SO_PASSCRED`, so the kernel attaches the sender's pid to every datagram and a worker cannot
+//! claim to be another one. It is a file in corral's runtime directory, as systemd gives
+//! services `/run/systemd/notify`, because clients that take the variable for a path (the
+//! `sd-notify` crate, `systemd-notify` run as another user, hand-written ones) cannot reach an
+//! abstract name. The file has mode 0600: connecting to a unix socket needs write permission on
+//! it (unix(7)), so only corral's user (the workers' user) and root can send. The supervisor
+//! itself talks to systemd through the `NOTIFY_SOCKET` it was started with, if any.
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::linux::net::SocketAddrExt;
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nix::sys::socket::{
@@ -90,33 +96,66 @@ pub struct Datagram {
     pub notification: Notification,
 }
 
-/// The socket the workers' `NOTIFY_SOCKET` points at.
+/// The longest path a unix socket address holds: `sun_path` is 108 bytes with the NUL
+/// (unix(7)).
+pub const MAX_SOCKET_PATH: usize = 107;
+
+/// The socket the workers' `NOTIFY_SOCKET` points at; its file goes when this is dropped.
 pub struct NotifySocket {
     fd: OwnedFd,
-    /// The value for `NOTIFY_SOCKET`: `@` + the abstract name.
+    path: PathBuf,
+    /// The value for `NOTIFY_SOCKET`: the path.
     env_value: String,
 }
 
 impl NotifySocket {
-    /// Binds an abstract-namespace socket named after the app and this process, so two
-    /// supervisors never collide and nothing is left in the file system after a SIGKILL.
-    pub fn bind(app: &str) -> io::Result<NotifySocket> {
+    /// Binds a datagram socket at `path`, mode 0600. The caller has made sure no other
+    /// supervisor uses the path (its control socket is next to it), so a file there is stale.
+    /// The socket is bound under a temporary name, given its mode, then renamed into place, so
+    /// that it is never reachable with the umask's mode.
+    pub fn bind(path: &Path) -> io::Result<NotifySocket> {
+        let text = path.to_str().ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, "the path is not valid UTF-8")
+        })?;
+        let temp = PathBuf::from(format!("{text}.{}", std::process::id()));
+        if temp.as_os_str().len() > MAX_SOCKET_PATH {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{text} is {} bytes; a unix socket path holds at most {} (unix(7)), with \
+                     room here for a suffix of {} bytes while it is created: use a shorter \
+                     runtime directory or --control path",
+                    text.len(),
+                    MAX_SOCKET_PATH,
+                    temp.as_os_str().len() - text.len()
+                ),
+            ));
+        }
         let fd = socket(
             AddressFamily::Unix,
             SockType::Datagram,
             SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
             None,
         )?;
-        let name = format!("corral/{}/{}/notify", app, std::process::id());
-        let addr = UnixAddr::new_abstract(name.as_bytes())?;
-        nix::sys::socket::bind(fd.as_raw_fd(), &addr)?;
+        match std::fs::remove_file(&temp) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        nix::sys::socket::bind(fd.as_raw_fd(), &UnixAddr::new(&temp)?)?;
+        let placed = std::fs::set_permissions(&temp, std::fs::Permissions::from_mode(0o600))
+            .and_then(|()| std::fs::rename(&temp, path));
+        if let Err(e) = placed {
+            let _ = std::fs::remove_file(&temp);
+            return Err(e);
+        }
         // Every datagram then carries SCM_CREDENTIALS, whether or not the sender attached them.
         setsockopt(&fd, sockopt::PassCred, &true)?;
         // Bursts of STATUS= from many workers should not be dropped for want of buffer.
         let _ = setsockopt(&fd, sockopt::RcvBuf, &(256 * 1024));
         Ok(NotifySocket {
             fd,
-            env_value: format!("@{name}"),
+            path: path.to_path_buf(),
+            env_value: text.to_string(),
         })
     }
 
@@ -173,6 +212,12 @@ impl NotifySocket {
                 notification: Notification::parse(&buf[..len]),
             });
         }
+    }
+}
+
+impl Drop for NotifySocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
     }
 }
 
@@ -259,8 +304,9 @@ mod tests {
     #[test]
     fn fds_passed_along_are_closed_however_many() {
         use nix::sys::socket::{sendmsg, ControlMessage};
-        let s = NotifySocket::bind("fd-test").unwrap();
-        let path = std::env::temp_dir().join(format!("corral-fdleak-{}", std::process::id()));
+        let dir = test_dir("fd");
+        let s = NotifySocket::bind(&dir.join("n")).unwrap();
+        let path = dir.join("file");
         let file = std::fs::File::create(&path).unwrap();
         let count = || {
             std::fs::read_dir("/proc/self/fd")
@@ -270,8 +316,7 @@ mod tests {
                 .count()
         };
         let client = std::os::unix::net::UnixDatagram::unbound().unwrap();
-        let name = &s.env_value()[1..];
-        let addr = UnixAddr::new_abstract(name.as_bytes()).unwrap();
+        let addr = UnixAddr::new(s.env_value()).unwrap();
         let fds = [file.as_raw_fd(); 200];
         for _ in 0..5 {
             let cmsg = [ControlMessage::ScmRights(&fds)];
@@ -289,13 +334,16 @@ mod tests {
             assert!(s.recv().unwrap().notification.ready);
         }
         assert_eq!(count(), 1, "only the test's own descriptor is left");
-        let _ = std::fs::remove_file(&path);
+        drop(file);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn socket_reports_sender_pid_and_drops_nothing_valid() {
-        let s = NotifySocket::bind("notify-test").unwrap();
-        assert!(s.env_value().starts_with("@corral/notify-test/"));
+        let dir = test_dir("pid");
+        let path = dir.join("app.notify");
+        let s = NotifySocket::bind(&path).unwrap();
+        assert_eq!(s.env_value(), path.to_str().unwrap());
         let sys = Systemd::from_env(Some(s.env_value())).unwrap();
         sys.send("READY=1\nSTATUS=hi").unwrap();
         let d = s.recv().expect("a datagram");
@@ -306,5 +354,43 @@ mod tests {
         // Oversized datagrams are dropped whole rather than half-read.
         sys.send(&"STATUS=".repeat(1000)).unwrap();
         assert_eq!(s.recv().unwrap_err().kind(), io::ErrorKind::WouldBlock);
+        drop(s);
+        assert!(!path.exists(), "the socket file goes with the socket");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn test_dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("corral-notify-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn the_file_has_mode_0600_and_replaces_a_stale_one() {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        let dir = test_dir("mode");
+        let path = dir.join("app.notify");
+        std::fs::write(&path, "stale").unwrap();
+        let s = NotifySocket::bind(&path).unwrap();
+        let m = std::fs::symlink_metadata(&path).unwrap();
+        assert!(m.file_type().is_socket());
+        assert_eq!(m.mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            1,
+            "no temporary left"
+        );
+        drop(s);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_path_too_long_for_sun_path_is_a_clear_error() {
+        let long = std::env::temp_dir().join("x".repeat(120));
+        let e = NotifySocket::bind(&long).err().expect("refused");
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        assert!(e.to_string().contains("at most 107"), "{e}");
+        assert!(!long.exists());
     }
 }

@@ -25,11 +25,11 @@ use crate::config::{Config, ReadinessMode};
 use crate::control::{self, Command, Incoming, Reply, Response, StatusReply};
 use crate::error::Error;
 use crate::listen::{self, Pool, Set};
-use crate::notify::{NotifySocket, Systemd};
+use crate::notify::{Notification, NotifySocket, Systemd};
 use crate::output::{Output, Tag};
 use crate::spawn;
 use crate::supervisor::{
-    self, Action, Event, ExitStatus, Level, Params, RequestId, Scope, Supervisor,
+    self, Action, Event, ExitStatus, Level, Params, RequestId, Scope, Supervisor, WorkerId,
 };
 
 /// Variables meant for corral itself, never passed on to workers (CONTRACT.md: "nothing of the
@@ -78,8 +78,6 @@ pub fn run(opts: RunOptions) -> Result<i32, Error> {
 
     let pool = Pool::new(inherited);
     let listeners = pool.set_for(&config)?;
-    let notify = NotifySocket::bind(&config.app)
-        .map_err(|e| Error::io("cannot create the notify socket", e))?;
     let control_path = opts
         .control
         .unwrap_or_else(|| control::default_path(&config.app));
@@ -96,6 +94,14 @@ pub fn run(opts: RunOptions) -> Result<i32, Error> {
     let flush = output.clone();
     rt.block_on(async move {
         let (server, listener) = control::Server::bind(&control_path)?;
+        // Beside the control socket: that one being ours means no other supervisor uses it.
+        let notify_path = notify_path(&control_path);
+        let notify = NotifySocket::bind(&notify_path).map_err(|e| {
+            Error::io(
+                format!("cannot create the notify socket {}", notify_path.display()),
+                e,
+            )
+        })?;
         let mut lp = Loop {
             app: config.app.clone(),
             config_path: config.path.clone(),
@@ -123,6 +129,17 @@ pub fn run(opts: RunOptions) -> Result<i32, Error> {
         flush.flush(Duration::from_secs(2));
         code
     })
+}
+
+/// The workers' `NOTIFY_SOCKET`: the control socket's path with `.notify` for `.sock`.
+fn notify_path(control: &Path) -> PathBuf {
+    if control.extension().is_some_and(|e| e == "sock") {
+        control.with_extension("notify")
+    } else {
+        let mut p = control.as_os_str().to_owned();
+        p.push(".notify");
+        PathBuf::from(p)
+    }
 }
 
 /// `WATCHDOG_USEC` for this process (sd_watchdog_enabled(3)): ping at half of it.
@@ -240,14 +257,14 @@ impl Loop {
                     let _ = notify_io.try_io(tokio::io::Interest::READABLE, || {
                         self.take_datagrams(&mut batch)
                     });
-                    for d in batch {
-                        self.on_datagram(d);
+                    for (id, msg) in batch {
+                        self.step(Event::Notify { id, msg });
                     }
                 }
                 Some(incoming) = from_control.recv() => self.control(incoming),
                 Some(pid) = ipc_readies.recv() => {
                     if let Some(id) = self.machine.worker_by_pid(pid) {
-                        let msg = crate::notify::Notification {
+                        let msg = Notification {
                             ready: true,
                             ..Default::default()
                         };
@@ -270,12 +287,20 @@ impl Loop {
         }
     }
 
-    /// Reads every queued datagram into `batch`; ends with the error that stopped it
-    /// (`WouldBlock` when the queue is empty).
-    fn take_datagrams(&self, batch: &mut Vec<crate::notify::Datagram>) -> std::io::Result<()> {
+    /// Reads every queued datagram into `batch`, each with the worker it is from; ends with the
+    /// error that stopped it (`WouldBlock` when the queue is empty). A datagram is attributed
+    /// before the next one is read: `systemd-notify` waits for its `BARRIER=1` datagram's fd to
+    /// be closed (sd_notify_barrier(3)) and exits then, so its earlier `READY=1` must be
+    /// attributed while it is still there to look at.
+    fn take_datagrams(&self, batch: &mut Vec<(WorkerId, Notification)>) -> std::io::Result<()> {
         loop {
             match self.notify.recv() {
-                Ok(d) => batch.push(d),
+                Ok(d) if d.notification.is_empty() => {}
+                Ok(d) => match self.sender(d.pid) {
+                    Some(id) => batch.push((id, d.notification)),
+                    // Only a current worker's tree is heard.
+                    None => tracing::debug!("ignored a notification from pid {}", d.pid),
+                },
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Err(e),
                 Err(e) => {
                     warn!("notify socket: {e}");
@@ -285,28 +310,37 @@ impl Loop {
         }
     }
 
+    /// The worker a datagram's sender belongs to: the worker itself, or any process of its
+    /// tree (a shell wrapper's child, `npm start`'s node, `systemd-notify`), found through its
+    /// parents, or through its process group once its parent has gone. Like systemd's
+    /// `NotifyAccess=all` (systemd.service(5)), but each worker hears only its own tree.
+    fn sender(&self, pid: i32) -> Option<WorkerId> {
+        if let Some(id) = self.machine.worker_by_pid(pid) {
+            return Some(id);
+        }
+        let first = crate::procfs::read_stat(pid)?;
+        let me = std::process::id() as i32;
+        let parent_of = |p: i32| {
+            if p == pid {
+                Some(first.ppid)
+            } else {
+                crate::procfs::read_stat(p).map(|s| s.ppid)
+            }
+        };
+        let is_worker = |p: i32| self.machine.worker_by_pid(p).is_some();
+        let root = crate::procfs::ancestor_where(pid, me, parent_of, is_worker)
+            .or_else(|| is_worker(first.pgrp).then_some(first.pgrp))?;
+        self.machine.worker_by_pid(root)
+    }
+
     /// Hands queued notifications to the machine before an exit or a deadline is handled: a
     /// `READY=1`, `ERRNO=` or `WATCHDOG=1` sent just before must count first, whatever order
     /// the wake-ups came in.
     fn drain_notify(&mut self) {
         let mut batch = Vec::new();
         let _ = self.take_datagrams(&mut batch);
-        for d in batch {
-            self.on_datagram(d);
-        }
-    }
-
-    fn on_datagram(&mut self, d: crate::notify::Datagram) {
-        match self.machine.worker_by_pid(d.pid) {
-            Some(id) if !d.notification.is_empty() => {
-                self.step(Event::Notify {
-                    id,
-                    msg: d.notification,
-                });
-            }
-            Some(_) => {}
-            // Only current workers are heard (CONTRACT.md).
-            None => tracing::debug!("ignored a notification from pid {}", d.pid),
+        for (id, msg) in batch {
+            self.step(Event::Notify { id, msg });
         }
     }
 
@@ -559,12 +593,15 @@ impl Loop {
                 Ok(_) => continue,
             };
             let (pid, status) = status;
+            // Not a worker: an orphan of a worker's tree, reparented here (corral is a child
+            // subreaper), or corral's keeper.
+            let Some(id) = self.machine.worker_by_pid(pid.as_raw()) else {
+                continue;
+            };
             // Whatever the worker left in its process group goes with it.
             let _ = killpg(pid, Signal::SIGKILL);
             self.ipc.remove(&pid.as_raw());
-            if let Some(id) = self.machine.worker_by_pid(pid.as_raw()) {
-                self.step(Event::Exited { id, status });
-            }
+            self.step(Event::Exited { id, status });
         }
     }
 

@@ -86,10 +86,11 @@ mode = "0660"
         );
         assert_eq!(w["app"], "demo");
         assert_eq!(w["generation"], "1");
-        assert!(w["notify_socket"]
-            .as_str()
-            .unwrap()
-            .starts_with("@corral/demo/"));
+        // A file beside the control socket, as systemd gives /run/systemd/notify.
+        assert_eq!(
+            w["notify_socket"].as_str().unwrap(),
+            c.dir.join("demo.notify").to_str().unwrap()
+        );
         // fds 0-2 and the two listeners, nothing of the supervisor's.
         assert_eq!(w["fds"], serde_json::json!([0, 1, 2, 3, 4]));
         let env: Vec<&str> = w["env"]
@@ -112,8 +113,15 @@ mode = "0660"
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&unix).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o660);
-    // The control socket is private.
+    // The control socket is private, and so is the notify socket: only corral's user (the
+    // workers') and root may send.
     let mode = std::fs::metadata(&c.control).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let mode = std::fs::metadata(c.dir.join("demo.notify"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
     assert_eq!(mode, 0o600);
 }
 
@@ -203,16 +211,42 @@ delay = "5s"
 }
 
 #[test]
-fn ready_from_a_pid_that_is_no_worker_changes_nothing() {
+fn ready_from_a_descendant_of_the_worker_counts() {
+    // The worker forks; its child says READY=1 (as `npm start` or a shell wrapper's program
+    // would), and the worker never does.
     let c = Corral::start(
         r#"
 command = ["python3", "{worker}"]
 environment = { WORKER_READY_FROM_CHILD = "1" }
 [readiness]
-timeout = "1s"
+timeout = "10s"
 "#,
     );
-    c.wait_for("was not ready within 1.0s", SECS(10));
+    c.wait_ready(1, 1);
+}
+
+#[test]
+fn ready_from_a_process_outside_every_workers_tree_changes_nothing() {
+    let c = Corral::start(
+        r#"
+command = ["python3", "{worker}"]
+environment = { WORKER_NEVER_READY = "1" }
+[readiness]
+timeout = "2s"
+"#,
+    );
+    c.wait_for("started", SECS(10));
+    // This test process is no descendant of the worker; neither is a child of it.
+    let notify = c.dir.join("demo.notify");
+    let s = std::os::unix::net::UnixDatagram::unbound().unwrap();
+    s.send_to(b"READY=1", &notify).unwrap();
+    let sent = std::process::Command::new("python3")
+        .args(["-c", "import socket,sys; socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b'READY=1', sys.argv[1])"])
+        .arg(&notify)
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    c.wait_for("was not ready within 2.0s", SECS(10));
     assert!(!c.lines().iter().any(|l| l.contains("1/1 ready")));
 }
 

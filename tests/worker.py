@@ -130,10 +130,15 @@ def later(seconds: float, fn) -> None:
 
 def get_ready() -> None:
     if env.get("WORKER_READY_FROM_CHILD") == "1":
+        # A child says it (corral hears a worker's whole tree). It stays until the worker
+        # exits, so that corral can see whose child it is when it reads the datagram.
+        r, w = os.pipe()
         if os.fork() == 0:
+            os.close(w)
             notify("READY=1")
+            os.read(r, 1)
             os._exit(0)
-        os.wait()
+        os.close(r)
         return
     if env.get("WORKER_NEVER_READY") == "1":
         return
