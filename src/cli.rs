@@ -79,6 +79,10 @@ pub enum Cmd {
         /// How many of the last lines to show.
         #[arg(short = 'n', long, value_name = "N", default_value_t = 50)]
         lines: u32,
+        /// Control socket path, to tell an app that logs outside the journal (default: found
+        /// from APP, see corral(1)).
+        #[arg(long, value_name = "PATH")]
+        control: Option<PathBuf>,
     },
     /// Print a shell completion script.
     Completions {

@@ -75,6 +75,9 @@ pub struct StatusReply {
     pub restarts: u64,
     pub reload: Option<ReloadProgress>,
     pub workers: Vec<WorkerStatus>,
+    /// Where the workers' lines go: `"journal"`, or `"stderr"` (corral's standard error).
+    #[serde(default)]
+    pub log: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -92,16 +95,29 @@ pub struct WorkerStatus {
     pub generation: u32,
     pub restarts: u32,
     pub uptime_s: Option<f64>,
-    /// CPU time over the worker's life, in percent of one CPU (what ps(1) shows as %CPU).
+    /// CPU time over the worker's life, in percent of one CPU (what ps(1) shows as %CPU), of
+    /// the processes of the worker's tree that are alive now.
     pub cpu_percent: Option<f64>,
+    /// Resident memory of the worker's whole process tree.
     pub rss_bytes: Option<u64>,
+    /// How many processes the worker's tree has (1: the worker alone).
+    #[serde(default)]
+    pub processes: Option<u32>,
     pub status: Option<String>,
 }
 
 impl StatusReply {
-    pub fn new(app: &str, config: &Path, snap: Snapshot) -> StatusReply {
+    pub fn new(app: &str, config: &Path, snap: Snapshot, journal: bool) -> StatusReply {
+        let pids: Vec<i32> = snap.workers.iter().filter_map(|w| w.pid).collect();
+        let usage = crate::procfs::usage_of(&pids);
+        let of = |pid: Option<i32>| {
+            pid.and_then(|p| usage.get(&p))
+                .copied()
+                .filter(|u| u.processes > 0)
+        };
         StatusReply {
             app: app.to_string(),
+            log: if journal { "journal" } else { "stderr" }.into(),
             pid: std::process::id(),
             config: config.to_path_buf(),
             state: snap.state.to_string(),
@@ -124,40 +140,21 @@ impl StatusReply {
                     generation: w.generation,
                     restarts: w.restarts,
                     uptime_s: w.uptime_s.map(|u| (u * 10.0).round() / 10.0),
-                    cpu_percent: w.pid.and_then(cpu_seconds).zip(w.uptime_s).map(|(c, u)| {
-                        let pct = if u > 0.0 { c / u * 100.0 } else { 0.0 };
+                    cpu_percent: of(w.pid).zip(w.uptime_s).map(|(t, u)| {
+                        let pct = if u > 0.0 {
+                            t.cpu_seconds / u * 100.0
+                        } else {
+                            0.0
+                        };
                         (pct * 10.0).round() / 10.0
                     }),
-                    rss_bytes: w.pid.and_then(rss_bytes),
+                    rss_bytes: of(w.pid).map(|t| t.rss_bytes),
+                    processes: of(w.pid).map(|t| t.processes),
                     status: w.status,
                 })
                 .collect(),
         }
     }
-}
-
-/// User + system CPU time from /proc/PID/stat (proc(5): fields 14 and 15, in clock ticks).
-pub fn cpu_seconds(pid: i32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces and parentheses: count from the last ')'.
-    let rest: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks: u64 = rest.get(11)?.parse::<u64>().ok()? + rest.get(12)?.parse::<u64>().ok()?;
-    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .unwrap_or(100) as f64;
-    Some(ticks as f64 / hz)
-}
-
-/// Resident set size from /proc/PID/statm (proc(5)): pages × page size.
-pub fn rss_bytes(pid: i32) -> Option<u64> {
-    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
-        .ok()
-        .flatten()
-        .unwrap_or(4096) as u64;
-    Some(pages * page)
 }
 
 impl Response {
@@ -194,7 +191,7 @@ impl Response {
     }
 }
 
-/// The default control socket path (see CONTRACT.md): `$RUNTIME_DIRECTORY/APP.sock` under
+/// The default control socket path (corral(1), CONTROL SOCKET): `$RUNTIME_DIRECTORY/APP.sock` under
 /// systemd, else `/run/corral/APP.sock` as root, else `$XDG_RUNTIME_DIR/corral/APP.sock`.
 pub fn default_path(app: &str) -> PathBuf {
     control_dir().join(format!("{app}.sock"))

@@ -18,6 +18,7 @@ pub mod control;
 pub mod error;
 pub mod generator;
 pub mod journal;
+pub mod keeper;
 pub mod listen;
 pub mod nodeipc;
 pub mod notify;

@@ -57,6 +57,53 @@ impl Set {
     pub fn fdnames(&self) -> String {
         self.names.join(":")
     }
+    /// What the Node.js preload needs to know of each listener (`CORRAL_NODE_LISTEN`): its
+    /// name, the fd a worker finds it at, and the address it is bound to, as the kernel says.
+    pub fn describe(&self) -> serde_json::Value {
+        let each = self.names.iter().zip(&self.sockets).enumerate();
+        let list: Vec<serde_json::Value> = each
+            .map(|(i, (name, s))| {
+                let mut v = serde_json::json!({ "name": name, "fd": 3 + i });
+                match socket2::SockRef::from(&s.fd).local_addr() {
+                    Ok(a) if a.as_socket().is_some() => {
+                        let a = a.as_socket().expect("checked");
+                        v["port"] = a.port().into();
+                        v["host"] = a.ip().to_string().into();
+                        v["address"] = a.to_string().into();
+                    }
+                    Ok(a) => {
+                        if let Some(p) = a.as_pathname() {
+                            v["path"] = p.to_string_lossy().into();
+                        }
+                    }
+                    Err(_) => {}
+                }
+                v
+            })
+            .collect();
+        serde_json::Value::Array(list)
+    }
+
+    /// The port of the one TCP listener, when there is exactly one port among them (PM2's
+    /// `PORT`, where it is unambiguous).
+    pub fn only_port(&self) -> Option<u16> {
+        let mut ports: Vec<u16> = self
+            .sockets
+            .iter()
+            .filter_map(|s| socket2::SockRef::from(&s.fd).local_addr().ok())
+            .filter_map(|a| a.as_socket().map(|a| a.port()))
+            .collect();
+        ports.dedup();
+        match ports[..] {
+            [p] => Some(p),
+            _ => None,
+        }
+    }
+
+    /// The sockets' inodes: how the readiness probe recognises them in another process.
+    pub fn inodes(&self) -> std::collections::HashSet<u64> {
+        crate::probe::inodes_of(self.sockets.iter().map(|s| &s.fd))
+    }
 }
 
 /// Where listeners come from for the supervisor's whole life.

@@ -20,6 +20,10 @@ fn main() -> ExitCode {
         let rest: Vec<_> = args.collect();
         return ExitCode::from(corral::generator::main(&rest) as u8);
     }
+    // corral runs itself under this name to be its keeper (see keeper.rs).
+    if argv0 == corral::keeper::ARGV0 {
+        return ExitCode::from(corral::keeper::main() as u8);
+    }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -72,7 +76,8 @@ fn dispatch(cmd: Cmd) -> Result<i32, Error> {
             follow,
             worker,
             lines,
-        } => logs(&app, follow, worker, lines),
+            control,
+        } => logs(&app, follow, worker, lines, control),
         Cmd::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "corral", &mut std::io::stdout());
@@ -109,9 +114,34 @@ fn dispatch(cmd: Cmd) -> Result<i32, Error> {
     }
 }
 
-/// `corral logs`: journalctl, matching the fields corral gives every entry of the app.
-fn logs(app: &str, follow: bool, worker: Option<u32>, lines: u32) -> Result<i32, Error> {
+/// `corral logs`: journalctl, matching the fields corral gives every entry of the app. An app
+/// whose supervisor writes to its standard error instead (`corral run` outside systemd) has
+/// nothing in the journal: say where its log is.
+fn logs(
+    app: &str,
+    follow: bool,
+    worker: Option<u32>,
+    lines: u32,
+    control: Option<PathBuf>,
+) -> Result<i32, Error> {
     use std::os::unix::process::CommandExt;
+    let path = control_path(app, control);
+    if let Ok(r) = control::request(&path, Command::Status, Some(QUICK)) {
+        if let Some(s) = r.status.filter(|s| s.log == "stderr") {
+            return Err(Error::Refused(format!(
+                "{app} runs outside systemd (corral run, pid {}), which writes its workers' \
+                 lines to its own standard error, not to the journal: look where that process's \
+                 output goes (its terminal, or the file or pipe it was started with)",
+                s.pid
+            )));
+        }
+    }
+    if !Path::new("/run/systemd/journal/socket").exists() {
+        return Err(Error::Refused(format!(
+            "journald is not running on this machine, so {app} has no journal: under \
+             `corral run` outside systemd, its workers' lines are on corral's standard error"
+        )));
+    }
     let mut cmd = std::process::Command::new("journalctl");
     cmd.arg(format!("CORRAL_APP={app}")).args([
         "-n",
@@ -141,21 +171,27 @@ fn check(paths: &[PathBuf]) -> Result<i32, Error> {
     let mut errors = Vec::new();
     for p in paths {
         match Config::load(p) {
-            Ok(c) => println!(
-                "{}: ok ({} {}, {} listener{})",
-                p.display(),
-                match c.workers {
-                    corral::config::WorkerCount::Auto => format!("auto = {}", c.workers.resolve()),
-                    corral::config::WorkerCount::Count(n) => n.to_string(),
-                },
-                if c.workers.resolve() == 1 {
-                    "worker"
-                } else {
-                    "workers"
-                },
-                c.listen.len(),
-                if c.listen.len() == 1 { "" } else { "s" }
-            ),
+            Ok(c) => {
+                for w in c.warnings() {
+                    eprintln!("{}: warning: {w}", p.display());
+                }
+                println!(
+                    "{}: ok ({} {}, {} listener{})",
+                    p.display(),
+                    match c.workers {
+                        corral::config::WorkerCount::Auto =>
+                            format!("auto = {}", c.workers.resolve()),
+                        corral::config::WorkerCount::Count(n) => n.to_string(),
+                    },
+                    if c.workers.resolve() == 1 {
+                        "worker"
+                    } else {
+                        "workers"
+                    },
+                    c.listen.len(),
+                    if c.listen.len() == 1 { "" } else { "s" }
+                )
+            }
             Err(e) => errors.push(e),
         }
     }

@@ -1,10 +1,13 @@
-//! The Node.js IPC channel, for `readiness.mode = "node-ipc"` (what PM2's `wait_ready` uses).
+//! The Node.js IPC channel, for `readiness.mode = "node-ipc"` (what PM2's `wait_ready` uses)
+//! and for workers with corral's Node.js preload.
 //!
 //! Node.js opens an IPC channel when it finds `NODE_CHANNEL_FD` in its environment, as
 //! `child_process.fork()` sets it up: a stream socket on which, with
 //! `NODE_CHANNEL_SERIALIZATION_MODE=json`, every message is one JSON value and a newline. A worker
 //! says it is ready with `process.send('ready')`, and may be told to shut down with a message
-//! (`stop.message`) before its stop signal.
+//! (`stop.message`). Node.js cannot send unix datagrams, so the channel also carries the
+//! sd_notify(3) vocabulary: a string message of `KEY=VALUE` lines (`'WATCHDOG=1'`,
+//! `'STATUS=warming caches'`, `'READY=1'`) means what the same datagram on `NOTIFY_SOCKET` would.
 
 use std::io;
 use std::os::fd::OwnedFd;
@@ -13,6 +16,8 @@ use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
+
+use crate::notify::Notification;
 
 /// A longer message line is not a `'ready'` and is skipped, whatever it is.
 const MAX_LINE: usize = 64 * 1024;
@@ -31,12 +36,17 @@ pub fn channel() -> io::Result<(OwnedFd, OwnedReadHalf, OwnedWriteHalf)> {
     Ok((theirs, read, write))
 }
 
-/// Whether one message line is the `'ready'` message.
-pub fn is_ready(line: &[u8]) -> bool {
-    matches!(
-        serde_json::from_slice::<serde_json::Value>(line),
-        Ok(serde_json::Value::String(s)) if s == "ready"
-    )
+/// What one message line says: `'ready'` is `READY=1`; any other string is read as an
+/// sd_notify datagram; anything else (objects the app sends for itself) says nothing.
+pub fn notification(line: &[u8]) -> Notification {
+    match serde_json::from_slice::<serde_json::Value>(line) {
+        Ok(serde_json::Value::String(s)) if s == "ready" => Notification {
+            ready: true,
+            ..Default::default()
+        },
+        Ok(serde_json::Value::String(s)) => Notification::parse(s.as_bytes()),
+        _ => Notification::default(),
+    }
 }
 
 /// The line that delivers `message` to the worker's `process.on('message')`.
@@ -46,10 +56,10 @@ pub fn message(message: &str) -> Vec<u8> {
     line
 }
 
-/// Reads the worker's messages until it closes the channel, reporting `pid` on `ready`.
-/// Never blocks the event loop: a full queue drops the report (a worker that says `ready`
-/// that often is ready already).
-pub async fn read(channel: OwnedReadHalf, pid: i32, ready: mpsc::Sender<i32>) {
+/// Reads the worker's messages until it closes the channel, reporting each that says something
+/// with `pid`. Never blocks the event loop: a full queue drops the report, as a full notify
+/// socket drops datagrams.
+pub async fn read(channel: OwnedReadHalf, pid: i32, to_loop: mpsc::Sender<(i32, Notification)>) {
     let mut reader = BufReader::new(channel);
     // Bounded: a message longer than MAX_LINE is skipped up to its newline, never buffered.
     let mut line = Vec::new();
@@ -73,8 +83,11 @@ pub async fn read(channel: OwnedReadHalf, pid: i32, ready: mpsc::Sender<i32>) {
         let used = end.unwrap_or(chunk.len());
         reader.consume(used);
         if end.is_some() {
-            if !skipping && is_ready(line.trim_ascii_end()) {
-                let _ = ready.try_send(pid);
+            if !skipping {
+                let n = notification(line.trim_ascii_end());
+                if !n.is_empty() {
+                    let _ = to_loop.try_send((pid, n));
+                }
             }
             line.clear();
             skipping = false;
@@ -98,25 +111,30 @@ mod tests {
             let reader = tokio::spawn(read(ours, 42, tx));
             let mut worker = std::os::unix::net::UnixStream::from(theirs);
             let mut junk = vec![b'x'; 3 * MAX_LINE];
-            junk.extend_from_slice(b"\"ready\"\n\"ready\"\n");
+            junk.extend_from_slice(b"\"ready\"\n{\"a\":1}\n\"ready\"\n");
             std::io::Write::write_all(&mut worker, &junk).unwrap();
             drop(worker);
-            assert_eq!(rx.recv().await, Some(42), "the 'ready' after the junk");
-            assert_eq!(
-                rx.recv().await,
-                None,
-                "the junk line itself was not taken as ready"
+            // The first "ready" ends the oversized line, which is skipped whole.
+            let (pid, n) = rx.recv().await.unwrap();
+            assert!(pid == 42 && n.ready, "the 'ready' after the junk");
+            assert!(
+                rx.recv().await.is_none(),
+                "neither the junk line nor the object said anything"
             );
             reader.await.unwrap();
         });
     }
 
     #[test]
-    fn only_the_ready_string_is_ready() {
-        assert!(is_ready(b"\"ready\""));
-        assert!(!is_ready(b"\"not ready\""));
-        assert!(!is_ready(b"{\"cmd\":\"NODE_HANDLE_ACK\"}"));
-        assert!(!is_ready(b"ready"));
+    fn ready_and_the_sd_notify_vocabulary_are_understood() {
+        assert!(notification(b"\"ready\"").ready);
+        assert!(notification(b"\"READY=1\"").ready);
+        assert!(notification(b"\"not ready\"").is_empty());
+        assert!(notification(b"{\"cmd\":\"NODE_HANDLE_ACK\"}").is_empty());
+        assert!(notification(b"ready").is_empty(), "not JSON");
+        let n = notification(b"\"WATCHDOG=1\\nSTATUS=warm\"");
+        assert!(n.watchdog_ping && !n.ready);
+        assert_eq!(n.status.as_deref(), Some("warm"));
         assert_eq!(message("shutdown"), b"\"shutdown\"\n");
         assert_eq!(message("a\"b"), b"\"a\\\"b\"\n");
     }

@@ -303,7 +303,7 @@ fn read_memory(pid: i32, addr: u64, len: usize) -> Option<Vec<u8>> {
 }
 
 /// The inodes of the listening sockets corral hands to workers.
-pub fn inodes_of<'a>(fds: impl IntoIterator<Item = &'a std::os::fd::OwnedFd>) -> HashSet<u64> {
+pub fn inodes_of<F: std::os::fd::AsFd>(fds: impl IntoIterator<Item = F>) -> HashSet<u64> {
     fds.into_iter()
         .filter_map(|fd| nix::sys::stat::fstat(fd).ok())
         .map(|st| st.st_ino)

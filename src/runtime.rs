@@ -32,8 +32,8 @@ use crate::supervisor::{
     self, Action, Event, ExitStatus, Level, Params, RequestId, Scope, Supervisor, WorkerId,
 };
 
-/// Variables meant for corral itself, never passed on to workers (CONTRACT.md: "nothing of the
-/// supervisor's own"). `JOURNAL_STREAM` too: a worker's stdout is corral's pipe, not the journal.
+/// Variables meant for corral itself, never passed on to workers (corral-worker(7): nothing of
+/// the supervisor's own). `JOURNAL_STREAM` too: a worker's stdout is corral's pipe, not the journal.
 const SUPERVISOR_ONLY: &[&str] = &[
     "LISTEN_FDS",
     "LISTEN_PID",
@@ -81,10 +81,16 @@ pub fn run(opts: RunOptions) -> Result<i32, Error> {
     let control_path = opts
         .control
         .unwrap_or_else(|| control::default_path(&config.app));
-    let devnull = std::fs::File::open("/dev/null")
+    let devnull: OwnedFd = std::fs::File::open("/dev/null")
         .map_err(|e| Error::io("cannot open /dev/null", e))?
         .into();
 
+    // Orphans of a worker's tree (a process whose parent exited) are reparented here rather
+    // than to init (prctl(2), PR_SET_CHILD_SUBREAPER): corral reaps them, and kills what is
+    // left when it exits.
+    if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+        warn!("cannot become a child subreaper: {e}");
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -102,7 +108,10 @@ pub fn run(opts: RunOptions) -> Result<i32, Error> {
                 e,
             )
         })?;
+        let keeper = start_keeper(devnull.as_raw_fd());
         let mut lp = Loop {
+            keeper,
+            keeper_starts: 1,
             app: config.app.clone(),
             config_path: config.path.clone(),
             machine: Supervisor::new(),
@@ -119,12 +128,17 @@ pub fn run(opts: RunOptions) -> Result<i32, Error> {
             next_request: 1,
             exit: None,
             ipc: HashMap::new(),
-            ipc_ready: None,
+            ipc_notes: None,
+            preload: Preload {
+                path: preload_path(&control_path),
+                written: false,
+            },
         };
         let code = lp
             .run(config, listeners, listener, sd_watchdog, &control_path)
             .await;
         drop(server);
+        lp.kill_leftovers();
         // The last lines (the exit's) are worth waiting a moment for.
         flush.flush(Duration::from_secs(2));
         code
@@ -133,13 +147,76 @@ pub fn run(opts: RunOptions) -> Result<i32, Error> {
 
 /// The workers' `NOTIFY_SOCKET`: the control socket's path with `.notify` for `.sock`.
 fn notify_path(control: &Path) -> PathBuf {
+    beside(control, "notify")
+}
+
+/// Where the Node.js preload is written for the workers: beside the control socket.
+fn preload_path(control: &Path) -> PathBuf {
+    beside(control, "preload.cjs")
+}
+
+fn beside(control: &Path, extension: &str) -> PathBuf {
     if control.extension().is_some_and(|e| e == "sock") {
-        control.with_extension("notify")
+        control.with_extension(extension)
     } else {
         let mut p = control.as_os_str().to_owned();
-        p.push(".notify");
+        p.push(".");
+        p.push(extension);
         PathBuf::from(p)
     }
+}
+
+/// corral's Node.js preload (`node/preload.cjs`), built into the binary so that the file the
+/// workers load always matches the supervisor that describes the listeners to it.
+const PRELOAD: &str = include_str!("../node/preload.cjs");
+
+struct Preload {
+    path: PathBuf,
+    written: bool,
+}
+
+impl Preload {
+    /// Writes the file (mode 0444, replaced whole by a rename) once; returns its path.
+    fn ensure(&mut self) -> std::io::Result<&Path> {
+        if !self.written {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let temp = beside(&self.path, &format!("{}", std::process::id()));
+            let _ = std::fs::remove_file(&temp);
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o444)
+                .open(&temp)?;
+            f.write_all(PRELOAD.as_bytes())?;
+            std::fs::rename(&temp, &self.path)?;
+            self.written = true;
+        }
+        Ok(&self.path)
+    }
+}
+
+impl Drop for Preload {
+    fn drop(&mut self) {
+        if self.written {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// `NODE_OPTIONS` with `--require PRELOAD` first, then what the worker would have had. Node.js
+/// reads the variable as a list of options with double quotes around a value with spaces.
+fn node_options(preload: &Path, existing: Option<&OsString>) -> OsString {
+    let quoted = preload
+        .to_string_lossy()
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"");
+    let mut v = OsString::from(format!("--require \"{quoted}\""));
+    if let Some(e) = existing.filter(|e| !e.is_empty()) {
+        v.push(" ");
+        v.push(e);
+    }
+    v
 }
 
 /// `WATCHDOG_USEC` for this process (sd_watchdog_enabled(3)): ping at half of it.
@@ -159,10 +236,32 @@ struct Generation {
     env: Vec<CString>,
     /// The workers' PATH, for finding the program.
     path: Option<OsString>,
+    /// The listeners' socket inodes, for readiness mode `listen`.
+    inodes: std::collections::HashSet<u64>,
     program: Result<PathBuf, String>,
 }
 
+/// Starts the keeper (keeper.rs); without one, corral runs on, and says what that costs.
+fn start_keeper(stdin: std::os::fd::RawFd) -> Option<crate::keeper::Keeper> {
+    match crate::keeper::Keeper::start(Path::new("/proc/self/exe"), stdin) {
+        Ok(k) => Some(k),
+        Err(e) => {
+            warn!(
+                "cannot start the keeper ({e}): if corral is killed, processes the workers \
+                 started may outlive it"
+            );
+            None
+        }
+    }
+}
+
+/// How many times the keeper is started in all before corral gives up on it.
+const KEEPER_STARTS: u32 = 5;
+
 struct Loop {
+    /// Kills the workers' process groups if corral dies (keeper.rs).
+    keeper: Option<crate::keeper::Keeper>,
+    keeper_starts: u32,
     app: String,
     config_path: PathBuf,
     machine: Supervisor,
@@ -181,7 +280,10 @@ struct Loop {
     /// Node.js IPC channels of node-ipc workers, by pid, with the app's `stop.message`.
     ipc: HashMap<i32, (OwnedWriteHalf, Option<String>)>,
     /// Where the channels' readers report a worker's `'ready'` (by pid).
-    ipc_ready: Option<mpsc::Sender<i32>>,
+    ipc_notes: Option<mpsc::Sender<(i32, Notification)>>,
+    /// The Node.js preload, written beside the control socket the first time a generation
+    /// asks for it.
+    preload: Preload,
 }
 
 impl Loop {
@@ -206,8 +308,8 @@ impl Loop {
             .and_then(tokio::net::UnixDatagram::from_std)
             .map_err(|e| Error::io("notify socket", e))?;
         let (to_loop, mut from_control) = mpsc::channel::<Incoming>(64);
-        let (ipc_ready, mut ipc_readies) = mpsc::channel::<i32>(1024);
-        self.ipc_ready = Some(ipc_ready);
+        let (ipc_notes, mut ipc_noted) = mpsc::channel::<(i32, Notification)>(1024);
+        self.ipc_notes = Some(ipc_notes);
         tokio::spawn(control::serve(control, to_loop));
 
         for w in self.pool.address_mismatches(&config) {
@@ -262,12 +364,8 @@ impl Loop {
                     }
                 }
                 Some(incoming) = from_control.recv() => self.control(incoming),
-                Some(pid) = ipc_readies.recv() => {
+                Some((pid, msg)) = ipc_noted.recv() => {
                     if let Some(id) = self.machine.worker_by_pid(pid) {
-                        let msg = Notification {
-                            ready: true,
-                            ..Default::default()
-                        };
                         self.step(Event::Notify { id, msg });
                     }
                 }
@@ -359,23 +457,25 @@ impl Loop {
                 generation,
             } => {
                 let event = match self.spawn(slot, generation) {
-                    Ok(pid) => Event::Spawned { id, pid },
+                    Ok(pid) => {
+                        // The worker leads its own process group (spawn.rs).
+                        if let Some(k) = &mut self.keeper {
+                            k.watch(pid);
+                        }
+                        Event::Spawned { id, pid }
+                    }
                     Err(error) => Event::SpawnFailed { id, error },
                 };
                 self.step(event);
             }
-            Action::Signal {
-                pid,
-                signal,
-                graceful,
-                ..
-            } => {
-                if graceful {
-                    // stop.message first (node-ipc): as PM2's shutdown_with_message does.
-                    if let Some((channel, Some(message))) = self.ipc.get(&pid) {
-                        let _ = channel.try_write(&crate::nodeipc::message(message));
-                    }
+            Action::Message { pid, .. } => {
+                // stop.message, alone: as PM2's shutdown_with_message sends it.
+                if let Some((channel, Some(message))) = self.ipc.get(&pid) {
+                    let _ = channel.try_write(&crate::nodeipc::message(message));
                 }
+            }
+            Action::Probe { workers } => self.probe(workers),
+            Action::Signal { pid, signal, .. } => {
                 let _ = kill(Pid::from_raw(pid), signal);
                 if signal == Signal::SIGKILL {
                     // The worker leads its own process group: take its children too.
@@ -444,9 +544,15 @@ impl Loop {
                 }
             }
             Action::SampleMemory { workers } => {
+                // The worker's whole tree: gunicorn's or hypercorn's processes count.
+                let pids: Vec<i32> = workers.iter().map(|&(_, pid)| pid).collect();
+                let usage = crate::procfs::usage_of(&pids);
                 for (id, pid) in workers {
-                    if let Some(rss) = control::rss_bytes(pid) {
-                        self.step(Event::Memory { id, rss });
+                    if let Some(u) = usage.get(&pid).filter(|u| u.processes > 0) {
+                        self.step(Event::Memory {
+                            id,
+                            rss: u.rss_bytes,
+                        });
                     }
                 }
             }
@@ -475,13 +581,35 @@ impl Loop {
             .find(|(k, _)| k == "PATH")
             .map(|(_, v)| v.clone());
         let program = resolve(&config, path.as_deref());
+        if config.node.preload {
+            match self.preload.ensure() {
+                Ok(path) => {
+                    let existing = env.iter().find(|(k, _)| k == "NODE_OPTIONS");
+                    let options = node_options(path, existing.map(|(_, v)| v));
+                    env.retain(|(k, _)| k != "NODE_OPTIONS");
+                    env.push(("NODE_OPTIONS".into(), options));
+                }
+                Err(e) => error!(
+                    "cannot write the Node.js preload {}: {e}",
+                    self.preload.path.display()
+                ),
+            }
+            let described = listeners.describe().to_string();
+            env.push(("CORRAL_NODE_LISTEN".into(), described.into()));
+            // PM2's PORT, where it is unambiguous and the config does not set it.
+            let set_here = config.environment.iter().any(|(k, _)| k == "PORT");
+            if let (Some(port), false) = (listeners.only_port(), set_here) {
+                env.retain(|(k, _)| k != "PORT");
+                env.push(("PORT".into(), port.to_string().into()));
+            }
+        }
         let mut add = |k: &str, v: String| env.push((k.into(), v.into()));
         if !listeners.sockets.is_empty() {
             add("LISTEN_FDS", listeners.sockets.len().to_string());
             add("LISTEN_FDNAMES", listeners.fdnames());
         }
         add("NOTIFY_SOCKET", self.notify_env.clone());
-        if config.readiness.mode == ReadinessMode::NodeIpc {
+        if config.node_ipc() {
             // The channel follows the listeners (spawn places it there).
             add("NODE_CHANNEL_FD", (3 + listeners.sockets.len()).to_string());
             add("NODE_CHANNEL_SERIALIZATION_MODE", "json".into());
@@ -500,10 +628,16 @@ impl Loop {
                 CString::new(e).ok()
             })
             .collect();
+        let inodes = if config.readiness.mode == ReadinessMode::Listen {
+            listeners.inodes()
+        } else {
+            Default::default()
+        };
         self.gens.insert(
             gen,
             Generation {
                 config,
+                inodes,
                 listeners,
                 env,
                 path,
@@ -532,8 +666,12 @@ impl Loop {
         let (err_r, err_w) = pipe()?;
         let mut env = g.env.clone();
         env.push(CString::new(format!("CORRAL_WORKER={slot}")).expect("no NUL"));
+        if g.config.node.preload {
+            // PM2's instance number (NODE_APP_INSTANCE): the slot.
+            env.push(CString::new(format!("NODE_APP_INSTANCE={slot}")).expect("no NUL"));
+        }
         let mut fds = g.listeners.fds();
-        let node_ipc = g.config.readiness.mode == ReadinessMode::NodeIpc;
+        let node_ipc = g.config.node_ipc();
         let channel = if node_ipc {
             let (theirs, read, write) = crate::nodeipc::channel()
                 .map_err(|e| format!("cannot create the Node.js IPC channel: {e}"))?;
@@ -547,6 +685,7 @@ impl Loop {
             argv: &g.config.command,
             env: &env,
             listen_pid: !g.listeners.sockets.is_empty(),
+            die_with_parent: true,
             watchdog_pid: g.config.watchdog.is_some(),
             fds: &fds,
             stdin: self.devnull.as_raw_fd(),
@@ -556,9 +695,9 @@ impl Loop {
         };
         let pid = spawn::spawn(&cmd).map_err(|e| e.to_string())?;
         drop((out_w, err_w));
-        if let (Some((theirs, read, write)), Some(ready)) = (channel, &self.ipc_ready) {
+        if let (Some((theirs, read, write)), Some(notes)) = (channel, &self.ipc_notes) {
             drop(theirs);
-            tokio::spawn(crate::nodeipc::read(read, pid, ready.clone()));
+            tokio::spawn(crate::nodeipc::read(read, pid, notes.clone()));
             self.ipc.insert(pid, (write, g.config.stop.message.clone()));
         }
         let tag = Tag {
@@ -577,6 +716,47 @@ impl Loop {
         Ok(pid)
     }
 
+    /// readiness mode `listen`: looks at each starting worker's tree. The worker alone first,
+    /// which is all most servers are; the whole tree (one pass over /proc) only when that
+    /// found nothing.
+    fn probe(&mut self, workers: Vec<(WorkerId, i32)>) {
+        let mut found = Vec::new();
+        let mut deeper = Vec::new();
+        for (id, pid) in workers {
+            let Some(generation) = self.machine.generation_of(id) else {
+                continue;
+            };
+            let Some(g) = self.gens.get(&generation) else {
+                continue;
+            };
+            match crate::probe::probe(&[pid], &g.inodes) {
+                Some(f) => found.push((id, f)),
+                None => deeper.push((id, pid, generation)),
+            }
+        }
+        if !deeper.is_empty() {
+            let stats = crate::procfs::all_stats();
+            let roots: Vec<i32> = deeper.iter().map(|&(_, pid, _)| pid).collect();
+            let trees = crate::procfs::trees(&roots, &stats);
+            for (id, pid, generation) in deeper {
+                let tree: Vec<i32> = trees[&pid]
+                    .iter()
+                    .map(|s| s.pid)
+                    .filter(|&p| p != pid)
+                    .collect();
+                if let Some(f) = crate::probe::probe(&tree, &self.gens[&generation].inodes) {
+                    found.push((id, f));
+                }
+            }
+        }
+        for (id, f) in found {
+            self.step(Event::Listening {
+                id,
+                how: f.to_string(),
+            });
+        }
+    }
+
     /// Reaps every child that has exited (one SIGCHLD may stand for several).
     fn reap(&mut self) {
         loop {
@@ -593,15 +773,55 @@ impl Loop {
                 Ok(_) => continue,
             };
             let (pid, status) = status;
+            if self.keeper.as_ref().is_some_and(|k| k.pid == pid.as_raw()) {
+                self.keeper_exited(status);
+                continue;
+            }
             // Not a worker: an orphan of a worker's tree, reparented here (corral is a child
-            // subreaper), or corral's keeper.
+            // subreaper).
             let Some(id) = self.machine.worker_by_pid(pid.as_raw()) else {
                 continue;
             };
             // Whatever the worker left in its process group goes with it.
             let _ = killpg(pid, Signal::SIGKILL);
+            if let Some(k) = &mut self.keeper {
+                k.forget(pid.as_raw());
+            }
             self.ipc.remove(&pid.as_raw());
             self.step(Event::Exited { id, status });
+        }
+    }
+
+    /// The keeper died while corral lives (someone killed it): start another, and tell it the
+    /// workers there are now.
+    fn keeper_exited(&mut self, status: ExitStatus) {
+        self.keeper = None;
+        if self.keeper_starts >= KEEPER_STARTS {
+            error!(
+                "the keeper {status}, and was started {KEEPER_STARTS} times: going on without \
+                 one; if corral is killed, processes the workers started may outlive it"
+            );
+            return;
+        }
+        warn!("the keeper {status}: starting another");
+        self.keeper_starts += 1;
+        self.keeper = start_keeper(self.devnull.as_raw_fd());
+        if let Some(k) = &mut self.keeper {
+            for pid in self.machine.worker_pids() {
+                k.watch(pid);
+            }
+        }
+    }
+
+    /// At exit: whatever is left of the workers' trees (orphans reparented to corral, which
+    /// left their worker's process group) is killed, so that nothing of them outlives corral.
+    fn kill_leftovers(&mut self) {
+        let me = std::process::id() as i32;
+        let keeper = self.keeper.as_ref().map(|k| k.pid);
+        for s in crate::procfs::all_stats() {
+            if s.ppid == me && Some(s.pid) != keeper {
+                let _ = kill(Pid::from_raw(s.pid), Signal::SIGKILL);
+            }
         }
     }
 
@@ -665,7 +885,13 @@ impl Loop {
             Command::Status => {
                 let snap = self.machine.snapshot(Instant::now());
                 let mut r = Response::ok(format!("{} is {}", self.app, snap.state));
-                r.status = Some(StatusReply::new(&self.app, &self.config_path, snap));
+                let journal = self.output.is_journal();
+                r.status = Some(StatusReply::new(
+                    &self.app,
+                    &self.config_path,
+                    snap,
+                    journal,
+                ));
                 reply.send(r);
             }
             Command::Reload => self.reload(Some(reply)),

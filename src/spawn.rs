@@ -31,6 +31,9 @@ pub struct Command<'a> {
     pub stdout: RawFd,
     pub stderr: RawFd,
     pub directory: Option<&'a Path>,
+    /// `PR_SET_PDEATHSIG`: SIGKILL when the supervisor dies (workers). The keeper, whose job
+    /// is to outlive it, runs without.
+    pub die_with_parent: bool,
 }
 
 /// Which step of the child's set-up failed.
@@ -225,6 +228,7 @@ pub fn spawn(cmd: &Command<'_>) -> Result<i32, SpawnError> {
                 sources: &sources,
                 temps: temps_ptr,
                 n_targets,
+                die_with_parent: cmd.die_with_parent,
                 listen_pid: (cmd.listen_pid, listen_pid_ptr, listen_pid_len),
                 watchdog_pid: (cmd.watchdog_pid, watchdog_pid_ptr, watchdog_pid_len),
                 directory: directory.as_ref().map(|d| d.as_ptr()),
@@ -285,6 +289,7 @@ struct ChildPlan<'a> {
     sources: &'a [RawFd],
     temps: *mut RawFd,
     n_targets: RawFd,
+    die_with_parent: bool,
     listen_pid: (bool, *mut u8, usize),
     watchdog_pid: (bool, *mut u8, usize),
     directory: Option<*const libc::c_char>,
@@ -324,13 +329,15 @@ unsafe fn child(plan: ChildPlan<'_>) -> ! {
 
     // Die with the supervisor, even on SIGKILL. The parent may already have died between fork
     // and prctl; then the death signal was never armed, so check and leave (prctl(2)).
-    libc::prctl(
-        libc::PR_SET_PDEATHSIG,
-        libc::SIGKILL as libc::c_ulong,
-        0,
-        0,
-        0,
-    );
+    if plan.die_with_parent {
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        );
+    }
     if libc::getppid() != plan.parent {
         libc::_exit(1);
     }
@@ -439,6 +446,7 @@ mod tests {
             argv: &["program".into()],
             env: &[],
             listen_pid: true,
+            die_with_parent: true,
             watchdog_pid: false,
             fds: &[],
             stdin: fd,

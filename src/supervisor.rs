@@ -35,9 +35,14 @@ pub struct Params {
     pub batch: u32,
     /// readiness mode `exec`: ready as soon as exec succeeded.
     pub exec_ready: bool,
+    /// readiness mode `listen`: probe a starting worker's tree until it waits on a listener.
+    pub probe_listeners: bool,
     pub ready_timeout: Duration,
     pub watchdog: Option<Duration>,
     pub stop_signal: Signal,
+    /// `stop.message`: a stop begins with the message alone; `stop_signal` follows only if the
+    /// worker is still there after `stop_timeout` (PM2's `shutdown_with_message`).
+    pub stop_message: bool,
     pub stop_timeout: Duration,
     pub policy: RestartPolicy,
     pub delay: Duration,
@@ -54,9 +59,11 @@ impl Params {
             workers,
             batch: config.reload.batch.slots(workers),
             exec_ready: config.readiness.mode == ReadinessMode::Exec,
+            probe_listeners: config.readiness.mode == ReadinessMode::Listen,
             ready_timeout: config.readiness.timeout,
             watchdog: config.watchdog,
             stop_signal: config.stop.signal,
+            stop_message: config.stop.message.is_some(),
             stop_timeout: config.stop.timeout,
             policy: config.restart.policy,
             delay: config.restart.delay,
@@ -141,6 +148,8 @@ pub enum Event {
     Stop,
     /// A worker's resident memory, as a `SampleMemory` action asked for.
     Memory { id: WorkerId, rss: u64 },
+    /// A `Probe` found the worker's tree waiting for connections (`how` says where and how).
+    Listening { id: WorkerId, how: String },
 }
 
 /// Messages for systemd (and, standalone, for the terminal).
@@ -169,13 +178,21 @@ pub enum Action {
         slot: u32,
         generation: u32,
     },
-    /// Send `signal` to the worker; SIGKILL goes to its whole process group. `graceful`: this
-    /// is the stop signal of a stop asked for (the runtime sends `stop.message` first).
+    /// Send `signal` to the worker; SIGKILL goes to its whole process group.
     Signal {
         id: WorkerId,
         pid: i32,
         signal: Signal,
-        graceful: bool,
+    },
+    /// Send the worker its generation's `stop.message` (over its Node.js IPC channel).
+    Message {
+        id: WorkerId,
+        pid: i32,
+    },
+    /// Look whether these starting workers' trees wait for connections on a listener; report
+    /// each that does as `Event::Listening`.
+    Probe {
+        workers: Vec<(WorkerId, i32)>,
     },
     /// Answer a control request that waited for a roll or a scale.
     Reply {
@@ -235,6 +252,11 @@ struct Worker {
     kill_sent: bool,
     /// The worker said `STOPPING=1` on its own.
     said_stopping: bool,
+    /// Stopping with `stop.message`: the stop signal is still to come at the deadline.
+    signal_pending: bool,
+    /// readiness mode `listen`: when the next probe is due, and the wait after it.
+    probe_at: Option<Instant>,
+    probe_every: Duration,
     status: Option<String>,
     errno: Option<i32>,
 }
@@ -341,6 +363,12 @@ pub struct Supervisor {
 /// How often workers' memory is checked against `limits.max_memory`.
 pub const MEMORY_SAMPLE_EVERY: Duration = Duration::from_secs(2);
 
+/// readiness mode `listen`: the first probe this long after exec, each next one twice as long
+/// after the last, up to [`PROBE_MAX`]. A program that is up at once is seen within
+/// milliseconds; one that imports for seconds is looked at five times a second.
+pub const PROBE_FIRST: Duration = Duration::from_millis(10);
+pub const PROBE_MAX: Duration = Duration::from_millis(200);
+
 impl Default for Supervisor {
     fn default() -> Self {
         Self::new()
@@ -386,6 +414,7 @@ impl Supervisor {
             Event::Scale { workers, request } => self.on_scale(workers, request, now),
             Event::Stop => self.on_stop(now),
             Event::Memory { id, rss } => self.on_memory(id, rss, now),
+            Event::Listening { id, how } => self.on_listening(id, how, now),
         }
         self.settle(now);
         std::mem::take(&mut self.out)
@@ -393,7 +422,11 @@ impl Supervisor {
 
     /// The earliest time at which `Tick` has something to do.
     pub fn next_deadline(&self) -> Option<Instant> {
-        let workers = self.workers.values().filter_map(|w| w.deadline);
+        let workers = self
+            .workers
+            .values()
+            .flat_map(|w| [w.deadline, w.probe_at])
+            .flatten();
         let slots = self.slots.iter().filter_map(|s| s.retry_at);
         workers.chain(slots).chain(self.next_sample).min()
     }
@@ -404,6 +437,16 @@ impl Supervisor {
             .iter()
             .find(|(_, w)| w.pid == Some(pid))
             .map(|(&id, _)| id)
+    }
+
+    /// The pids of every worker there is.
+    pub fn worker_pids(&self) -> Vec<i32> {
+        self.workers.values().filter_map(|w| w.pid).collect()
+    }
+
+    /// The generation a worker runs.
+    pub fn generation_of(&self, id: WorkerId) -> Option<u32> {
+        self.workers.get(&id).map(|w| w.generation)
     }
 
     /// The generation whose config sets the slot count and policies now.
@@ -528,18 +571,12 @@ impl Supervisor {
         let (slot, generation) = (w.slot, w.generation);
         if w.state == WorkerState::Stopping {
             // Given up on before its pid was known (a roll failed meanwhile): finish the job.
-            let graceful = !w.kill_sent;
-            let signal = if w.kill_sent {
-                Signal::SIGKILL
+            if w.kill_sent {
+                let signal = Signal::SIGKILL;
+                self.out.push(Action::Signal { id, pid, signal });
             } else {
-                self.params[&generation].stop_signal
-            };
-            self.out.push(Action::Signal {
-                id,
-                pid,
-                signal,
-                graceful,
-            });
+                self.first_stop_step(id);
+            }
             return;
         }
         self.log(
@@ -549,8 +586,13 @@ impl Supervisor {
             Some(generation),
             "started".into(),
         );
-        if self.params[&generation].exec_ready {
+        let p = &self.params[&generation];
+        if p.exec_ready {
             self.become_ready(id, now);
+        } else if p.probe_listeners {
+            let w = self.workers.get_mut(&id).expect("worker exists");
+            w.probe_at = Some(now + PROBE_FIRST);
+            w.probe_every = PROBE_FIRST;
         }
     }
 
@@ -705,7 +747,9 @@ impl Supervisor {
         if msg.stopping && w.state == WorkerState::Ready {
             w.said_stopping = true;
         }
-        if msg.ready && w.state == WorkerState::Starting {
+        // In mode `listen` the probe alone decides: the program's own READY=1 is what that
+        // mode is chosen against (gunicorn's arbiter says it before any worker has booted).
+        if msg.ready && w.state == WorkerState::Starting && !p.probe_listeners {
             self.become_ready(id, now);
         }
         if msg.watchdog_trigger {
@@ -751,6 +795,16 @@ impl Supervisor {
         self.spawn(s, true, gen, now);
     }
 
+    fn on_listening(&mut self, id: WorkerId, how: String, now: Instant) {
+        let starting = self
+            .workers
+            .get(&id)
+            .is_some_and(|w| w.state == WorkerState::Starting);
+        if starting {
+            self.become_ready_because(id, Some(how), now);
+        }
+    }
+
     fn on_tick(&mut self, now: Instant) {
         if self.next_sample.is_some_and(|t| t <= now) {
             self.next_sample = None;
@@ -764,6 +818,17 @@ impl Supervisor {
             if !workers.is_empty() {
                 self.out.push(Action::SampleMemory { workers });
             }
+        }
+        let mut probes = Vec::new();
+        for (&id, w) in &mut self.workers {
+            if w.probe_at.is_some_and(|t| t <= now) && w.state == WorkerState::Starting {
+                w.probe_every = (w.probe_every * 2).min(PROBE_MAX);
+                w.probe_at = Some(now + w.probe_every);
+                probes.extend(w.pid.map(|pid| (id, pid)));
+            }
+        }
+        if !probes.is_empty() {
+            self.out.push(Action::Probe { workers: probes });
         }
         let due: Vec<WorkerId> = self
             .workers
@@ -783,6 +848,23 @@ impl Supervisor {
                     let wd = p.watchdog.unwrap_or_default();
                     let reason = format!("sent no WATCHDOG=1 for {}", human(wd));
                     self.give_up(id, reason, now);
+                }
+                WorkerState::Stopping if w.signal_pending => {
+                    // stop.message was not enough: now the stop signal, and its own timeout.
+                    let (slot, pid, gen) = (w.slot, w.pid, w.generation);
+                    let (signal, timeout) = (p.stop_signal, p.stop_timeout);
+                    let msg = format!(
+                        "still running {} after stop.message: sending {}",
+                        human(timeout),
+                        signal.as_str()
+                    );
+                    self.log(Level::Warn, Some(slot), pid, Some(gen), msg);
+                    let w = self.workers.get_mut(&id).expect("worker exists");
+                    w.signal_pending = false;
+                    w.deadline = Some(now + timeout);
+                    if let Some(pid) = pid {
+                        self.out.push(Action::Signal { id, pid, signal });
+                    }
                 }
                 WorkerState::Stopping => {
                     let (slot, pid, gen) = (w.slot, w.pid, w.generation);
@@ -1116,11 +1198,16 @@ impl Supervisor {
         let roll = self.roll.take().expect("roll exists");
         let result = match &roll.failed {
             None => {
-                let msg = format!(
+                let mut msg = format!(
                     "generation {} serving: {} worker(s) replaced",
                     roll.generation, roll.replaced
                 );
                 self.log(Level::Info, None, None, Some(roll.generation), msg.clone());
+                if self.params[&roll.generation].exec_ready {
+                    msg += "\nwarning: readiness.mode = \"exec\": each new worker counted as \
+                            ready once it ran, not once it could serve, so this reload could \
+                            not wait for them";
+                }
                 Ok(msg)
             }
             Some(reason) => Err(reason.clone()),
@@ -1165,6 +1252,9 @@ impl Supervisor {
                 stop: None,
                 kill_sent: false,
                 said_stopping: false,
+                signal_pending: false,
+                probe_at: None,
+                probe_every: PROBE_FIRST,
                 status: None,
                 errno: None,
             },
@@ -1184,19 +1274,23 @@ impl Supervisor {
     }
 
     fn become_ready(&mut self, id: WorkerId, now: Instant) {
+        self.become_ready_because(id, None, now);
+    }
+
+    /// Readiness, with what showed it when that is worth saying (the listen probe's finding).
+    fn become_ready_because(&mut self, id: WorkerId, why: Option<String>, now: Instant) {
         let w = self.workers.get_mut(&id).expect("worker exists");
         w.state = WorkerState::Ready;
         w.ready_at = Some(now);
+        w.probe_at = None;
         w.deadline = self.params[&w.generation].watchdog.map(|d| now + d);
         let (s, gen, pid) = (w.slot, w.generation, w.pid);
         let took = now.saturating_duration_since(w.started_at);
-        self.log(
-            Level::Info,
-            Some(s),
-            pid,
-            Some(gen),
-            format!("ready after {}", human(took)),
-        );
+        let mut msg = format!("ready after {}", human(took));
+        if let Some(why) = why {
+            msg += &format!(": {why}");
+        }
+        self.log(Level::Info, Some(s), pid, Some(gen), msg);
         let slot = &mut self.slots[s as usize];
         if slot.incoming == Some(id) {
             slot.incoming = None;
@@ -1217,7 +1311,9 @@ impl Supervisor {
         }
     }
 
-    /// Asks a worker to stop gracefully: stop signal now, SIGKILL after the stop timeout.
+    /// Asks a worker to stop gracefully: the stop signal now and SIGKILL after the stop
+    /// timeout; or, with `stop.message`, the message now, the stop signal after the timeout and
+    /// SIGKILL after another.
     fn retire(&mut self, id: WorkerId, now: Instant) {
         let Some(w) = self.workers.get_mut(&id) else {
             return;
@@ -1229,14 +1325,24 @@ impl Supervisor {
         w.state = WorkerState::Stopping;
         w.stop = Some(StopKind::Retire);
         w.deadline = Some(now + p.stop_timeout);
-        if let Some(pid) = w.pid {
+        w.probe_at = None;
+        if w.pid.is_some() {
+            self.first_stop_step(id);
+        }
+    }
+
+    /// The first step of a graceful stop: `stop.message` alone if there is one, else the stop
+    /// signal.
+    fn first_stop_step(&mut self, id: WorkerId) {
+        let w = self.workers.get_mut(&id).expect("worker exists");
+        let Some(pid) = w.pid else { return };
+        let p = &self.params[&w.generation];
+        if p.stop_message {
+            w.signal_pending = true;
+            self.out.push(Action::Message { id, pid });
+        } else {
             let signal = p.stop_signal;
-            self.out.push(Action::Signal {
-                id,
-                pid,
-                signal,
-                graceful: true,
-            });
+            self.out.push(Action::Signal { id, pid, signal });
         }
     }
 
@@ -1268,12 +1374,7 @@ impl Supervisor {
             w.deadline = Some(now + self.params[&gen].stop_timeout);
             if let Some(pid) = pid {
                 let signal = Signal::SIGABRT;
-                self.out.push(Action::Signal {
-                    id,
-                    pid,
-                    signal,
-                    graceful: false,
-                });
+                self.out.push(Action::Signal { id, pid, signal });
             }
         }
     }
@@ -1283,18 +1384,15 @@ impl Supervisor {
             return;
         };
         w.state = WorkerState::Stopping;
+        w.probe_at = None;
+        w.signal_pending = false;
         w.stop.get_or_insert(StopKind::Retire);
         w.deadline = None;
         if !w.kill_sent {
             w.kill_sent = true;
             if let Some(pid) = w.pid {
                 let signal = Signal::SIGKILL;
-                self.out.push(Action::Signal {
-                    id,
-                    pid,
-                    signal,
-                    graceful: false,
-                });
+                self.out.push(Action::Signal { id, pid, signal });
             }
         }
     }

@@ -61,9 +61,11 @@ impl P {
             workers,
             batch: 1,
             exec_ready: false,
+            probe_listeners: false,
             ready_timeout: secs(5),
             watchdog: None,
             stop_signal: Signal::SIGTERM,
+            stop_message: false,
             stop_timeout: secs(3),
             policy: RestartPolicy::OnFailure,
             delay: ms(100),
@@ -90,6 +92,16 @@ impl P {
 
     fn watchdog(mut self, every: Duration) -> P {
         self.0.watchdog = Some(every);
+        self
+    }
+
+    fn stop_message(mut self) -> P {
+        self.0.stop_message = true;
+        self
+    }
+
+    fn probe_listeners(mut self) -> P {
+        self.0.probe_listeners = true;
         self
     }
 
@@ -934,7 +946,6 @@ fn watchdog_trigger_aborts_at_once_and_its_exit_counts_as_a_failure() {
         id: w,
         pid: h.pid(w),
         signal: Signal::SIGABRT,
-        graceful: false,
     };
     check!(h, out.contains(&sigabrt));
 
@@ -2042,5 +2053,208 @@ fn a_failed_memory_replacement_is_retried_only_after_the_slots_backoff() {
         h,
         h.signals(old).is_empty(),
         "the old worker serves on throughout"
+    );
+}
+
+// ---- stop.message ----
+
+/// The stop steps sent to `id`, in order: "message" or the signal's name.
+fn stop_steps(h: &Harness, id: WorkerId) -> Vec<String> {
+    let pid = h.pid(id);
+    h.actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Message { pid: p, .. } if *p == pid => Some("message".to_string()),
+            Action::Signal { pid: p, signal, .. } if *p == pid => Some(signal.as_str().into()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn stop_message_comes_alone_then_the_signal_then_sigkill_each_after_the_timeout() {
+    let mut h = Harness::started(P::new(1).stop_message());
+    let w = h.last_spawn(0);
+    h.stop();
+    check_eq!(
+        h,
+        stop_steps(&h, w),
+        vec!["message"],
+        "the message alone, as PM2 sends it"
+    );
+    h.advance(secs(3) - ms(1));
+    check_eq!(h, stop_steps(&h, w), vec!["message"]);
+    h.advance(ms(1));
+    check_eq!(h, stop_steps(&h, w), vec!["message", "SIGTERM"]);
+    h.advance(secs(3) - ms(1));
+    check_eq!(h, stop_steps(&h, w), vec!["message", "SIGTERM"]);
+    h.advance(ms(1));
+    check_eq!(h, stop_steps(&h, w), vec!["message", "SIGTERM", "SIGKILL"]);
+    h.killed(w, Signal::SIGKILL);
+    check_eq!(h, h.exit_code(), Some(0));
+}
+
+#[test]
+fn a_worker_that_exits_on_the_message_gets_no_signal() {
+    let mut h = Harness::started(P::new(2).stop_message());
+    let old = h.last_spawn(1);
+    h.roll(2, P::new(2).stop_message(), Scope::All, Some(7));
+    let new = h.spawn_of(0, 2);
+    h.ready(new);
+    let first_old = h.spawns[0].0;
+    check_eq!(h, stop_steps(&h, first_old), vec!["message"]);
+    h.exit(first_old, 0);
+    let new1 = h.spawn_of(1, 2);
+    h.ready(new1);
+    h.exit(old, 0);
+    check_eq!(
+        h,
+        h.reply(7),
+        ok("generation 2 serving: 2 worker(s) replaced")
+    );
+    check_eq!(h, stop_steps(&h, old), vec!["message"]);
+    // Nothing more for them, however long it waits.
+    h.advance(secs(10));
+    check_eq!(h, stop_steps(&h, first_old), vec!["message"]);
+}
+
+#[test]
+fn without_a_message_the_signal_comes_first_and_sigkill_after_the_timeout() {
+    let mut h = Harness::started(P::new(1));
+    let w = h.last_spawn(0);
+    h.stop();
+    check_eq!(h, stop_steps(&h, w), vec!["SIGTERM"]);
+    h.advance(secs(3));
+    check_eq!(h, stop_steps(&h, w), vec!["SIGTERM", "SIGKILL"]);
+}
+
+#[test]
+fn extend_timeout_while_the_message_is_out_pushes_the_signal_back() {
+    let mut h = Harness::started(P::new(1).stop_message());
+    let w = h.last_spawn(0);
+    h.stop();
+    h.advance(secs(1));
+    let ext = Notification {
+        extend_timeout: Some(secs(5)),
+        ..Default::default()
+    };
+    h.notify(w, ext);
+    h.advance(secs(4));
+    check_eq!(h, stop_steps(&h, w), vec!["message"]);
+    h.advance(secs(1));
+    check_eq!(h, stop_steps(&h, w), vec!["message", "SIGTERM"]);
+}
+
+// ---- readiness mode listen ----
+
+fn probes_since(h: &Harness, mark: usize) -> Vec<Vec<WorkerId>> {
+    h.actions[mark..]
+        .iter()
+        .filter_map(|a| match a {
+            Action::Probe { workers } => Some(workers.iter().map(|(id, _)| *id).collect()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn listen_probes_back_off_to_five_a_second_and_stop_once_ready() {
+    let mut h = Harness::start(P::new(1).probe_listeners());
+    let w = h.last_spawn(0);
+    check!(h, probes_since(&h, 0).is_empty(), "no probe at exec");
+    // Probes at 10, 30, 70, 150, 310, 510, 710 ms: doubling, then every 200 ms.
+    let mut at = Vec::new();
+    let mark = h.mark();
+    for _ in 0..800 {
+        let before = h.mark();
+        h.advance(ms(1));
+        if !probes_since(&h, before).is_empty() {
+            at.push(h.at().as_millis());
+        }
+    }
+    check_eq!(h, at, vec![10, 30, 70, 150, 310, 510, 710]);
+    check!(h, probes_since(&h, mark).iter().all(|p| p == &vec![w]));
+    check_eq!(h, h.sup.next_deadline(), Some(h.base + ms(910)));
+    let out = h.step(Event::Listening {
+        id: w,
+        how: "pid 1000 waits for connections (epoll)".into(),
+    });
+    check!(h, out.contains(&Action::Systemd(Systemd::Ready)));
+    check_eq!(h, h.snap().ready, 1);
+    let mark = h.mark();
+    h.advance(secs(2));
+    check!(h, probes_since(&h, mark).is_empty(), "no probe once ready");
+}
+
+#[test]
+fn in_listen_mode_ready_1_is_not_readiness() {
+    let mut h = Harness::start(P::new(1).probe_listeners());
+    let w = h.last_spawn(0);
+    h.ready(w);
+    check_eq!(
+        h,
+        h.snap().ready,
+        0,
+        "READY=1 from the program does not count"
+    );
+    h.step(Event::Listening {
+        id: w,
+        how: "x".into(),
+    });
+    check_eq!(h, h.snap().ready, 1);
+}
+
+#[test]
+fn listen_readiness_times_out_like_any_other_and_a_late_finding_changes_nothing() {
+    let mut h = Harness::start(P::new(1).probe_listeners());
+    let w = h.last_spawn(0);
+    h.advance(secs(5));
+    check_eq!(h, h.signals(w), vec![Signal::SIGKILL]);
+    let mark = h.mark();
+    h.step(Event::Listening {
+        id: w,
+        how: "late".into(),
+    });
+    check_eq!(h, h.snap().ready, 0);
+    check!(h, probes_since(&h, mark).is_empty());
+    h.killed(w, Signal::SIGKILL);
+    check_eq!(h, h.views(0)[0].state, "backoff");
+}
+
+#[test]
+fn a_reload_waits_for_the_listen_probe_of_each_replacement() {
+    let mut h = Harness::start(P::new(2).probe_listeners());
+    for (id, _, _) in h.spawns.clone() {
+        h.step(Event::Listening {
+            id,
+            how: "x".into(),
+        });
+    }
+    h.roll(2, P::new(2).probe_listeners(), Scope::All, Some(1));
+    let new0 = h.spawn_of(0, 2);
+    h.advance(secs(2));
+    check_eq!(
+        h,
+        h.spawned_since(0).len(),
+        3,
+        "the second replacement waits for the first"
+    );
+    check_eq!(h, h.reply(1), None);
+    h.step(Event::Listening {
+        id: new0,
+        how: "x".into(),
+    });
+    let new1 = h.spawn_of(1, 2);
+    h.step(Event::Listening {
+        id: new1,
+        how: "x".into(),
+    });
+    for id in [h.spawns[0].0, h.spawns[1].0] {
+        h.exit(id, 0);
+    }
+    check_eq!(
+        h,
+        h.reply(1),
+        ok("generation 2 serving: 2 worker(s) replaced")
     );
 }

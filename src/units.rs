@@ -225,7 +225,7 @@ fn service_settings(config: &Config, sockets: &[String], watchdog: Option<&str>)
     let _ = writeln!(
         s,
         "TimeoutStopSec={}",
-        sec(config.stop.timeout + STOP_MARGIN)
+        sec(config.stop.drain_time() + STOP_MARGIN)
     );
     let _ = writeln!(s, "TimeoutStartSec={}", sec(start_timeout(config)));
     // ProtectHome=yes hides /home and /root: an app that lives there (as PM2 apps often do)
@@ -244,7 +244,8 @@ fn start_timeout(config: &Config) -> Duration {
     let workers = config.workers.resolve().max(1);
     let batch = config.reload.batch.slots(workers).max(1);
     let rounds = workers.div_ceil(batch);
-    let roll = config.readiness.timeout * rounds + config.stop.timeout + Duration::from_secs(30);
+    let roll =
+        config.readiness.timeout * rounds + config.stop.drain_time() + Duration::from_secs(30);
     roll.max(Duration::from_secs(90))
 }
 

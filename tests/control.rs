@@ -360,13 +360,37 @@ fn scaling_up_and_down_under_load_fails_no_request() {
 #[test]
 fn logs_without_a_journal_says_so() {
     let out = Command::new(CORRAL)
-        .args(["logs", "demo"])
+        .args(["logs", "demo", "--control", "/nonexistent/demo.sock"])
         .env("PATH", "/nonexistent")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("there is no journal on this machine"), "{err}");
+    if std::path::Path::new("/run/systemd/journal/socket").exists() {
+        assert!(err.contains("cannot run journalctl"), "{err}");
+    } else {
+        assert!(
+            err.contains("journald is not running on this machine"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn logs_of_an_app_run_outside_systemd_say_where_its_log_is() {
+    let c = Corral::start(TEMPLATE);
+    c.wait_ready(2, 1);
+    let out = c.ctl(&["logs", "demo"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "demo runs outside systemd (corral run, pid {})",
+            c.pid
+        )) && err.contains("standard error"),
+        "{err}"
+    );
+    assert_eq!(c.status()["log"], "stderr");
 }
 
 #[test]

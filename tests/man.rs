@@ -12,7 +12,12 @@ use std::process::{Command, Output};
 use clap::CommandFactory;
 use corral::cli::{Cli, EXIT_CODES};
 
-const PAGES: &[&str] = &["corral.1", "corral.toml.5", "corral-generator.8"];
+const PAGES: &[&str] = &[
+    "corral.1",
+    "corral.toml.5",
+    "corral-generator.8",
+    "corral-worker.7",
+];
 
 fn page_path(page: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("man").join(page)

@@ -156,6 +156,7 @@ fn both_packages_hold_the_same_payload_and_pass_lintian_and_rpmlint() {
         "/usr/share/man/man1/corral.1.gz",
         "/usr/share/man/man5/corral.toml.5.gz",
         "/usr/share/man/man8/corral-generator.8.gz",
+        "/usr/share/man/man7/corral-worker.7.gz",
         "/usr/share/bash-completion/completions/corral",
         "/usr/share/zsh/vendor-completions/_corral",
         "/usr/share/fish/vendor_completions.d/corral.fish",

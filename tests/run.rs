@@ -498,6 +498,25 @@ fn check_reports_every_error_with_line_and_column() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0));
+    assert!(out.stderr.is_empty(), "{out:?}");
+
+    // Valid, but a reload cannot be protected: said plainly, and still exit 0.
+    let exec = dir.join("exec.toml");
+    std::fs::write(&exec, "command = [\"x\"]\nreadiness.mode = \"exec\"\n").unwrap();
+    let out = std::process::Command::new(CORRAL)
+        .arg("check")
+        .arg(&exec)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "{}: warning: readiness.mode = \"exec\"",
+            exec.display()
+        )) && err.contains("cannot be refused when they fail"),
+        "{err}"
+    );
     let _ = std::fs::remove_dir_all(dir);
 }
 

@@ -11,7 +11,11 @@ new config) can change it:
   WORKER_TAG             included in every answer (to tell generations apart)
   WORKER_READY_DELAY     seconds to wait before READY=1 (default 0)
   WORKER_NEVER_READY=1   never send READY=1
-  WORKER_READY_FROM_CHILD=1  a forked child sends READY=1 (its pid is no worker's: must be ignored)
+  WORKER_READY_FROM_CHILD=1  a forked child sends READY=1 (corral hears a worker's whole tree)
+  WORKER_READY_FIFO=PATH  write "ready" to this FIFO instead of sending READY=1 (for a shell
+                         wrapper that then says it with systemd-notify)
+  WORKER_LISTEN_ANY_PID=1  take the listeners at fd 3.. even though LISTEN_PID names another
+                         process (the shell wrapper that started this one)
   WORKER_EXIT_AFTER      seconds after start to exit with WORKER_EXIT_CODE (default 3)
   WORKER_STATUS          sent as STATUS= once ready
   WORKER_WATCHDOG=1      send WATCHDOG=1 every WATCHDOG_USEC/2
@@ -21,7 +25,8 @@ new config) can change it:
   WORKER_SAY_LONG=N      a line of N "L"s on stdout at start
   WORKER_SAY_BINARY=1    a line that is not UTF-8 on stdout at start
   WORKER_ALLOC_MB=N      hold N MiB of memory (resident) for its whole life
-Paths: GET /crash answers, then exits with code 3; GET /hang stops watchdog pings.
+Paths: GET /crash answers, then exits with code 3; GET /hang stops watchdog pings; GET /slow?s=N
+sends the status and headers (with X-Pid, X-Ppid) at once and the body N seconds later.
 A connection that starts with "HOLD\n" is answered "HELD\n" at once, then read as usual: the
 tests use it to know a worker has taken (and is busy with) that connection.
 """
@@ -142,6 +147,10 @@ def get_ready() -> None:
         return
     if env.get("WORKER_NEVER_READY") == "1":
         return
+    if env.get("WORKER_READY_FIFO"):
+        with open(env["WORKER_READY_FIFO"], "w") as fifo:
+            fifo.write("ready\n")
+        return
     delay = float(env.get("WORKER_READY_DELAY", "0"))
     if delay:
         time.sleep(delay)
@@ -180,11 +189,17 @@ def serve(listeners: list) -> None:
                         data = b""
                 path = data.split(b" ", 2)[1].decode() if data.count(b" ") >= 2 else "/"
                 body = json.dumps(describe()).encode()
-                conn.sendall(
+                head = (
                     b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                    + b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
-                    + body
+                    + b"Content-Length: %d\r\nConnection: close\r\n" % len(body)
+                    + b"X-Pid: %d\r\nX-Ppid: %d\r\n\r\n" % (os.getpid(), os.getppid())
                 )
+                if path.startswith("/slow"):
+                    conn.sendall(head)
+                    time.sleep(float(path.partition("s=")[2] or "1"))
+                    conn.sendall(body)
+                else:
+                    conn.sendall(head + body)
             if path == "/crash":
                 os._exit(3)
             if path == "/hang":
@@ -199,7 +214,8 @@ def main() -> None:
     if env.get("WORKER_WATCHDOG") == "1" and usec:
         threading.Thread(target=watchdog_loop, args=(int(usec) / 2e6,), daemon=True).start()
     listeners = []
-    if env.get("LISTEN_PID") == str(os.getpid()):
+    ours = env.get("LISTEN_PID") == str(os.getpid()) or env.get("WORKER_LISTEN_ANY_PID") == "1"
+    if ours:
         for i in range(int(env.get("LISTEN_FDS", "0"))):
             listener = socket.socket(fileno=3 + i)
             # Every worker shares these sockets' file descriptions: several wake for one

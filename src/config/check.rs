@@ -10,8 +10,8 @@ use toml_edit::{Item, Key, TableLike, Value};
 
 use super::values::{parse_address, parse_duration, parse_signal, parse_size};
 use super::{
-    Address, Batch, Config, Diagnostic, Limits, Listen, Logs, Readiness, ReadinessMode, Reload,
-    Restart, RestartPolicy, Service, Stop, WorkerCount,
+    Address, Batch, Config, Diagnostic, Limits, Listen, Logs, Node, Readiness, ReadinessMode,
+    Reload, Restart, RestartPolicy, Service, Stop, WorkerCount,
 };
 
 /// Environment variables corral sets itself; apps may not set them.
@@ -39,6 +39,7 @@ pub(super) const TOP_KEYS: &[&str] = &[
     "restart",
     "reload",
     "limits",
+    "node",
     "logs",
     "service",
 ];
@@ -50,6 +51,7 @@ pub(super) const RESTART_KEYS: &[&str] = &["policy", "delay", "max_delay", "rese
 pub(super) const RELOAD_KEYS: &[&str] = &["batch"];
 pub(super) const LIMITS_KEYS: &[&str] = &["max_memory"];
 pub(super) const LOGS_KEYS: &[&str] = &["stderr_priority"];
+pub(super) const NODE_KEYS: &[&str] = &["preload"];
 pub(super) const SERVICE_KEYS: &[&str] = &["user", "group", "watchdog"];
 
 /// Sections and their keys, for hints about keys put at the top level.
@@ -61,6 +63,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
     ("[restart]", RESTART_KEYS),
     ("[reload]", RELOAD_KEYS),
     ("[limits]", LIMITS_KEYS),
+    ("[node]", NODE_KEYS),
     ("[logs]", LOGS_KEYS),
     ("[service]", SERVICE_KEYS),
 ];
@@ -91,6 +94,8 @@ pub(super) struct Checker<'a> {
     pub(super) diags: Vec<Diagnostic>,
     /// Where `stop.message` was set, if it was.
     stop_message_at: Option<Option<Range<usize>>>,
+    /// Where `readiness.mode = "listen"` was set, if it was.
+    listen_mode_at: Option<Option<Range<usize>>>,
     /// `readiness.mode` was given but invalid.
     readiness_mode_bad: bool,
 }
@@ -155,6 +160,7 @@ impl<'a> Checker<'a> {
             text,
             diags: Vec::new(),
             stop_message_at: None,
+            listen_mode_at: None,
             readiness_mode_bad: false,
         }
     }
@@ -324,6 +330,7 @@ impl<'a> Checker<'a> {
             restart: Restart::default(),
             reload: Reload::default(),
             limits: Limits::default(),
+            node: Node::default(),
             logs: Logs::default(),
             service: Service::default(),
         };
@@ -377,6 +384,20 @@ impl<'a> Checker<'a> {
                         }
                     }
                 }
+                "node" => {
+                    for (k, v) in self.section("node", key, item) {
+                        match k.get() {
+                            "preload" => {
+                                if let Some(b) = v.as_bool() {
+                                    config.node.preload = b;
+                                } else {
+                                    self.type_error("node.preload", k, v, "true or false");
+                                }
+                            }
+                            _ => self.unknown_key(k, v, NODE_KEYS, "[node]"),
+                        }
+                    }
+                }
                 "logs" => {
                     for (k, v) in self.section("logs", key, item) {
                         match k.get() {
@@ -403,11 +424,21 @@ impl<'a> Checker<'a> {
             });
         }
         if let Some(at) = self.stop_message_at.take() {
-            if config.readiness.mode != ReadinessMode::NodeIpc && !self.readiness_mode_bad {
+            if !config.node_ipc() && !self.readiness_mode_bad {
                 self.error(
                     at,
-                    "stop.message: only allowed with readiness.mode = \"node-ipc\" \
-                     (it is sent over the Node IPC channel)"
+                    "stop.message: only allowed with readiness.mode = \"node-ipc\" or \
+                     [node] preload = true (it is sent over the Node.js IPC channel)"
+                        .into(),
+                );
+            }
+        }
+        if let Some(at) = self.listen_mode_at.take() {
+            if config.listen.is_empty() {
+                self.error(
+                    at,
+                    "readiness.mode = \"listen\": needs a [[listen]] (a worker is ready once it \
+                     waits for connections on one of its listeners)"
                         .into(),
                 );
             }
@@ -802,9 +833,15 @@ impl<'a> Checker<'a> {
                         ("notify", ReadinessMode::Notify),
                         ("exec", ReadinessMode::Exec),
                         ("node-ipc", ReadinessMode::NodeIpc),
+                        ("listen", ReadinessMode::Listen),
                     ];
                     match self.choice("readiness.mode", k, v, &choices) {
-                        Some(mode) => readiness.mode = mode,
+                        Some(mode) => {
+                            readiness.mode = mode;
+                            if mode == ReadinessMode::Listen {
+                                self.listen_mode_at = Some(loc(k, v));
+                            }
+                        }
                         None => self.readiness_mode_bad = true,
                     }
                 }

@@ -25,11 +25,17 @@ mod cpus;
 mod values;
 
 use check::{
-    Checker, LIMITS_KEYS, LISTEN_KEYS, LOGS_KEYS, READINESS_KEYS, RELOAD_KEYS, RESTART_KEYS,
-    SERVICE_KEYS, STOP_KEYS, TOP_KEYS, WATCHDOG_KEYS,
+    Checker, LIMITS_KEYS, LISTEN_KEYS, LOGS_KEYS, NODE_KEYS, READINESS_KEYS, RELOAD_KEYS,
+    RESTART_KEYS, SERVICE_KEYS, STOP_KEYS, TOP_KEYS, WATCHDOG_KEYS,
 };
 pub use cpus::available_cpus;
 pub use values::{parse_duration, parse_signal, parse_size};
+
+/// What `readiness.mode = "exec"` means for a reload, said wherever it matters.
+pub const EXEC_WARNING: &str = "readiness.mode = \"exec\" counts a worker as ready as soon as it \
+     runs, before it can serve: a reload then stops old workers while the new ones may still be \
+     starting, and cannot be refused when they fail. Use \"notify\", \"node-ipc\", or \"listen\" \
+     (ready once the worker waits for connections) to protect reloads";
 
 /// A validated app config.
 #[derive(Clone, Debug)]
@@ -60,6 +66,8 @@ pub struct Config {
     pub reload: Reload,
     /// Resource limits.
     pub limits: Limits,
+    /// Node.js apps: the preload and PM2's variables.
+    pub node: Node,
     /// Logging settings.
     pub logs: Logs,
     /// Settings for the generated systemd service.
@@ -144,6 +152,9 @@ pub enum ReadinessMode {
     Exec,
     /// `"node-ipc"`: the worker says so over the Node.js IPC channel.
     NodeIpc,
+    /// `"listen"`: the worker, or a process of its tree, waits for connections on one of its
+    /// listeners (see `crate::probe`).
+    Listen,
 }
 
 /// `[stop]`
@@ -161,6 +172,18 @@ impl Default for Stop {
             signal: Signal::SIGTERM,
             message: None,
             timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Stop {
+    /// The longest a graceful stop may take before SIGKILL: `timeout` after the stop signal,
+    /// and with a `message`, another `timeout` after the message before the signal.
+    pub fn drain_time(&self) -> Duration {
+        if self.message.is_some() {
+            self.timeout * 2
+        } else {
+            self.timeout
         }
     }
 }
@@ -237,6 +260,14 @@ pub struct Limits {
     pub max_memory: Option<u64>,
 }
 
+/// `[node]`
+#[derive(Clone, Debug, Default)]
+pub struct Node {
+    /// Load corral's preload into Node.js workers (`NODE_OPTIONS=--require`): `listen(PORT)`
+    /// on a `[[listen]]` port takes the inherited socket, as under PM2's cluster mode.
+    pub preload: bool,
+}
+
 /// `[logs]`
 #[derive(Clone, Debug)]
 pub struct Logs {
@@ -305,6 +336,7 @@ pub fn all_keys() -> Vec<String> {
         ("restart", RESTART_KEYS),
         ("reload", RELOAD_KEYS),
         ("limits", LIMITS_KEYS),
+        ("node", NODE_KEYS),
         ("logs", LOGS_KEYS),
         ("service", SERVICE_KEYS),
     ];
@@ -319,6 +351,21 @@ pub fn all_keys() -> Vec<String> {
 }
 
 impl Config {
+    /// Whether workers get a Node.js IPC channel: for `readiness.mode = "node-ipc"`, and with
+    /// the preload (its watchdog pings and notifications go over it).
+    pub fn node_ipc(&self) -> bool {
+        self.readiness.mode == ReadinessMode::NodeIpc || self.node.preload
+    }
+
+    /// What is valid but worth a second look, for `corral check` and a reload's answer.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        if self.readiness.mode == ReadinessMode::Exec {
+            w.push(EXEC_WARNING.to_string());
+        }
+        w
+    }
+
     /// Reads and parses the config file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         match fs::read_to_string(path) {

@@ -728,7 +728,7 @@ fn readiness_errors() {
         "[readiness]\nmode = \"ready\"\n",
         3,
         8,
-        "readiness.mode: expected \"notify\", \"exec\" or \"node-ipc\", found \"ready\"",
+        "readiness.mode: expected \"notify\", \"exec\", \"node-ipc\" or \"listen\", found \"ready\"",
     );
     assert_error_after_command(
         "[readiness]\nmode = \"node_ipc\"\n",
@@ -748,6 +748,47 @@ fn readiness_errors() {
         11,
         "readiness.timeout: missing unit (e.g. \"30s\")",
     );
+}
+
+#[test]
+fn listen_readiness_needs_a_listener() {
+    let c = ok("command = [\"x\"]\nreadiness.mode = \"listen\"\n[[listen]]\nname = \"a\"\naddress = \"8080\"\n");
+    assert_eq!(c.readiness.mode, ReadinessMode::Listen);
+    assert!(c.warnings().is_empty());
+    assert_error_after_command(
+        "[readiness]\nmode = \"listen\"\n",
+        3,
+        8,
+        "readiness.mode = \"listen\": needs a [[listen]]",
+    );
+}
+
+#[test]
+fn exec_readiness_is_valid_but_warned_about() {
+    let c = ok("command = [\"x\"]\nreadiness.mode = \"exec\"\n");
+    let w = c.warnings();
+    assert_eq!(w.len(), 1);
+    assert!(w[0].contains("cannot be refused"), "{w:?}");
+    assert!(ok("command = [\"x\"]\n").warnings().is_empty());
+}
+
+#[test]
+fn node_section() {
+    let c = ok("command = [\"x\"]\n");
+    assert!(!c.node.preload && !c.node_ipc());
+    let c = ok("command = [\"node\", \"app.js\"]\n[node]\npreload = true\n[stop]\nmessage = \"shutdown\"\n");
+    assert!(
+        c.node.preload && c.node_ipc(),
+        "the preload brings the IPC channel"
+    );
+    assert_eq!(c.stop.message.as_deref(), Some("shutdown"));
+    assert_error_after_command(
+        "[node]\npreload = \"yes\"\n",
+        3,
+        11,
+        "node.preload: expected true or false",
+    );
+    assert_error_after_command("[node]\npreloud = true\n", 3, 1, "did you mean `preload`?");
 }
 
 #[test]
