@@ -567,6 +567,42 @@ fn node_ipc_workers_say_ready_with_process_send_and_stop_on_the_message() {
 }
 
 #[test]
+fn a_node_ipc_worker_pings_its_watchdog_over_the_channel() {
+    let config =
+        node_ipc(r#"WORKER_WATCHDOG_SLOT = "0""#, "10s") + "[watchdog]\ntimeout = \"1s\"\n";
+    let c = Corral::start(&config);
+    c.wait_ready(2, 1);
+    // Slot 1 never pings and is caught after 1s; slot 0 lives on for three times as long.
+    c.wait_for("sent no WATCHDOG=1 for 1.0s", SECS(10));
+    let deadline = std::time::Instant::now() + SECS(10);
+    loop {
+        let s = c.status();
+        let w0 = s["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["slot"] == 0 && w["generation"] == 1)
+            .cloned()
+            .expect("slot 0's first worker is still there");
+        assert_eq!(w0["state"], "ready", "{w0}");
+        if w0["uptime_s"].as_f64().unwrap() >= 3.5 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let silent: Vec<String> = c
+        .lines()
+        .into_iter()
+        .filter(|l| l.contains("sent no WATCHDOG=1"))
+        .collect();
+    assert!(
+        silent.iter().all(|l| l.contains("worker 1 ")),
+        "slot 0 pinged over IPC: {silent:#?}"
+    );
+}
+
+#[test]
 fn a_node_ipc_worker_that_never_sends_ready_is_not_ready() {
     let c = Corral::start(&node_ipc(r#"WORKER_NEVER_READY = "1""#, "1s"));
     c.wait_for("was not ready within 1.0s", SECS(10));

@@ -410,3 +410,62 @@ fn long_lines_are_split_and_binary_lines_kept_as_journald_does() {
     });
     assert!(found, "no entry with the binary line: {json}");
 }
+
+#[test]
+fn a_descendant_says_ready_on_the_notify_path_and_the_cgroup_takes_the_whole_tree() {
+    // The workers run as the unit's dynamic user, not root: systemd-notify, a child of the
+    // shell worker, sends with its own pid, which corral must trace back to the worker.
+    let config = format!(
+        r#"
+command = ["{}"]
+workers = 2
+environment = {{ WORKER_PY = "{}" }}
+[[listen]]
+name = "http"
+address = "127.0.0.1:{PORT}"
+[readiness]
+timeout = "10s"
+"#,
+        sandbox::SHELL_WORKER,
+        sandbox::WORKER_PY
+    );
+    let Some(sb) = setup(&config) else {
+        return;
+    };
+    // Type=notify: the start job ends only once corral sent READY=1, so every slot was ready.
+    start(&sb);
+    let w = get(&sb, PORT).expect("the shell worker's server answers");
+    assert_eq!(w["notify_socket"], "/run/corral/demo/demo.notify");
+    let mode = sb.ok("stat -c '%a %U' /run/corral/demo/demo.notify");
+    let user = sb.ok("stat -c '%U' /run/corral/demo");
+    assert_eq!(
+        mode.trim(),
+        format!("600 {}", user.trim()),
+        "owned by the app's user"
+    );
+    assert_ne!(user.trim(), "root");
+    let status: serde_json::Value =
+        serde_json::from_str(&sb.ok("corral status demo --json")).unwrap();
+    assert_eq!(status["log"], "journal");
+    assert_eq!(status["ready"], 2);
+    for w in status["workers"].as_array().unwrap() {
+        assert_eq!(w["processes"], 2, "the shell and its server: {w}");
+    }
+
+    // SIGKILL of corral alone: the unit's cgroup takes every process of every worker's tree.
+    // The shells and their servers run from /usr/local/lib/corral-test/ (the brackets keep
+    // this shell's own command line from matching).
+    let tree = sb.ok(
+        "systemctl show -p MainPID --value corral@demo.service; pgrep -x corral-keeper; \
+         pgrep -f '[c]orral-test/'",
+    );
+    let pids: Vec<&str> = tree.split_whitespace().collect();
+    assert!(
+        pids.len() >= 6,
+        "corral, its keeper, 2 shells and their 2 servers: {tree}"
+    );
+    sb.ok("systemctl kill --kill-whom=main --signal=SIGKILL corral@demo.service");
+    for pid in pids {
+        sb.ok(&format!("timeout 10 tail -s 0.1 --pid={pid} -f /dev/null"));
+    }
+}

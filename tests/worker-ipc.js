@@ -23,6 +23,11 @@ server.listen({ fd: 3 }, () => {
   if (env.WORKER_NEVER_READY !== "1") process.send("ready");
 });
 process.on("SIGTERM", () => {});
+// Node.js cannot send datagrams: the watchdog is pinged over the IPC channel, by the slot
+// named in WORKER_WATCHDOG_SLOT only (so a test has one worker that pings and one that does not).
+if (env.WATCHDOG_USEC && env.WORKER_WATCHDOG_SLOT === env.CORRAL_WORKER) {
+  setInterval(() => process.send("WATCHDOG=1"), Number(env.WATCHDOG_USEC) / 2000);
+}
 process.on("message", (m) => {
   if (m === "shutdown") {
     console.log(`slot ${env.CORRAL_WORKER} got the shutdown message`);

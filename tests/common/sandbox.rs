@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 /// The test workers inside the sandbox (see [`Sandbox::install_workers`]).
 pub const WORKER_PY: &str = "/usr/local/lib/corral-test/worker.py";
 pub const WORKER_JS: &str = "/usr/local/lib/corral-test/worker.js";
+pub const SHELL_WORKER: &str = "/usr/local/lib/corral-test/shell-worker.sh";
 
 /// At most one sandbox at a time from this test binary: each boots a whole systemd.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -205,6 +206,11 @@ impl Sandbox {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         self.copy_in(&root.join("tests/worker.py"), WORKER_PY, 0o644);
         self.copy_in(&root.join("tests/worker.js"), WORKER_JS, 0o644);
+        self.copy_in(
+            &root.join("tests/real/shell-worker.sh"),
+            SHELL_WORKER,
+            0o755,
+        );
     }
 
     /// Installs corral as the packages do: binary, generator symlink, unit templates; and

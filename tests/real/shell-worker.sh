@@ -7,7 +7,7 @@ set -eu
 here=$(dirname "$0")
 dir=$(mktemp -d)
 mkfifo "$dir/ready"
-WORKER_LISTEN_ANY_PID=1 WORKER_READY_FIFO="$dir/ready" python3 "$here/../worker.py" &
+WORKER_LISTEN_ANY_PID=1 WORKER_READY_FIFO="$dir/ready" python3 "${WORKER_PY:-$here/../worker.py}" &
 server=$!
 trap 'kill -TERM "$server"; wait "$server"; exit 0' TERM
 read -r _ < "$dir/ready"
