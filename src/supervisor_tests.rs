@@ -2258,3 +2258,21 @@ fn a_reload_waits_for_the_listen_probe_of_each_replacement() {
         ok("generation 2 serving: 2 worker(s) replaced")
     );
 }
+
+#[test]
+fn a_reload_to_exec_readiness_says_it_could_not_wait() {
+    let mut h = Harness::started(P::new(1));
+    h.roll(2, P::new(1).exec_ready(), Scope::All, Some(3));
+    let old = h.spawns[0].0;
+    h.exit(old, 0);
+    let reply = h.reply(3).expect("answered").expect("succeeded");
+    check!(
+        h,
+        reply.starts_with("generation 2 serving: 1 worker(s) replaced")
+    );
+    check!(
+        h,
+        reply.contains("warning: readiness.mode = \"exec\""),
+        "{reply}"
+    );
+}

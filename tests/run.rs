@@ -646,3 +646,49 @@ max_memory = "50M"
     assert!(ready_new < pos(&exited), "{lines:#?}");
     c.get("/").unwrap();
 }
+
+#[test]
+fn max_memory_counts_the_whole_process_tree() {
+    // The worker is small; the child it started holds 80 MiB.
+    let c = Corral::start(
+        r#"
+command = ["python3", "{worker}"]
+environment = { WORKER_CHILD_ALLOC_MB = "80" }
+[[listen]]
+name = "http"
+address = "127.0.0.1:{port}"
+[limits]
+max_memory = "50M"
+"#,
+    );
+    c.wait_for("above limits.max_memory (50 MiB): replacing it", SECS(20));
+    let s = c.status();
+    let w = &s["workers"][0];
+    assert!(w["processes"].as_u64().unwrap() >= 2, "{w}");
+}
+
+#[test]
+fn a_notify_path_too_long_for_a_unix_socket_is_an_error_at_start() {
+    // The control socket's path just fits a unix socket address (107 bytes); the notify
+    // socket's, two bytes longer, does not.
+    let base = scratch_dir();
+    let fill = 107 - base.as_os_str().len() - "/".len() - "/demo.sock".len();
+    let dir = base.join("d".repeat(fill));
+    std::fs::create_dir_all(&dir).unwrap();
+    assert_eq!(dir.join("demo.sock").as_os_str().len(), 107);
+    let config = dir.join("demo.toml");
+    std::fs::write(&config, "command = [\"true\"]\n").unwrap();
+    let out = std::process::Command::new(CORRAL)
+        .arg("run")
+        .arg(&config)
+        .arg("--control")
+        .arg(dir.join("demo.sock"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot create the notify socket") && err.contains("at most 107"),
+        "{err}"
+    );
+}

@@ -469,3 +469,40 @@ timeout = "10s"
         sb.ok(&format!("timeout 10 tail -s 0.1 --pid={pid} -f /dev/null"));
     }
 }
+
+#[test]
+fn listen_readiness_sees_epoll_and_poll_under_the_hardening() {
+    // The worker never says READY=1; one waits in epoll, one in poll(2), which corral reads
+    // with process_vm_readv(2) through the unit's system call filter.
+    let config = demo(1, r#"WORKER_NEVER_READY = "1""#, "")
+        .replace("[readiness]\n", "[readiness]\nmode = \"listen\"\n");
+    let Some(sb) = setup(&config) else {
+        return;
+    };
+    let cursor = sb.cursor();
+    start(&sb);
+    sb.wait_journal(
+        &cursor,
+        "-u corral@demo.service",
+        "waits for connections (epoll)",
+        SECS(10),
+    );
+    get(&sb, PORT).expect("ready and serving");
+    sb.write(
+        "/etc/corral/demo.toml",
+        &demo(
+            1,
+            r#"WORKER_NEVER_READY = "1", WORKER_SELECTOR = "poll""#,
+            "",
+        )
+        .replace("[readiness]\n", "[readiness]\nmode = \"listen\"\n"),
+    );
+    sb.ok("systemctl reload corral@demo.service");
+    sb.wait_journal(
+        &cursor,
+        "-u corral@demo.service",
+        "waits for connections (poll)",
+        SECS(10),
+    );
+    get(&sb, PORT).expect("the poll worker serves");
+}

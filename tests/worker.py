@@ -25,6 +25,8 @@ new config) can change it:
   WORKER_SAY_LONG=N      a line of N "L"s on stdout at start
   WORKER_SAY_BINARY=1    a line that is not UTF-8 on stdout at start
   WORKER_ALLOC_MB=N      hold N MiB of memory (resident) for its whole life
+  WORKER_CHILD_ALLOC_MB=N  start a child process that holds N MiB for the worker's whole life
+  WORKER_SELECTOR=poll   wait for connections with poll(2) instead of the default (epoll)
 Paths: GET /crash answers, then exits with code 3; GET /hang stops watchdog pings; GET /slow?s=N
 sends the status and headers (with X-Pid, X-Ppid) at once and the body N seconds later.
 A connection that starts with "HOLD\n" is answered "HELD\n" at once, then read as usual: the
@@ -90,6 +92,16 @@ else:
 
 # Memory that counts in RSS: bytes filled with non-zero data touch every page.
 BALLAST = b"\x01" * (int(env.get("WORKER_ALLOC_MB", "0")) << 20)
+
+if env.get("WORKER_CHILD_ALLOC_MB"):
+    # A child of the worker's, in its process group, holding memory until the worker is gone.
+    held_r, held_w = os.pipe()
+    if os.fork() == 0:
+        os.close(held_w)
+        child_ballast = b"\x01" * (int(env["WORKER_CHILD_ALLOC_MB"]) << 20)
+        os.read(held_r, 1)
+        os._exit(0)
+    os.close(held_r)
 
 if env.get("WORKER_SAY_LONG"):
     print("L" * int(env["WORKER_SAY_LONG"]), flush=True)
@@ -163,7 +175,7 @@ def get_ready() -> None:
 
 def serve(listeners: list) -> None:
     global hung
-    sel = selectors.DefaultSelector()
+    sel = selectors.PollSelector() if env.get("WORKER_SELECTOR") == "poll" else selectors.DefaultSelector()
     for listener in listeners:
         sel.register(listener, selectors.EVENT_READ)
     sel.register(wake_r, selectors.EVENT_READ)
