@@ -7,7 +7,6 @@
 //! misreading each other. Only root and the supervisor's own user may connect (SO_PEERCRED).
 
 use std::io::{self, BufRead, BufReader, Write};
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream as StdStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -284,26 +283,32 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds `path` with mode 0600. A socket file left by a dead supervisor is replaced; one a
-    /// live supervisor answers on is an error (two supervisors of one app would fight).
+    /// Binds `path` with mode 0600 in a directory that is safe for it (rundir.rs). A socket
+    /// file left by a dead supervisor is replaced; one a live supervisor answers on is an error
+    /// (two supervisors of one app would fight).
     pub fn bind(path: &Path) -> Result<(Server, UnixListener), Error> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            crate::rundir::prepare(dir)
+                .map_err(|e| Error::io(format!("runtime directory {}", dir.display()), e))?;
         }
-        crate::listen::remove_stale_socket(path).map_err(|e| {
-            let e = match e.kind() {
-                io::ErrorKind::AddrInUse => {
-                    io::Error::new(e.kind(), "another corral is running this app")
-                }
-                _ => e,
-            };
-            Error::io(format!("control socket {}", path.display()), e)
-        })?;
-        let listener = UnixListener::bind(path)
-            .map_err(|e| Error::io(format!("cannot bind control socket {}", path.display()), e))?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| Error::io(format!("cannot chmod {}", path.display()), e))?;
+        let fd =
+            crate::rundir::bind_socket(path, nix::sys::socket::SockType::Stream).map_err(|e| {
+                let e = match e.kind() {
+                    io::ErrorKind::AddrInUse => {
+                        io::Error::new(e.kind(), "another corral is running this app")
+                    }
+                    _ => e,
+                };
+                Error::io(format!("control socket {}", path.display()), e)
+            })?;
+        let listener = std::os::unix::net::UnixListener::from(fd);
+        let listener = nix::sys::socket::listen(
+            &listener,
+            nix::sys::socket::Backlog::new(64).expect("in range"),
+        )
+        .map_err(io::Error::from)
+        .and_then(|()| UnixListener::from_std(listener))
+        .map_err(|e| Error::io(format!("cannot listen on {}", path.display()), e))?;
         Ok((
             Server {
                 path: path.to_path_buf(),

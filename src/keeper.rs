@@ -92,12 +92,22 @@ pub fn main() -> i32 {
     0
 }
 
-/// corral placed the pipe's reading end at [`PIPE_FD`] for this process to own.
+/// corral placed the pipe's reading end at [`PIPE_FD`] for this process to own. Anything else
+/// there (a keeper started by hand) would be read as process groups to kill: refused.
 fn adopt_pipe() -> OwnedFd {
-    crate::spawn::adopt_inherited_fd(PIPE_FD).unwrap_or_else(|e| {
+    let fd = crate::spawn::adopt_inherited_fd(PIPE_FD).unwrap_or_else(|e| {
         eprintln!("corral-keeper: no pipe at fd {PIPE_FD}: {e}");
         std::process::exit(1)
-    })
+    });
+    let is_fifo = nix::sys::stat::fstat(&fd).is_ok_and(|st| {
+        nix::sys::stat::SFlag::from_bits_truncate(st.st_mode)
+            .contains(nix::sys::stat::SFlag::S_IFIFO)
+    });
+    if !is_fifo {
+        eprintln!("corral-keeper: fd {PIPE_FD} is not a pipe; corral-keeper is started by corral");
+        std::process::exit(1);
+    }
+    fd
 }
 
 /// corral's side: the writing end of the pipe, and the keeper's pid.
@@ -138,20 +148,19 @@ impl Keeper {
     }
 
     /// A worker's process group to kill if corral dies.
-    pub fn watch(&mut self, pgid: i32) {
-        self.send(record(true, pgid));
+    pub fn watch(&mut self, pgid: i32) -> io::Result<()> {
+        self.send(record(true, pgid))
     }
 
-    /// That worker has been reaped: its group id may be reused.
-    pub fn forget(&mut self, pgid: i32) {
-        self.send(record(false, pgid));
+    /// That worker has been reaped: its group id may be reused. A failure here must not be
+    /// ignored: the keeper would kill whoever gets the id next.
+    pub fn forget(&mut self, pgid: i32) -> io::Result<()> {
+        self.send(record(false, pgid))
     }
 
-    fn send(&mut self, r: [u8; 5]) {
+    fn send(&mut self, r: [u8; 5]) -> io::Result<()> {
         // A pipe write of at most PIPE_BUF bytes is atomic (pipe(7)): whole or not at all.
-        if let Err(e) = self.pipe.write(&r) {
-            tracing::warn!("cannot tell the keeper about a worker's process group: {e}");
-        }
+        self.pipe.write(&r).map(drop)
     }
 }
 

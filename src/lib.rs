@@ -8,8 +8,10 @@
 //! - [`notify`]: the sd_notify protocol, both as a receiver for workers and a sender to systemd;
 //! - [`listen`]: listening sockets, inherited from systemd or bound here;
 //! - [`control`]: the control socket protocol and its client;
+//! - [`node`]: the Node.js preload and PM2's variables;
 //! - [`output`]: relay of worker stdout/stderr lines;
 //! - [`procfs`]: what /proc says about processes, and workers' process trees;
+//! - [`rundir`]: the runtime directory and the sockets and files corral keeps there;
 //! - [`probe`]: readiness of servers that never say READY=1, from what they wait on.
 
 pub mod cli;
@@ -20,11 +22,13 @@ pub mod generator;
 pub mod journal;
 pub mod keeper;
 pub mod listen;
+pub mod node;
 pub mod nodeipc;
 pub mod notify;
 pub mod output;
 pub mod probe;
 pub mod procfs;
+pub mod rundir;
 pub mod runtime;
 pub mod spawn;
 pub mod supervisor;

@@ -7,7 +7,7 @@
 use std::cell::RefCell;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::PathBuf;
 use std::rc::{Rc, Weak};
 
@@ -305,7 +305,7 @@ fn bind(l: &Listen) -> io::Result<ListenSocket> {
             })
         }
         Address::Unix(path) => {
-            remove_stale_socket(path)?;
+            crate::rundir::remove_stale(path, nix::sys::socket::SockType::Stream)?;
             let s = Socket::new(Domain::UNIX, Type::STREAM, None)?;
             s.bind(&SockAddr::unix(path)?)?;
             let ours = ListenSocket {
@@ -323,31 +323,6 @@ fn bind(l: &Listen) -> io::Result<ListenSocket> {
             s.listen(backlog)?;
             Ok(ours)
         }
-    }
-}
-
-/// Makes way for binding a unix socket at `path`: a socket file left by a dead process is
-/// removed; a live one (something accepts, or its queue is full) or a file that is not a socket
-/// is an error and stays. The probe never blocks.
-pub fn remove_stale_socket(path: &std::path::Path) -> io::Result<()> {
-    let Ok(m) = std::fs::symlink_metadata(path) else {
-        return Ok(());
-    };
-    if !m.file_type().is_socket() {
-        return Err(io::Error::new(
-            io::ErrorKind::AlreadyExists,
-            "a file that is not a socket is in the way",
-        ));
-    }
-    let probe = Socket::new(Domain::UNIX, Type::STREAM, None)?;
-    probe.set_nonblocking(true)?;
-    match probe.connect(&SockAddr::unix(path)?) {
-        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => std::fs::remove_file(path),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        _ => Err(io::Error::new(
-            io::ErrorKind::AddrInUse,
-            "another process is listening there",
-        )),
     }
 }
 

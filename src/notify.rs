@@ -5,22 +5,18 @@
 //! claim to be another one. It is a file in corral's runtime directory, as systemd gives
 //! services `/run/systemd/notify`, because clients that take the variable for a path (the
 //! `sd-notify` crate, `systemd-notify` run as another user, hand-written ones) cannot reach an
-//! abstract name. The file has mode 0600: connecting to a unix socket needs write permission on
-//! it (unix(7)), so only corral's user (the workers' user) and root can send. The supervisor
+//! abstract name. The file has mode 0600: sending to a unix socket needs write permission on it
+//! (unix(7)), so only corral's user (the workers' user) and root can send. The supervisor
 //! itself talks to systemd through the `NOTIFY_SOCKET` it was started with, if any.
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::linux::net::SocketAddrExt;
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use nix::sys::socket::{
-    recvmsg, setsockopt, socket, sockopt, AddressFamily, ControlMessageOwned, MsgFlags, SockFlag,
-    SockType, UnixAddr,
-};
+use nix::sys::socket::{recvmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags, SockType};
 
 /// sd_notify(3) caps a message at what fits one datagram; systemd reads at most this much
 /// (NOTIFY_BUFFER_MAX in systemd's sources is PIPE_BUF). Longer datagrams are truncated and dropped.
@@ -96,10 +92,6 @@ pub struct Datagram {
     pub notification: Notification,
 }
 
-/// The longest path a unix socket address holds: `sun_path` is 108 bytes with the NUL
-/// (unix(7)).
-pub const MAX_SOCKET_PATH: usize = 107;
-
 /// The socket the workers' `NOTIFY_SOCKET` points at; its file goes when this is dropped.
 pub struct NotifySocket {
     fd: OwnedFd,
@@ -109,45 +101,13 @@ pub struct NotifySocket {
 }
 
 impl NotifySocket {
-    /// Binds a datagram socket at `path`, mode 0600. The caller has made sure no other
-    /// supervisor uses the path (its control socket is next to it), so a file there is stale.
-    /// The socket is bound under a temporary name, given its mode, then renamed into place, so
-    /// that it is never reachable with the umask's mode.
+    /// Binds a datagram socket at `path`, mode 0600 (rundir.rs), replacing a stale one and
+    /// refusing one that another process still has bound.
     pub fn bind(path: &Path) -> io::Result<NotifySocket> {
         let text = path.to_str().ok_or_else(|| {
             io::Error::new(io::ErrorKind::InvalidInput, "the path is not valid UTF-8")
         })?;
-        let temp = PathBuf::from(format!("{text}.{}", std::process::id()));
-        if temp.as_os_str().len() > MAX_SOCKET_PATH {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "{text} is {} bytes; a unix socket path holds at most {} (unix(7)), with \
-                     room here for a suffix of {} bytes while it is created: use a shorter \
-                     runtime directory or --control path",
-                    text.len(),
-                    MAX_SOCKET_PATH,
-                    temp.as_os_str().len() - text.len()
-                ),
-            ));
-        }
-        let fd = socket(
-            AddressFamily::Unix,
-            SockType::Datagram,
-            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
-            None,
-        )?;
-        match std::fs::remove_file(&temp) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-            _ => {}
-        }
-        nix::sys::socket::bind(fd.as_raw_fd(), &UnixAddr::new(&temp)?)?;
-        let placed = std::fs::set_permissions(&temp, std::fs::Permissions::from_mode(0o600))
-            .and_then(|()| std::fs::rename(&temp, path));
-        if let Err(e) = placed {
-            let _ = std::fs::remove_file(&temp);
-            return Err(e);
-        }
+        let fd = crate::rundir::bind_socket(path, SockType::Datagram)?;
         // Every datagram then carries SCM_CREDENTIALS, whether or not the sender attached them.
         setsockopt(&fd, sockopt::PassCred, &true)?;
         // Bursts of STATUS= from many workers should not be dropped for want of buffer.
@@ -316,7 +276,7 @@ mod tests {
                 .count()
         };
         let client = std::os::unix::net::UnixDatagram::unbound().unwrap();
-        let addr = UnixAddr::new(s.env_value()).unwrap();
+        let addr = nix::sys::socket::UnixAddr::new(s.env_value()).unwrap();
         let fds = [file.as_raw_fd(); 200];
         for _ in 0..5 {
             let cmsg = [ControlMessage::ScmRights(&fds)];
@@ -364,33 +324,5 @@ mod tests {
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
         d
-    }
-
-    #[test]
-    fn the_file_has_mode_0600_and_replaces_a_stale_one() {
-        use std::os::unix::fs::{FileTypeExt, MetadataExt};
-        let dir = test_dir("mode");
-        let path = dir.join("app.notify");
-        std::fs::write(&path, "stale").unwrap();
-        let s = NotifySocket::bind(&path).unwrap();
-        let m = std::fs::symlink_metadata(&path).unwrap();
-        assert!(m.file_type().is_socket());
-        assert_eq!(m.mode() & 0o777, 0o600);
-        assert_eq!(
-            std::fs::read_dir(&dir).unwrap().count(),
-            1,
-            "no temporary left"
-        );
-        drop(s);
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[test]
-    fn a_path_too_long_for_sun_path_is_a_clear_error() {
-        let long = std::env::temp_dir().join("x".repeat(120));
-        let e = NotifySocket::bind(&long).err().expect("refused");
-        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
-        assert!(e.to_string().contains("at most 107"), "{e}");
-        assert!(!long.exists());
     }
 }

@@ -27,14 +27,12 @@ use std::fmt;
 const EPOLLIN: u32 = 0x1;
 /// `POLLIN` (poll(2)).
 const POLLIN: i16 = 0x1;
-/// At most this many fds of a process are looked at: a server that is still starting has few.
-const MAX_FDS: usize = 4096;
-/// At most this many threads of a process are looked at.
-const MAX_THREADS: usize = 1024;
-/// At most this many `pollfd` entries are read from a process.
+/// At most this many `/proc` entries (fds, threads, processes) are looked at in one probe of one
+/// worker's tree, whatever its shape: a server that is still starting has few, and the probe
+/// runs on the event loop.
+pub const BUDGET: usize = 8192;
+/// At most this many `pollfd` entries are read from a thread.
 const MAX_POLLFDS: u64 = 4096;
-/// At most this many processes of a tree are looked at per probe.
-pub const MAX_PROCESSES: usize = 256;
 
 /// How a process was found waiting for connections.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -212,16 +210,36 @@ pub fn probe(tree: &[i32], inodes: &HashSet<u64>) -> Option<Found> {
     if inodes.is_empty() {
         return None;
     }
-    tree.iter()
-        .take(MAX_PROCESSES)
-        .find_map(|&pid| probe_process(pid, inodes))
+    let mut budget = BUDGET;
+    for &pid in tree {
+        if budget == 0 {
+            return None;
+        }
+        budget -= 1;
+        if let Some(found) = probe_process(pid, inodes, &mut budget) {
+            return Some(found);
+        }
+    }
+    None
 }
 
-fn probe_process(pid: i32, inodes: &HashSet<u64>) -> Option<Found> {
+/// Takes one from `budget` for each item of `items`, and stops when it is spent.
+fn within<'b, T>(
+    items: impl Iterator<Item = T> + 'b,
+    budget: &'b mut usize,
+) -> impl Iterator<Item = T> + 'b {
+    items.take_while(move |_| {
+        let left = *budget > 0;
+        *budget = budget.saturating_sub(1);
+        left
+    })
+}
+
+fn probe_process(pid: i32, inodes: &HashSet<u64>, budget: &mut usize) -> Option<Found> {
     let dir = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
     let mut listeners = HashSet::new();
     let mut epolls = Vec::new();
-    for entry in dir.flatten().take(MAX_FDS) {
+    for entry in within(dir.flatten(), budget) {
         let Some(fd) = entry
             .file_name()
             .to_str()
@@ -254,7 +272,7 @@ fn probe_process(pid: i32, inodes: &HashSet<u64>) -> Option<Found> {
         return None;
     }
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
-    for task in tasks.flatten().take(MAX_THREADS) {
+    for task in within(tasks.flatten(), budget) {
         let Ok(text) = std::fs::read_to_string(task.path().join("syscall")) else {
             continue;
         };
@@ -264,7 +282,10 @@ fn probe_process(pid: i32, inodes: &HashSet<u64>) -> Option<Found> {
         let how = match wait_of(nr, args) {
             Some(Wait::Accept { fd }) if listeners.contains(&fd) => "accept",
             Some(Wait::Poll { addr, count }) if count <= MAX_POLLFDS => {
-                let bytes = read_memory(pid, addr, count as usize * 8)?;
+                // A thread whose memory cannot be read is passed over, not the process.
+                let Some(bytes) = read_memory(pid, addr, count as usize * 8) else {
+                    continue;
+                };
                 if !pollfds_watch(&bytes, &listeners) {
                     continue;
                 }
@@ -272,7 +293,9 @@ fn probe_process(pid: i32, inodes: &HashSet<u64>) -> Option<Found> {
             }
             Some(Wait::Select { nfds, addr }) if addr != 0 => {
                 let len = (nfds.min(libc::FD_SETSIZE as u64) as usize).div_ceil(8);
-                let bytes = read_memory(pid, addr, len.next_multiple_of(8))?;
+                let Some(bytes) = read_memory(pid, addr, len.next_multiple_of(8)) else {
+                    continue;
+                };
                 if !fdset_has(&bytes, nfds, &listeners) {
                     continue;
                 }

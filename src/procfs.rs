@@ -2,10 +2,10 @@
 //! process trees of workers.
 //!
 //! A worker is its whole process tree: a shell wrapper's `exec`-less child, gunicorn's or
-//! hypercorn's worker processes, `npm start`'s node. The kernel offers no "descendants of" query
-//! (`/proc/PID/task/TID/children` needs CONFIG_PROC_CHILDREN, which not every kernel has), so a
-//! tree is built from one pass over `/proc/*/stat`. Every read here is of a small pseudo-file,
-//! and every walk is bounded.
+//! hypercorn's worker processes, `npm start`'s node. A tree is walked down through
+//! `/proc/PID/task/TID/children` (proc(5)), which costs a read per process of the tree; where
+//! the kernel lacks that file (it needs CONFIG_PROC_CHILDREN), from one pass over every
+//! `/proc/*/stat`. Every read here is of a small pseudo-file, and every walk is bounded.
 //!
 //! The text parsers are pure functions, tested on captured text.
 
@@ -147,13 +147,75 @@ pub fn usage(tree: &[Stat]) -> Usage {
     }
 }
 
-/// The usage of each worker's tree, from one pass over `/proc`.
+/// The usage of each worker's tree now.
 pub fn usage_of(workers: &[i32]) -> HashMap<i32, Usage> {
-    let stats = all_stats();
-    trees(workers, &stats)
+    trees_now(workers)
         .into_iter()
         .map(|(root, tree)| (root, usage(&tree)))
         .collect()
+}
+
+/// At most this many processes are read for one tree.
+pub const MAX_TREE: usize = 4096;
+
+/// The children of `pid`, from each of its threads' `children` file; `None` where the kernel
+/// has no such file.
+pub fn children(pid: i32) -> Option<Vec<i32>> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut out = Vec::new();
+    let mut any = false;
+    for t in tasks.flatten() {
+        let Ok(text) = std::fs::read_to_string(t.path().join("children")) else {
+            continue;
+        };
+        any = true;
+        out.extend(
+            text.split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok()),
+        );
+    }
+    any.then_some(out)
+}
+
+/// Whether this kernel has the `children` files (CONFIG_PROC_CHILDREN).
+fn children_files() -> bool {
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| {
+        let me = std::process::id();
+        std::path::Path::new(&format!("/proc/{me}/task/{me}/children")).exists()
+    })
+}
+
+/// The process trees of `roots` (workers, children of this process) now, as [`trees`] makes
+/// them, walked down from the roots rather than from every process there is.
+pub fn trees_now(roots: &[i32]) -> HashMap<i32, Vec<Stat>> {
+    if !children_files() {
+        return trees(roots, &all_stats());
+    }
+    // Orphans of a worker's group reparented to this process (a child subreaper).
+    let mine: Vec<Stat> = children(std::process::id() as i32)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| !roots.contains(p))
+        .filter_map(read_stat)
+        .collect();
+    let mut claimed: HashSet<i32> = HashSet::new();
+    let mut out = HashMap::new();
+    for &root in roots {
+        let mut tree = Vec::new();
+        let mut queue = vec![root];
+        queue.extend(mine.iter().filter(|s| s.pgrp == root).map(|s| s.pid));
+        while let Some(p) = queue.pop() {
+            if tree.len() >= MAX_TREE || !claimed.insert(p) {
+                continue;
+            }
+            let Some(s) = read_stat(p) else { continue };
+            tree.push(s);
+            queue.extend(children(p).unwrap_or_default());
+        }
+        out.insert(root, tree);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -251,5 +313,32 @@ mod tests {
         let u = usage(&t[&200]);
         assert_eq!(u.processes, 5);
         assert!(u.rss_bytes >= 5 * 4096);
+    }
+
+    #[test]
+    fn a_live_tree_is_walked_down_from_its_root() {
+        // This test process, a child of it and that child's child.
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 30 & wait"])
+            .spawn()
+            .unwrap();
+        let me = std::process::id() as i32;
+        let sh = child.id() as i32;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let tree = loop {
+            let t = trees_now(&[sh]);
+            if t[&sh].len() == 2 {
+                break t;
+            }
+            assert!(std::time::Instant::now() < deadline, "{t:?}");
+            std::thread::yield_now();
+        };
+        assert_eq!(tree[&sh][0].pid, sh);
+        assert_eq!(tree[&sh][1].ppid, sh, "the sleep under the shell");
+        let gone = trees_now(&[i32::MAX - 1]);
+        assert!(gone[&(i32::MAX - 1)].is_empty());
+        assert!(trees_now(&[me])[&me].len() >= 3);
+        child.kill().unwrap();
+        let _ = child.wait();
     }
 }

@@ -101,7 +101,7 @@ pub fn run(opts: RunOptions) -> Result<i32, Error> {
     rt.block_on(async move {
         let (server, listener) = control::Server::bind(&control_path)?;
         // Beside the control socket: that one being ours means no other supervisor uses it.
-        let notify_path = notify_path(&control_path);
+        let notify_path = crate::rundir::beside(&control_path, "notify");
         let notify = NotifySocket::bind(&notify_path).map_err(|e| {
             Error::io(
                 format!("cannot create the notify socket {}", notify_path.display()),
@@ -129,10 +129,7 @@ pub fn run(opts: RunOptions) -> Result<i32, Error> {
             exit: None,
             ipc: HashMap::new(),
             ipc_notes: None,
-            preload: Preload {
-                path: preload_path(&control_path),
-                written: false,
-            },
+            preload: crate::node::Preload::new(&control_path),
         };
         let code = lp
             .run(config, listeners, listener, sd_watchdog, &control_path)
@@ -143,80 +140,6 @@ pub fn run(opts: RunOptions) -> Result<i32, Error> {
         flush.flush(Duration::from_secs(2));
         code
     })
-}
-
-/// The workers' `NOTIFY_SOCKET`: the control socket's path with `.notify` for `.sock`.
-fn notify_path(control: &Path) -> PathBuf {
-    beside(control, "notify")
-}
-
-/// Where the Node.js preload is written for the workers: beside the control socket.
-fn preload_path(control: &Path) -> PathBuf {
-    beside(control, "preload.cjs")
-}
-
-fn beside(control: &Path, extension: &str) -> PathBuf {
-    if control.extension().is_some_and(|e| e == "sock") {
-        control.with_extension(extension)
-    } else {
-        let mut p = control.as_os_str().to_owned();
-        p.push(".");
-        p.push(extension);
-        PathBuf::from(p)
-    }
-}
-
-/// corral's Node.js preload (`node/preload.cjs`), built into the binary so that the file the
-/// workers load always matches the supervisor that describes the listeners to it.
-const PRELOAD: &str = include_str!("../node/preload.cjs");
-
-struct Preload {
-    path: PathBuf,
-    written: bool,
-}
-
-impl Preload {
-    /// Writes the file (mode 0444, replaced whole by a rename) once; returns its path.
-    fn ensure(&mut self) -> std::io::Result<&Path> {
-        if !self.written {
-            use std::io::Write;
-            use std::os::unix::fs::OpenOptionsExt;
-            let temp = beside(&self.path, &format!("{}", std::process::id()));
-            let _ = std::fs::remove_file(&temp);
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o444)
-                .open(&temp)?;
-            f.write_all(PRELOAD.as_bytes())?;
-            std::fs::rename(&temp, &self.path)?;
-            self.written = true;
-        }
-        Ok(&self.path)
-    }
-}
-
-impl Drop for Preload {
-    fn drop(&mut self) {
-        if self.written {
-            let _ = std::fs::remove_file(&self.path);
-        }
-    }
-}
-
-/// `NODE_OPTIONS` with `--require PRELOAD` first, then what the worker would have had. Node.js
-/// reads the variable as a list of options with double quotes around a value with spaces.
-fn node_options(preload: &Path, existing: Option<&OsString>) -> OsString {
-    let quoted = preload
-        .to_string_lossy()
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"");
-    let mut v = OsString::from(format!("--require \"{quoted}\""));
-    if let Some(e) = existing.filter(|e| !e.is_empty()) {
-        v.push(" ");
-        v.push(e);
-    }
-    v
 }
 
 /// `WATCHDOG_USEC` for this process (sd_watchdog_enabled(3)): ping at half of it.
@@ -255,6 +178,9 @@ fn start_keeper(stdin: std::os::fd::RawFd) -> Option<crate::keeper::Keeper> {
     }
 }
 
+/// How many notify datagrams one turn of the loop takes at most.
+const NOTIFY_BATCH: usize = 256;
+
 /// How many times the keeper is started in all before corral gives up on it.
 const KEEPER_STARTS: u32 = 5;
 
@@ -283,7 +209,7 @@ struct Loop {
     ipc_notes: Option<mpsc::Sender<(i32, Notification)>>,
     /// The Node.js preload, written beside the control socket the first time a generation
     /// asks for it.
-    preload: Preload,
+    preload: crate::node::Preload,
 }
 
 impl Loop {
@@ -322,7 +248,9 @@ impl Loop {
             control_path.display()
         );
         let params = Params::from_config(&config, workers);
-        let gen = self.add_generation(config, listeners);
+        let gen = self
+            .add_generation(config, listeners)
+            .map_err(Error::Refused)?;
         debug_assert_eq!(gen, 1);
         self.step(Event::Start { params });
 
@@ -390,8 +318,10 @@ impl Loop {
     /// before the next one is read: `systemd-notify` waits for its `BARRIER=1` datagram's fd to
     /// be closed (sd_notify_barrier(3)) and exits then, so its earlier `READY=1` must be
     /// attributed while it is still there to look at.
+    /// At most [`NOTIFY_BATCH`] datagrams are taken at a time: a sender that never stops cannot
+    /// hold the loop, which comes back for the rest after its other work.
     fn take_datagrams(&self, batch: &mut Vec<(WorkerId, Notification)>) -> std::io::Result<()> {
-        loop {
+        for _ in 0..NOTIFY_BATCH {
             match self.notify.recv() {
                 Ok(d) if d.notification.is_empty() => {}
                 Ok(d) => match self.sender(d.pid) {
@@ -406,6 +336,8 @@ impl Loop {
                 }
             }
         }
+        // Not WouldBlock: the socket stays readable, and the loop's next turn takes the rest.
+        Ok(())
     }
 
     /// The worker a datagram's sender belongs to: the worker itself, or any process of its
@@ -459,9 +391,7 @@ impl Loop {
                 let event = match self.spawn(slot, generation) {
                     Ok(pid) => {
                         // The worker leads its own process group (spawn.rs).
-                        if let Some(k) = &mut self.keeper {
-                            k.watch(pid);
-                        }
+                        self.tell_keeper(true, pid);
                         Event::Spawned { id, pid }
                     }
                     Err(error) => Event::SpawnFailed { id, error },
@@ -568,9 +498,10 @@ impl Loop {
         }
     }
 
-    fn add_generation(&mut self, config: Config, listeners: Set) -> u32 {
+    /// Registers a generation; fails (and changes nothing) when its workers' environment cannot
+    /// be made, as when the Node.js preload cannot be written.
+    fn add_generation(&mut self, config: Config, listeners: Set) -> Result<u32, String> {
         let gen = self.next_gen;
-        self.next_gen += 1;
         let mut env: Vec<(OsString, OsString)> = self.base_env.clone();
         for (k, v) in &config.environment {
             env.retain(|(ek, _)| ek.as_bytes() != k.as_bytes());
@@ -582,26 +513,7 @@ impl Loop {
             .map(|(_, v)| v.clone());
         let program = resolve(&config, path.as_deref());
         if config.node.preload {
-            match self.preload.ensure() {
-                Ok(path) => {
-                    let existing = env.iter().find(|(k, _)| k == "NODE_OPTIONS");
-                    let options = node_options(path, existing.map(|(_, v)| v));
-                    env.retain(|(k, _)| k != "NODE_OPTIONS");
-                    env.push(("NODE_OPTIONS".into(), options));
-                }
-                Err(e) => error!(
-                    "cannot write the Node.js preload {}: {e}",
-                    self.preload.path.display()
-                ),
-            }
-            let described = listeners.describe().to_string();
-            env.push(("CORRAL_NODE_LISTEN".into(), described.into()));
-            // PM2's PORT, where it is unambiguous and the config does not set it.
-            let set_here = config.environment.iter().any(|(k, _)| k == "PORT");
-            if let (Some(port), false) = (listeners.only_port(), set_here) {
-                env.retain(|(k, _)| k != "PORT");
-                env.push(("PORT".into(), port.to_string().into()));
-            }
+            self.preload.apply(&mut env, &config, &listeners)?;
         }
         let mut add = |k: &str, v: String| env.push((k.into(), v.into()));
         if !listeners.sockets.is_empty() {
@@ -644,7 +556,8 @@ impl Loop {
                 program,
             },
         );
-        gen
+        self.next_gen += 1;
+        Ok(gen)
     }
 
     fn spawn(&mut self, slot: u32, generation: u32) -> Result<i32, String> {
@@ -735,9 +648,8 @@ impl Loop {
             }
         }
         if !deeper.is_empty() {
-            let stats = crate::procfs::all_stats();
             let roots: Vec<i32> = deeper.iter().map(|&(_, pid, _)| pid).collect();
-            let trees = crate::procfs::trees(&roots, &stats);
+            let trees = crate::procfs::trees_now(&roots);
             for (id, pid, generation) in deeper {
                 let tree: Vec<i32> = trees[&pid]
                     .iter()
@@ -784,44 +696,93 @@ impl Loop {
             };
             // Whatever the worker left in its process group goes with it.
             let _ = killpg(pid, Signal::SIGKILL);
-            if let Some(k) = &mut self.keeper {
-                k.forget(pid.as_raw());
-            }
+            self.tell_keeper(false, pid.as_raw());
             self.ipc.remove(&pid.as_raw());
             self.step(Event::Exited { id, status });
         }
     }
 
-    /// The keeper died while corral lives (someone killed it): start another, and tell it the
-    /// workers there are now.
+    /// Tells the keeper a worker's process group came (`add`) or went. A keeper that does not
+    /// take the record (stopped, its pipe full) is replaced: one that missed a departure would
+    /// kill whoever gets that group id next.
+    fn tell_keeper(&mut self, add: bool, pgid: i32) {
+        let Some(k) = &mut self.keeper else { return };
+        let told = if add { k.watch(pgid) } else { k.forget(pgid) };
+        if let Err(e) = told {
+            let _ = kill(Pid::from_raw(k.pid), Signal::SIGKILL);
+            self.replace_keeper(&format!("does not take what corral tells it ({e})"));
+        }
+    }
+
+    /// The keeper died while corral lives (someone killed it): start another.
     fn keeper_exited(&mut self, status: ExitStatus) {
+        self.replace_keeper(&status.to_string());
+    }
+
+    /// Starts a new keeper, and tells it the workers there are now.
+    fn replace_keeper(&mut self, why: &str) {
         self.keeper = None;
         if self.keeper_starts >= KEEPER_STARTS {
             error!(
-                "the keeper {status}, and was started {KEEPER_STARTS} times: going on without \
-                 one; if corral is killed, processes the workers started may outlive it"
+                "the keeper {why}, and was started {KEEPER_STARTS} times: going on without one; \
+                 if corral is killed, processes the workers started may outlive it"
             );
             return;
         }
-        warn!("the keeper {status}: starting another");
+        warn!("the keeper {why}: starting another");
         self.keeper_starts += 1;
         self.keeper = start_keeper(self.devnull.as_raw_fd());
         if let Some(k) = &mut self.keeper {
             for pid in self.machine.worker_pids() {
-                k.watch(pid);
+                if k.watch(pid).is_err() {
+                    break;
+                }
             }
         }
     }
 
     /// At exit: whatever is left of the workers' trees (orphans reparented to corral, which
-    /// left their worker's process group) is killed, so that nothing of them outlives corral.
+    /// left their worker's process group) is killed with its process group, so that nothing of
+    /// them outlives corral. Their own children come to corral in turn as they die (it is a
+    /// subreaper), and go in the next pass; bounded in time.
     fn kill_leftovers(&mut self) {
         let me = std::process::id() as i32;
+        let my_group = nix::unistd::getpgrp().as_raw();
         let keeper = self.keeper.as_ref().map(|k| k.pid);
-        for s in crate::procfs::all_stats() {
-            if s.ppid == me && Some(s.pid) != keeper {
-                let _ = kill(Pid::from_raw(s.pid), Signal::SIGKILL);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            let left: Vec<i32> = crate::procfs::children(me)
+                .unwrap_or_else(|| {
+                    let all = crate::procfs::all_stats();
+                    all.iter().filter(|s| s.ppid == me).map(|s| s.pid).collect()
+                })
+                .into_iter()
+                .filter(|&p| Some(p) != keeper)
+                .collect();
+            if left.is_empty() {
+                return;
             }
+            for pid in &left {
+                if let Some(s) = crate::procfs::read_stat(*pid) {
+                    if s.pgrp > 1 && s.pgrp != my_group && Some(s.pgrp) != keeper {
+                        let _ = killpg(Pid::from_raw(s.pgrp), Signal::SIGKILL);
+                    }
+                }
+                let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+            }
+            while let Ok(st) = waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                if st == WaitStatus::StillAlive {
+                    break;
+                }
+            }
+            if Instant::now() >= deadline {
+                warn!(
+                    "{} process(es) of the workers' trees would not go",
+                    left.len()
+                );
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
 
@@ -862,7 +823,17 @@ impl Loop {
         reply: Option<Reply>,
     ) {
         let params = Params::from_config(&config, workers);
-        let generation = self.add_generation(config, listeners);
+        let generation = match self.add_generation(config, listeners) {
+            Ok(g) => g,
+            Err(e) => {
+                let msg = format!("reload refused, nothing changed: {e}");
+                error!("{msg}");
+                if let Some(tx) = reply {
+                    tx.send(Response::err(msg));
+                }
+                return;
+            }
+        };
         let request = reply.map(|tx| self.request(tx));
         self.step(Event::Roll {
             generation,

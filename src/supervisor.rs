@@ -422,10 +422,14 @@ impl Supervisor {
 
     /// The earliest time at which `Tick` has something to do.
     pub fn next_deadline(&self) -> Option<Instant> {
+        // A probe is due only for a worker still starting, whatever else forgot to clear it.
         let workers = self
             .workers
             .values()
-            .flat_map(|w| [w.deadline, w.probe_at])
+            .flat_map(|w| {
+                let probe = w.probe_at.filter(|_| w.state == WorkerState::Starting);
+                [w.deadline, probe]
+            })
             .flatten();
         let slots = self.slots.iter().filter_map(|s| s.retry_at);
         workers.chain(slots).chain(self.next_sample).min()
@@ -854,8 +858,7 @@ impl Supervisor {
                     let (slot, pid, gen) = (w.slot, w.pid, w.generation);
                     let (signal, timeout) = (p.stop_signal, p.stop_timeout);
                     let msg = format!(
-                        "still running {} after stop.message: sending {}",
-                        human(timeout),
+                        "did not exit on stop.message in time: sending {}",
                         signal.as_str()
                     );
                     self.log(Level::Warn, Some(slot), pid, Some(gen), msg);
@@ -1331,13 +1334,14 @@ impl Supervisor {
         }
     }
 
-    /// The first step of a graceful stop: `stop.message` alone if there is one, else the stop
-    /// signal.
+    /// The first step of a graceful stop: `stop.message` alone if there is one and the worker
+    /// was ready (one still starting may not listen for messages yet: it would wait out the
+    /// whole timeout for nothing), else the stop signal.
     fn first_stop_step(&mut self, id: WorkerId) {
         let w = self.workers.get_mut(&id).expect("worker exists");
         let Some(pid) = w.pid else { return };
         let p = &self.params[&w.generation];
-        if p.stop_message {
+        if p.stop_message && w.ready_at.is_some() {
             w.signal_pending = true;
             self.out.push(Action::Message { id, pid });
         } else {

@@ -2276,3 +2276,14 @@ fn a_reload_to_exec_readiness_says_it_could_not_wait() {
         "{reply}"
     );
 }
+
+#[test]
+fn a_worker_stopped_before_it_was_ready_gets_the_signal_not_the_message() {
+    let mut h = Harness::started(P::new(1).stop_message());
+    h.roll(2, P::new(1).stop_message(), Scope::All, Some(1));
+    let starting = h.spawn_of(0, 2);
+    h.stop();
+    check_eq!(h, stop_steps(&h, starting), vec!["SIGTERM"]);
+    let ready = h.spawns[0].0;
+    check_eq!(h, stop_steps(&h, ready), vec!["message"]);
+}

@@ -572,25 +572,18 @@ fn a_node_ipc_worker_pings_its_watchdog_over_the_channel() {
         node_ipc(r#"WORKER_WATCHDOG_SLOT = "0""#, "10s") + "[watchdog]\ntimeout = \"1s\"\n";
     let c = Corral::start(&config);
     c.wait_ready(2, 1);
-    // Slot 1 never pings and is caught after 1s; slot 0 lives on for three times as long.
+    // Slot 1 never pings and is caught after 1s; slot 0 pings every 0.5s and lives on: six
+    // pings are three watchdog periods.
     c.wait_for("sent no WATCHDOG=1 for 1.0s", SECS(10));
-    let deadline = std::time::Instant::now() + SECS(10);
-    loop {
-        let s = c.status();
-        let w0 = s["workers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|w| w["slot"] == 0 && w["generation"] == 1)
-            .cloned()
-            .expect("slot 0's first worker is still there");
-        assert_eq!(w0["state"], "ready", "{w0}");
-        if w0["uptime_s"].as_f64().unwrap() >= 3.5 {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    c.wait_for("slot 0 pinged 6 times", SECS(10));
+    let w0 = c.status()["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["slot"] == 0 && w["generation"] == 1)
+        .cloned()
+        .expect("slot 0's first worker is still there");
+    assert_eq!(w0["state"], "ready", "{w0}");
     let silent: Vec<String> = c
         .lines()
         .into_iter()
@@ -690,5 +683,85 @@ fn a_notify_path_too_long_for_a_unix_socket_is_an_error_at_start() {
     assert!(
         err.contains("cannot create the notify socket") && err.contains("at most 107"),
         "{err}"
+    );
+}
+
+/// Pids of the processes whose command line is exactly `argv`.
+fn pids_of(argv: &[&str]) -> Vec<i32> {
+    let want: Vec<u8> = argv
+        .iter()
+        .flat_map(|a| [a.as_bytes(), b"\0"].concat())
+        .collect();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|p| std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| c == want))
+        .collect()
+}
+
+/// Waits (bounded) until exactly one process runs `argv`; its pid.
+fn one_process(argv: &[&str]) -> i32 {
+    let deadline = std::time::Instant::now() + SECS(10);
+    loop {
+        if let [pid] = pids_of(argv)[..] {
+            return pid;
+        }
+        assert!(std::time::Instant::now() < deadline, "no single {argv:?}");
+        std::thread::yield_now();
+    }
+}
+
+#[test]
+fn orphans_that_left_the_workers_group_go_when_corral_exits() {
+    let mut c = Corral::start(&config(1, r#"WORKER_ORPHANS = "1""#));
+    c.wait_ready(1, 1);
+    let orphan = one_process(&["sleep", "3602"]);
+    let its_child = one_process(&["sleep", "3601"]);
+    // Reparented to corral, a child subreaper, not to init.
+    let stat = corral::procfs::read_stat(orphan).unwrap();
+    assert_eq!(stat.ppid, c.pid);
+    assert_ne!(
+        stat.pgrp,
+        c.pids("ready")[0] as i32,
+        "it left the worker's group"
+    );
+    c.signal(Signal::SIGTERM);
+    assert_eq!(c.wait_exit(SECS(20)).unwrap().code(), Some(0));
+    assert!(wait_gone(orphan, SECS(5)), "the orphan outlived corral");
+    assert!(
+        wait_gone(its_child, SECS(5)),
+        "the orphan's child outlived corral"
+    );
+}
+
+#[test]
+fn a_killed_keeper_is_replaced_and_the_new_one_does_its_job() {
+    let mut c = Corral::start(&config(1, r#"WORKER_CHILD_ALLOC_MB = "1""#));
+    c.wait_ready(1, 1);
+    // corral's child named corral-keeper (other tests' corrals have theirs).
+    let keeper = corral::procfs::all_stats()
+        .into_iter()
+        .filter(|s| s.ppid == c.pid)
+        .map(|s| s.pid)
+        .find(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|n| n == "corral-keeper\n")
+        })
+        .expect("corral's keeper");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(keeper), Signal::SIGKILL).unwrap();
+    c.wait_for("the keeper killed by SIGKILL: starting another", SECS(10));
+    // The worker's child, in its process group, must go with a SIGKILLed corral.
+    let worker = c.pids("ready")[0] as i32;
+    let child = corral::procfs::all_stats()
+        .into_iter()
+        .find(|s| s.ppid == worker)
+        .expect("the worker's child")
+        .pid;
+    c.signal(Signal::SIGKILL);
+    c.wait_exit(SECS(10));
+    assert!(wait_gone(worker, SECS(5)));
+    assert!(
+        wait_gone(child, SECS(5)),
+        "the new keeper killed the worker's group"
     );
 }

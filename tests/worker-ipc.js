@@ -26,7 +26,12 @@ process.on("SIGTERM", () => {});
 // Node.js cannot send datagrams: the watchdog is pinged over the IPC channel, by the slot
 // named in WORKER_WATCHDOG_SLOT only (so a test has one worker that pings and one that does not).
 if (env.WATCHDOG_USEC && env.WORKER_WATCHDOG_SLOT === env.CORRAL_WORKER) {
-  setInterval(() => process.send("WATCHDOG=1"), Number(env.WATCHDOG_USEC) / 2000);
+  let pings = 0;
+  setInterval(() => {
+    process.send("WATCHDOG=1");
+    pings += 1;
+    console.log(`slot ${env.CORRAL_WORKER} pinged ${pings} times`);
+  }, Number(env.WATCHDOG_USEC) / 2000);
 }
 process.on("message", (m) => {
   if (m === "shutdown") {

@@ -27,6 +27,8 @@ new config) can change it:
   WORKER_ALLOC_MB=N      hold N MiB of memory (resident) for its whole life
   WORKER_CHILD_ALLOC_MB=N  start a child process that holds N MiB for the worker's whole life
   WORKER_SELECTOR=poll   wait for connections with poll(2) instead of the default (epoll)
+  WORKER_ORPHANS=1       leave behind `sleep 3602`, an orphan in a session of its own, with a
+                         child `sleep 3601` in yet another session
 Paths: GET /crash answers, then exits with code 3; GET /hang stops watchdog pings; GET /slow?s=N
 sends the status and headers (with X-Pid, X-Ppid) at once and the body N seconds later.
 A connection that starts with "HOLD\n" is answered "HELD\n" at once, then read as usual: the
@@ -92,6 +94,17 @@ else:
 
 # Memory that counts in RSS: bytes filled with non-zero data touch every page.
 BALLAST = b"\x01" * (int(env.get("WORKER_ALLOC_MB", "0")) << 20)
+
+if env.get("WORKER_ORPHANS") == "1":
+    # Double fork into a session of its own: the worker's process group and parent are both
+    # left behind, so only corral being a subreaper can still find these.
+    first = os.fork()
+    if first == 0:
+        os.setsid()
+        if os.fork() == 0:
+            os.execvp("sh", ["sh", "-c", "setsid sleep 3601 & exec sleep 3602"])
+        os._exit(0)
+    os.waitpid(first, 0)
 
 if env.get("WORKER_CHILD_ALLOC_MB"):
     # A child of the worker's, in its process group, holding memory until the worker is gone.
