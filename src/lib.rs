@@ -7,6 +7,7 @@
 //! - [`spawn`]: fork/exec of workers (the only `unsafe` in corral);
 //! - [`notify`]: the sd_notify protocol, both as a receiver for workers and a sender to systemd;
 //! - [`listen`]: listening sockets, inherited from systemd or bound here;
+//! - [`balance`]: balanced listeners, a socket per worker with connections steered by corral;
 //! - [`control`]: the control socket protocol and its client;
 //! - [`node`]: the Node.js preload and PM2's variables;
 //! - [`output`]: relay of worker stdout/stderr lines;
@@ -14,6 +15,7 @@
 //! - [`rundir`]: the runtime directory and the sockets and files corral keeps there;
 //! - [`probe`]: readiness of servers that never say READY=1, from what they wait on.
 
+pub mod balance;
 pub mod cli;
 pub mod config;
 pub mod control;

@@ -13,8 +13,10 @@ use std::rc::{Rc, Weak};
 
 use socket2::{Domain, SockAddr, Socket, Type};
 
+use crate::balance::Group;
 use crate::config::{Address, Config, Listen};
 use crate::error::Error;
+use crate::supervisor::WorkerId;
 
 /// One open listening socket. A unix socket file bound here is removed when the last
 /// generation using it lets go (and it is still ours).
@@ -24,9 +26,25 @@ pub struct ListenSocket {
     unix_path: Option<(PathBuf, u64, u64)>,
 }
 
+impl ListenSocket {
+    /// A socket with no file of its own to clean up.
+    pub fn new(fd: OwnedFd) -> ListenSocket {
+        ListenSocket {
+            fd,
+            unix_path: None,
+        }
+    }
+}
+
 impl AsRawFd for ListenSocket {
     fn as_raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
+    }
+}
+
+impl std::os::fd::AsFd for ListenSocket {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.fd)
     }
 }
 
@@ -43,15 +61,54 @@ impl Drop for ListenSocket {
 }
 
 /// The listeners one generation hands its workers, in `[[listen]]` order.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct Set {
     pub names: Vec<String>,
+    /// One socket per listener: the one every worker shares, or, for a balanced listener, one
+    /// of its group's (for what is the same for all of them: the address).
     pub sockets: Vec<Rc<ListenSocket>>,
+    /// The balanced listeners' groups (balance.rs), where a worker gets a socket of its own.
+    pub groups: Vec<Option<Rc<Group>>>,
 }
 
 impl Set {
-    pub fn fds(&self) -> Vec<RawFd> {
-        self.sockets.iter().map(|s| s.as_raw_fd()).collect()
+    /// The sockets a new worker gets, in `[[listen]]` order: the shared ones, and one of its
+    /// own from each balanced listener's group.
+    pub fn sockets_for(&self, worker: WorkerId, slot: u32) -> io::Result<Vec<Rc<ListenSocket>>> {
+        let mut out = Vec::new();
+        for (shared, group) in self.sockets.iter().zip(&self.groups) {
+            match group {
+                Some(g) => match g.take(worker, slot) {
+                    Ok(s) => out.push(s),
+                    Err(e) => {
+                        self.release(worker, None);
+                        return Err(e);
+                    }
+                },
+                None => out.push(shared.clone()),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether any listener is balanced.
+    pub fn balanced(&self) -> bool {
+        self.groups.iter().any(Option::is_some)
+    }
+
+    /// The worker is gone: its own sockets are kept for `keep_for`'s next worker, or go.
+    pub fn release(&self, worker: WorkerId, keep_for: Option<u32>) {
+        for g in self.groups.iter().flatten() {
+            g.release(worker, keep_for);
+        }
+    }
+
+    /// Whether connections wait in the queue of any of the worker's own sockets.
+    pub fn waiting(&self, worker: WorkerId) -> bool {
+        self.groups
+            .iter()
+            .flatten()
+            .any(|g| g.waiting(worker) == Some(true))
     }
     /// The `LISTEN_FDNAMES` value.
     pub fn fdnames(&self) -> String {
@@ -110,8 +167,12 @@ impl Set {
 pub enum Pool {
     /// systemd passed these (socket activation); they are matched to the config by name.
     Systemd(Vec<(String, Rc<ListenSocket>)>),
-    /// corral binds what the config says; sockets still used by some generation are reused.
-    Standalone(RefCell<Vec<(Address, Weak<ListenSocket>)>>),
+    /// corral binds what the config says; sockets (and groups of balanced listeners) still
+    /// used by some generation are reused.
+    Standalone(
+        RefCell<Vec<(Address, Weak<ListenSocket>)>>,
+        RefCell<Vec<(std::net::SocketAddr, Weak<Group>)>>,
+    ),
 }
 
 /// Reads `LISTEN_PID`, `LISTEN_FDS`, `LISTEN_FDNAMES` (sd_listen_fds(3)) and takes the fds, which
@@ -173,7 +234,7 @@ impl Pool {
                     })
                     .collect(),
             ),
-            None => Pool::Standalone(RefCell::new(Vec::new())),
+            None => Pool::Standalone(RefCell::new(Vec::new()), RefCell::new(Vec::new())),
         }
     }
 
@@ -188,6 +249,7 @@ impl Pool {
                     for (name, s) in inherited {
                         set.names.push(name.clone());
                         set.sockets.push(s.clone());
+                        set.groups.push(None);
                     }
                     return Ok(set);
                 }
@@ -198,6 +260,7 @@ impl Pool {
                         Some((_, s)) => {
                             set.names.push(l.name.clone());
                             set.sockets.push(s.clone());
+                            set.groups.push(None);
                         }
                         None => missing.push(l.name.as_str()),
                     }
@@ -213,8 +276,31 @@ impl Pool {
                     )));
                 }
             }
-            Pool::Standalone(bound) => {
+            Pool::Standalone(bound, groups) => {
                 for l in &config.listen {
+                    if let (true, Address::Tcp(addr)) = (l.balance, &l.address) {
+                        let existing = groups
+                            .borrow()
+                            .iter()
+                            .find(|(a, _)| a == addr)
+                            .and_then(|(_, w)| w.upgrade());
+                        let group = match existing {
+                            Some(g) => g,
+                            None => {
+                                let backlog = i32::try_from(l.backlog).unwrap_or(i32::MAX);
+                                let g = Group::bind(*addr, backlog)
+                                    .map_err(|e| listen_error(config, l, e))?;
+                                let mut gs = groups.borrow_mut();
+                                gs.retain(|(_, w)| w.strong_count() > 0);
+                                gs.push((*addr, Rc::downgrade(&g)));
+                                g
+                            }
+                        };
+                        set.names.push(l.name.clone());
+                        set.sockets.push(group.any());
+                        set.groups.push(Some(group));
+                        continue;
+                    }
                     let existing = bound
                         .borrow()
                         .iter()
@@ -235,6 +321,7 @@ impl Pool {
                     };
                     set.names.push(l.name.clone());
                     set.sockets.push(sock);
+                    set.groups.push(None);
                 }
             }
         }
@@ -243,15 +330,22 @@ impl Pool {
 }
 
 impl Pool {
-    /// Under systemd, the listeners whose address in the config is not the address of the
-    /// socket systemd passed under that name: the socket unit still has the old one until
-    /// `systemctl daemon-reload` and a restart of the socket. Standalone: none.
+    /// Under systemd, what the config asks of the listeners that the sockets systemd passed do
+    /// not give: another address (the socket unit keeps the old one until `systemctl
+    /// daemon-reload` and a restart of the socket), or balancing. Standalone: none.
     pub fn address_mismatches(&self, config: &Config) -> Vec<String> {
         let Pool::Systemd(inherited) = self else {
             return Vec::new();
         };
         let mut out = Vec::new();
         for l in &config.listen {
+            if l.balance {
+                out.push(format!(
+                    "listener `{}`: balance = true applies where corral binds the socket; the \
+                     socket systemd passed is shared by every worker",
+                    l.name
+                ));
+            }
             let Some((_, sock)) = inherited.iter().find(|(n, _)| *n == l.name) else {
                 continue;
             };

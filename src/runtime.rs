@@ -110,6 +110,7 @@ pub fn run(opts: RunOptions) -> Result<i32, Error> {
         })?;
         let keeper = start_keeper(devnull.as_raw_fd());
         let mut lp = Loop {
+            worker_io: HashMap::new(),
             keeper,
             keeper_starts: 1,
             app: config.app.clone(),
@@ -159,8 +160,6 @@ struct Generation {
     env: Vec<CString>,
     /// The workers' PATH, for finding the program.
     path: Option<OsString>,
-    /// The listeners' socket inodes, for readiness mode `listen`.
-    inodes: std::collections::HashSet<u64>,
     program: Result<PathBuf, String>,
 }
 
@@ -184,7 +183,17 @@ const NOTIFY_BATCH: usize = 256;
 /// How many times the keeper is started in all before corral gives up on it.
 const KEEPER_STARTS: u32 = 5;
 
+/// What the runtime keeps of a worker it spawned, until it is reaped.
+struct WorkerIo {
+    slot: u32,
+    /// Its generation's listeners, where its own sockets are.
+    listeners: Set,
+    /// The inodes of its listening sockets, for readiness mode `listen`.
+    inodes: std::collections::HashSet<u64>,
+}
+
 struct Loop {
+    worker_io: HashMap<WorkerId, WorkerIo>,
     /// Kills the workers' process groups if corral dies (keeper.rs).
     keeper: Option<crate::keeper::Keeper>,
     keeper_starts: u32,
@@ -247,7 +256,8 @@ impl Loop {
             config.command.join(" "),
             control_path.display()
         );
-        let params = Params::from_config(&config, workers);
+        let mut params = Params::from_config(&config, workers);
+        params.balanced = listeners.balanced();
         let gen = self
             .add_generation(config, listeners)
             .map_err(Error::Refused)?;
@@ -388,7 +398,7 @@ impl Loop {
                 slot,
                 generation,
             } => {
-                let event = match self.spawn(slot, generation) {
+                let event = match self.spawn(id, slot, generation) {
                     Ok(pid) => {
                         // The worker leads its own process group (spawn.rs).
                         self.tell_keeper(true, pid);
@@ -405,6 +415,26 @@ impl Loop {
                 }
             }
             Action::Probe { workers } => self.probe(workers),
+            Action::Balance { serving, slots } => {
+                // Every group a live generation uses, once.
+                let mut done: Vec<*const crate::balance::Group> = Vec::new();
+                for g in self.gens.values() {
+                    for group in g.listeners.groups.iter().flatten() {
+                        if !done.contains(&std::rc::Rc::as_ptr(group)) {
+                            done.push(std::rc::Rc::as_ptr(group));
+                            group.steer(&serving, slots);
+                        }
+                    }
+                }
+            }
+            Action::QueueCheck { workers } => {
+                for id in workers {
+                    if let Some(io) = self.worker_io.get(&id) {
+                        let waiting = io.listeners.waiting(id);
+                        self.step(Event::Queued { id, waiting });
+                    }
+                }
+            }
             Action::Signal { pid, signal, .. } => {
                 let _ = kill(Pid::from_raw(pid), signal);
                 if signal == Signal::SIGKILL {
@@ -540,16 +570,10 @@ impl Loop {
                 CString::new(e).ok()
             })
             .collect();
-        let inodes = if config.readiness.mode == ReadinessMode::Listen {
-            listeners.inodes()
-        } else {
-            Default::default()
-        };
         self.gens.insert(
             gen,
             Generation {
                 config,
-                inodes,
                 listeners,
                 env,
                 path,
@@ -560,7 +584,7 @@ impl Loop {
         Ok(gen)
     }
 
-    fn spawn(&mut self, slot: u32, generation: u32) -> Result<i32, String> {
+    fn spawn(&mut self, id: WorkerId, slot: u32, generation: u32) -> Result<i32, String> {
         let g = self
             .gens
             .get_mut(&generation)
@@ -583,11 +607,21 @@ impl Loop {
             // PM2's instance number (NODE_APP_INSTANCE): the slot.
             env.push(CString::new(format!("NODE_APP_INSTANCE={slot}")).expect("no NUL"));
         }
-        let mut fds = g.listeners.fds();
+        // Its listeners: shared ones, and its own socket of each balanced one (balance.rs).
+        let sockets = g
+            .listeners
+            .sockets_for(id, slot)
+            .map_err(|e| format!("cannot open a listening socket: {e}"))?;
+        let listeners = g.listeners.clone();
+        let release = |why: String| {
+            listeners.release(id, Some(slot));
+            why
+        };
+        let mut fds: Vec<std::os::fd::RawFd> = sockets.iter().map(|s| s.as_raw_fd()).collect();
         let node_ipc = g.config.node_ipc();
         let channel = if node_ipc {
             let (theirs, read, write) = crate::nodeipc::channel()
-                .map_err(|e| format!("cannot create the Node.js IPC channel: {e}"))?;
+                .map_err(|e| release(format!("cannot create the Node.js IPC channel: {e}")))?;
             fds.push(theirs.as_raw_fd());
             Some((theirs, read, write))
         } else {
@@ -606,8 +640,21 @@ impl Loop {
             stderr: err_w.as_raw_fd(),
             directory: g.config.directory.as_deref(),
         };
-        let pid = spawn::spawn(&cmd).map_err(|e| e.to_string())?;
+        let pid = spawn::spawn(&cmd).map_err(|e| release(e.to_string()))?;
         drop((out_w, err_w));
+        let inodes = if g.config.readiness.mode == ReadinessMode::Listen {
+            crate::probe::inodes_of(sockets.iter().map(|s| &**s))
+        } else {
+            Default::default()
+        };
+        self.worker_io.insert(
+            id,
+            WorkerIo {
+                slot,
+                listeners,
+                inodes,
+            },
+        );
         if let (Some((theirs, read, write)), Some(notes)) = (channel, &self.ipc_notes) {
             drop(theirs);
             tokio::spawn(crate::nodeipc::read(read, pid, notes.clone()));
@@ -636,27 +683,24 @@ impl Loop {
         let mut found = Vec::new();
         let mut deeper = Vec::new();
         for (id, pid) in workers {
-            let Some(generation) = self.machine.generation_of(id) else {
+            let Some(io) = self.worker_io.get(&id) else {
                 continue;
             };
-            let Some(g) = self.gens.get(&generation) else {
-                continue;
-            };
-            match crate::probe::probe(&[pid], &g.inodes) {
+            match crate::probe::probe(&[pid], &io.inodes) {
                 Some(f) => found.push((id, f)),
-                None => deeper.push((id, pid, generation)),
+                None => deeper.push((id, pid)),
             }
         }
         if !deeper.is_empty() {
-            let roots: Vec<i32> = deeper.iter().map(|&(_, pid, _)| pid).collect();
+            let roots: Vec<i32> = deeper.iter().map(|&(_, pid)| pid).collect();
             let trees = crate::procfs::trees_now(&roots);
-            for (id, pid, generation) in deeper {
+            for (id, pid) in deeper {
                 let tree: Vec<i32> = trees[&pid]
                     .iter()
                     .map(|s| s.pid)
                     .filter(|&p| p != pid)
                     .collect();
-                if let Some(f) = crate::probe::probe(&tree, &self.gens[&generation].inodes) {
+                if let Some(f) = crate::probe::probe(&tree, &self.worker_io[&id].inodes) {
                     found.push((id, f));
                 }
             }
@@ -699,6 +743,12 @@ impl Loop {
             self.tell_keeper(false, pid.as_raw());
             self.ipc.remove(&pid.as_raw());
             self.step(Event::Exited { id, status });
+            // Its own sockets: kept, with what is queued on them, for the next worker of a
+            // slot that now has none (a crash), else out of their groups.
+            if let Some(io) = self.worker_io.remove(&id) {
+                let keep = self.machine.slot_is_empty(io.slot).then_some(io.slot);
+                io.listeners.release(id, keep);
+            }
         }
     }
 
@@ -822,7 +872,8 @@ impl Loop {
         scope: Scope,
         reply: Option<Reply>,
     ) {
-        let params = Params::from_config(&config, workers);
+        let mut params = Params::from_config(&config, workers);
+        params.balanced = listeners.balanced();
         let generation = match self.add_generation(config, listeners) {
             Ok(g) => g,
             Err(e) => {

@@ -50,6 +50,10 @@ pub struct Params {
     pub reset_after: Duration,
     /// `limits.max_memory`: a ready worker whose RSS is above it is replaced gracefully.
     pub max_memory: Option<u64>,
+    /// Each worker has listening sockets of its own, which corral steers new connections to
+    /// (balance.rs): a worker is drained (steered away from, its queue emptied) before it is
+    /// asked to stop. Set by the runtime, which knows where the sockets came from.
+    pub balanced: bool,
 }
 
 impl Params {
@@ -70,6 +74,7 @@ impl Params {
             max_delay: config.restart.max_delay,
             reset_after: config.restart.reset_after,
             max_memory: config.limits.max_memory,
+            balanced: false,
         }
     }
 }
@@ -150,6 +155,9 @@ pub enum Event {
     Memory { id: WorkerId, rss: u64 },
     /// A `Probe` found the worker's tree waiting for connections (`how` says where and how).
     Listening { id: WorkerId, how: String },
+    /// Whether connections wait in the accept queues of the worker's own sockets, as a
+    /// `QueueCheck` asked.
+    Queued { id: WorkerId, waiting: bool },
 }
 
 /// Messages for systemd (and, standalone, for the terminal).
@@ -193,6 +201,17 @@ pub enum Action {
     /// each that does as `Event::Listening`.
     Probe {
         workers: Vec<(WorkerId, i32)>,
+    },
+    /// Balanced listeners: new connections go to these workers' sockets only (none: the
+    /// kernel's own choice among all). `slots` is the slot count, for sockets kept for a slot.
+    Balance {
+        serving: Vec<WorkerId>,
+        slots: u32,
+    },
+    /// Report whether connections wait in each of these workers' own sockets' queues, as
+    /// `Event::Queued`.
+    QueueCheck {
+        workers: Vec<WorkerId>,
     },
     /// Answer a control request that waited for a roll or a scale.
     Reply {
@@ -257,6 +276,13 @@ struct Worker {
     /// readiness mode `listen`: when the next probe is due, and the wait after it.
     probe_at: Option<Instant>,
     probe_every: Duration,
+    /// Balanced: steered away from before its stop, until its queue has been empty a while.
+    drain_pending: bool,
+    drain_empty_since: Option<Instant>,
+    /// Balanced: its queue backs up (a stalled event loop); new connections go elsewhere.
+    stalled: bool,
+    /// Balanced: at how many checks in a row its queue was not empty.
+    waiting_checks: u8,
     status: Option<String>,
     errno: Option<i32>,
 }
@@ -357,6 +383,10 @@ pub struct Supervisor {
     last_failed: bool,
     /// When memory is next sampled (only while some generation has `limits.max_memory`).
     next_sample: Option<Instant>,
+    /// Balanced: the workers new connections go to, as last announced.
+    serving: Vec<WorkerId>,
+    /// Balanced: when the accept queues are next looked at.
+    next_queue_check: Option<Instant>,
     out: Vec<Action>,
 }
 
@@ -392,6 +422,8 @@ impl Supervisor {
             restarts: 0,
             last_failed: false,
             next_sample: None,
+            serving: Vec::new(),
+            next_queue_check: None,
             out: Vec::new(),
         }
     }
@@ -415,6 +447,7 @@ impl Supervisor {
             Event::Stop => self.on_stop(now),
             Event::Memory { id, rss } => self.on_memory(id, rss, now),
             Event::Listening { id, how } => self.on_listening(id, how, now),
+            Event::Queued { id, waiting } => self.on_queued(id, waiting, now),
         }
         self.settle(now);
         std::mem::take(&mut self.out)
@@ -432,7 +465,10 @@ impl Supervisor {
             })
             .flatten();
         let slots = self.slots.iter().filter_map(|s| s.retry_at);
-        workers.chain(slots).chain(self.next_sample).min()
+        let timers = [self.next_sample, self.next_queue_check]
+            .into_iter()
+            .flatten();
+        workers.chain(slots).chain(timers).min()
     }
 
     /// Which worker a pid belongs to (for exits and notify datagrams).
@@ -441,6 +477,14 @@ impl Supervisor {
             .iter()
             .find(|(_, w)| w.pid == Some(pid))
             .map(|(&id, _)| id)
+    }
+
+    /// Whether a slot is there and has no worker at all (one of its workers crashed, and it
+    /// waits to be refilled).
+    pub fn slot_is_empty(&self, slot: u32) -> bool {
+        self.slots
+            .get(slot as usize)
+            .is_some_and(|s| !s.removing && s.worker.is_none() && s.incoming.is_none())
     }
 
     /// The pids of every worker there is.
@@ -541,6 +585,7 @@ impl Supervisor {
             state: match state {
                 WorkerState::Starting => "starting",
                 WorkerState::Ready => "ready",
+                WorkerState::Stopping if w.drain_pending => "draining",
                 WorkerState::Stopping => "stopping",
             },
             generation: w.generation,
@@ -740,7 +785,10 @@ impl Supervisor {
         if let Some(ext) = msg.extend_timeout {
             // sd_notify(3): extends the current start or stop timeout to at least now + ext.
             let extendable = w.state == WorkerState::Starting
-                || (w.state == WorkerState::Stopping && !w.kill_sent && w.deadline.is_some());
+                || (w.state == WorkerState::Stopping
+                    && !w.kill_sent
+                    && !w.drain_pending
+                    && w.deadline.is_some());
             if extendable {
                 w.deadline = w.deadline.max(Some(now + ext));
             }
@@ -810,6 +858,7 @@ impl Supervisor {
     }
 
     fn on_tick(&mut self, now: Instant) {
+        self.queue_check_due(now);
         if self.next_sample.is_some_and(|t| t <= now) {
             self.next_sample = None;
             let workers: Vec<(WorkerId, i32)> = self
@@ -852,6 +901,15 @@ impl Supervisor {
                     let wd = p.watchdog.unwrap_or_default();
                     let reason = format!("sent no WATCHDOG=1 for {}", human(wd));
                     self.give_up(id, reason, now);
+                }
+                WorkerState::Stopping if w.drain_pending => {
+                    let (slot, pid, gen) = (w.slot, w.pid, w.generation);
+                    let msg = format!(
+                        "its queue did not empty within {}: stopping it anyway",
+                        human(DRAIN_MAX)
+                    );
+                    self.log(Level::Warn, Some(slot), pid, Some(gen), msg);
+                    self.end_drain(id, now);
                 }
                 WorkerState::Stopping if w.signal_pending => {
                     // stop.message was not enough: now the stop signal, and its own timeout.
@@ -1256,6 +1314,10 @@ impl Supervisor {
                 kill_sent: false,
                 said_stopping: false,
                 signal_pending: false,
+                drain_pending: false,
+                drain_empty_since: None,
+                stalled: false,
+                waiting_checks: 0,
                 probe_at: None,
                 probe_every: PROBE_FIRST,
                 status: None,
@@ -1329,7 +1391,10 @@ impl Supervisor {
         w.stop = Some(StopKind::Retire);
         w.deadline = Some(now + p.stop_timeout);
         w.probe_at = None;
-        if w.pid.is_some() {
+        if self.start_drain(id, now) {
+            return;
+        }
+        if self.workers[&id].pid.is_some() {
             self.first_stop_step(id);
         }
     }
@@ -1390,6 +1455,7 @@ impl Supervisor {
         w.state = WorkerState::Stopping;
         w.probe_at = None;
         w.signal_pending = false;
+        w.drain_pending = false;
         w.stop.get_or_insert(StopKind::Retire);
         w.deadline = None;
         if !w.kill_sent {
@@ -1489,6 +1555,7 @@ impl Supervisor {
             self.params.remove(&generation);
             self.out.push(Action::Forget { generation });
         }
+        self.settle_balance(now);
         // Memory is sampled while any worker's config limits it.
         let limited = self.phase == Phase::Running
             && self
@@ -1597,6 +1664,10 @@ pub fn human(d: Duration) -> String {
         format!("{}m{:02}s", s / 60, s % 60)
     }
 }
+
+#[path = "supervisor_drain.rs"]
+pub(crate) mod drain;
+use drain::DRAIN_MAX;
 
 #[cfg(test)]
 #[path = "supervisor_tests.rs"]

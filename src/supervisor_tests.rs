@@ -72,6 +72,7 @@ impl P {
             max_delay: secs(1),
             reset_after: secs(10),
             max_memory: None,
+            balanced: false,
         })
     }
 
@@ -92,6 +93,11 @@ impl P {
 
     fn watchdog(mut self, every: Duration) -> P {
         self.0.watchdog = Some(every);
+        self
+    }
+
+    fn balanced(mut self) -> P {
+        self.0.balanced = true;
         self
     }
 
@@ -2286,4 +2292,136 @@ fn a_worker_stopped_before_it_was_ready_gets_the_signal_not_the_message() {
     check_eq!(h, stop_steps(&h, starting), vec!["SIGTERM"]);
     let ready = h.spawns[0].0;
     check_eq!(h, stop_steps(&h, ready), vec!["message"]);
+}
+
+// ---- balanced listeners: steering and draining ----
+
+/// The serving set of the last `Balance` action.
+fn serving(h: &Harness) -> Vec<WorkerId> {
+    h.actions
+        .iter()
+        .rev()
+        .find_map(|a| match a {
+            Action::Balance { serving, .. } => Some(serving.clone()),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+/// Advances to the next queue check and answers it: `waiting` for the workers listed.
+fn answer_checks(h: &mut Harness, waiting: &[WorkerId]) -> Vec<WorkerId> {
+    let deadline = h.sup.next_deadline().expect("a check is scheduled");
+    h.now = h.now.max(deadline);
+    let out = h.tick();
+    let asked: Vec<WorkerId> = out
+        .iter()
+        .filter_map(|a| match a {
+            Action::QueueCheck { workers } => Some(workers.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    for &id in &asked {
+        let waiting = waiting.contains(&id);
+        h.step(Event::Queued { id, waiting });
+    }
+    asked
+}
+
+#[test]
+fn balanced_workers_get_connections_once_ready_and_a_retired_one_is_drained_first() {
+    let mut h = Harness::start(P::new(2).balanced());
+    let (a, b) = (h.last_spawn(0), h.last_spawn(1));
+    check!(
+        h,
+        serving(&h).is_empty(),
+        "nothing serves before it is ready"
+    );
+    h.ready(a);
+    check_eq!(h, serving(&h), vec![a]);
+    h.ready(b);
+    check_eq!(h, serving(&h), vec![a, b]);
+    h.roll(2, P::new(2).balanced(), Scope::All, Some(1));
+    let a2 = h.spawn_of(0, 2);
+    check_eq!(
+        h,
+        serving(&h),
+        vec![a, b],
+        "a starting worker gets no connections"
+    );
+    h.ready(a2);
+    // a is steered away from, and not asked to stop yet.
+    check_eq!(h, serving(&h), vec![b, a2]);
+    check_eq!(h, h.signals(a), vec![]);
+    let views = h.views(0);
+    let old = views.iter().find(|v| v.generation == 1).unwrap();
+    check_eq!(h, old.state, "draining");
+    // Its queue still holds connections: no stop.
+    let asked = answer_checks(&mut h, &[a]);
+    check!(h, asked.contains(&a));
+    check_eq!(h, h.signals(a), vec![]);
+    // Empty at two checks 100 ms apart: now the stop.
+    let start = h.now;
+    while h.now < start + drain::DRAIN_SETTLE + ms(40) && h.signals(a).is_empty() {
+        answer_checks(&mut h, &[]);
+    }
+    check_eq!(h, h.signals(a), vec![Signal::SIGTERM]);
+    check!(h, h.now - start >= drain::DRAIN_SETTLE);
+    // The stop timeout counts from the signal.
+    h.advance(secs(3) - ms(1));
+    check_eq!(h, h.signals(a), vec![Signal::SIGTERM]);
+    h.advance(ms(1));
+    check_eq!(h, h.signals(a), vec![Signal::SIGTERM, Signal::SIGKILL]);
+}
+
+#[test]
+fn a_drain_that_never_empties_ends_after_its_limit() {
+    let mut h = Harness::started(P::new(1).balanced());
+    let a = h.last_spawn(0);
+    h.roll(2, P::new(1).balanced(), Scope::All, None);
+    h.ready(h.spawn_of(0, 2));
+    let start = h.now;
+    while h.signals(a).is_empty() {
+        answer_checks(&mut h, &[a]);
+        check!(h, h.now <= start + drain::DRAIN_MAX, "bounded");
+    }
+    check_eq!(h, h.now - start, drain::DRAIN_MAX);
+    check!(h, h.context().contains("did not empty within 2.0s"));
+}
+
+#[test]
+fn a_ready_worker_whose_queue_backs_up_is_stepped_around_until_it_empties() {
+    let mut h = Harness::started(P::new(3).balanced());
+    let ids: Vec<WorkerId> = (0..3).map(|s| h.last_spawn(s)).collect();
+    check_eq!(h, serving(&h), ids.clone());
+    answer_checks(&mut h, &[ids[1]]);
+    check_eq!(h, serving(&h), ids.clone(), "once is not a stall");
+    answer_checks(&mut h, &[ids[1]]);
+    check_eq!(h, serving(&h), vec![ids[0], ids[2]]);
+    answer_checks(&mut h, &[]);
+    check_eq!(h, serving(&h), ids.clone(), "back once its queue is empty");
+    // When every worker backs up, all of them serve.
+    answer_checks(&mut h, &ids);
+    answer_checks(&mut h, &ids);
+    check_eq!(h, serving(&h), ids);
+}
+
+#[test]
+fn a_shutdown_does_not_drain_and_unbalanced_workers_are_never_drained() {
+    let mut h = Harness::started(P::new(1).balanced());
+    let a = h.last_spawn(0);
+    h.stop();
+    check_eq!(h, h.signals(a), vec![Signal::SIGTERM]);
+
+    let mut h = Harness::started(P::new(1));
+    let a = h.last_spawn(0);
+    h.roll(2, P::new(1), Scope::All, None);
+    h.ready(h.spawn_of(0, 2));
+    check_eq!(h, h.signals(a), vec![Signal::SIGTERM]);
+    check!(
+        h,
+        !h.actions
+            .iter()
+            .any(|x| matches!(x, Action::Balance { .. } | Action::QueueCheck { .. }))
+    );
 }

@@ -246,6 +246,7 @@ environment = { PYTHONPATH = "{python}", APP_IMPORT_SECONDS = "2" }
 [[listen]]
 name = "http"
 address = "127.0.0.1:{port}"
+balance = true
 [readiness]
 mode = "listen"
 "#,
@@ -278,6 +279,7 @@ environment = { NODE_PATH = "{node_modules}" }
 [[listen]]
 name = "http"
 address = "127.0.0.1:{port}"
+balance = true
 [node]
 preload = true
 [readiness]
@@ -400,6 +402,7 @@ environment = { PYTHONPATH = "{python}" }
 [[listen]]
 name = "http"
 address = "127.0.0.1:{port}"
+balance = true
 [readiness]
 mode = "listen"
 "#,

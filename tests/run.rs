@@ -765,3 +765,51 @@ fn a_killed_keeper_is_replaced_and_the_new_one_does_its_job() {
         "the new keeper killed the worker's group"
     );
 }
+
+/// Three workers behind a balanced listener (a socket each, connections steered by corral).
+fn balanced(workers: u32, env: &str) -> String {
+    config(workers, env).replace(
+        "address = \"127.0.0.1:{port}\"\n",
+        "address = \"127.0.0.1:{port}\"\nbalance = true\n",
+    )
+}
+
+#[test]
+fn a_balanced_listener_spreads_connections_evenly() {
+    let c = Corral::start(&balanced(3, ""));
+    c.wait_ready(3, 1);
+    let mut per_worker = std::collections::BTreeMap::new();
+    for _ in 0..300 {
+        let w = c.get("/").unwrap();
+        *per_worker.entry(w["pid"].as_i64().unwrap()).or_insert(0) += 1;
+    }
+    // At random among 3: about 100 each; below 50 has a chance of about 1e-10.
+    assert_eq!(per_worker.len(), 3, "{per_worker:?}");
+    assert!(per_worker.values().all(|&n| n >= 50), "{per_worker:?}");
+    // Each worker has a socket of its own, and still finds it at fd 3.
+    let w = c.get("/").unwrap();
+    assert_eq!(w["listen_fds"], "1");
+}
+
+#[test]
+fn a_crashed_balanced_workers_queued_connections_wait_for_its_replacement() {
+    let c = Corral::start(&balanced(1, r#"WORKER_READY_DELAY = "0.5""#));
+    c.wait_ready(1, 1);
+    let mark = c.mark();
+    let crashed = c.get("/crash").unwrap()["pid"].as_i64().unwrap();
+    c.wait_for_after(
+        mark,
+        &format!("pid {crashed} (generation 1): exited with code 3"),
+        SECS(10),
+    );
+    // The slot has no worker now: connections queue on its socket, which it keeps for the
+    // next one (were the socket gone, they would be refused: it is the only one).
+    let port = c.port;
+    let waiting: Vec<_> = (0..3)
+        .map(|_| std::thread::spawn(move || http_get(port, "/")))
+        .collect();
+    for t in waiting {
+        let w = t.join().unwrap().expect("served by the replacement");
+        assert_ne!(w["pid"], crashed);
+    }
+}

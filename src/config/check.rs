@@ -43,7 +43,9 @@ pub(super) const TOP_KEYS: &[&str] = &[
     "logs",
     "service",
 ];
-pub(super) const LISTEN_KEYS: &[&str] = &["name", "address", "backlog", "mode", "owner", "group"];
+pub(super) const LISTEN_KEYS: &[&str] = &[
+    "name", "address", "backlog", "balance", "mode", "owner", "group",
+];
 pub(super) const READINESS_KEYS: &[&str] = &["mode", "timeout"];
 pub(super) const WATCHDOG_KEYS: &[&str] = &["timeout"];
 pub(super) const STOP_KEYS: &[&str] = &["signal", "message", "timeout"];
@@ -633,6 +635,7 @@ impl<'a> Checker<'a> {
         let mut mode = None;
         let mut owner = None;
         let mut group = None;
+        let mut balance: Option<(bool, Option<Range<usize>>)> = None;
         // Positions of the unix-only keys, to complain about them on TCP.
         let mut unix_only: Vec<(&str, Option<Range<usize>>)> = Vec::new();
         let mut ok = true;
@@ -651,6 +654,13 @@ impl<'a> Checker<'a> {
                 "backlog" => match self.int_in("listen.backlog", k, v, 1, 65535) {
                     Some(n) => backlog = n as u32,
                     None => ok = false,
+                },
+                "balance" => match v.as_bool() {
+                    Some(b) => balance = Some((b, loc(k, v))),
+                    None => {
+                        self.type_error("listen.balance", k, v, "true or false");
+                        ok = false;
+                    }
                 },
                 "mode" => {
                     unix_only.push(("mode", loc(k, v)));
@@ -692,9 +702,21 @@ impl<'a> Checker<'a> {
                 ok = false;
             }
         }
+        if let (Some(Address::Unix(path)), Some((_, at))) = (&address, &balance) {
+            self.error(
+                at.clone(),
+                format!(
+                    "listen.balance: only applies to TCP addresses; the workers share the unix \
+                     socket {}",
+                    path.display()
+                ),
+            );
+            ok = false;
+        }
         if !ok {
             return None;
         }
+        let tcp = matches!(address, Some(Address::Tcp(_)));
         Some(Listen {
             name: name?,
             address: address?,
@@ -702,6 +724,7 @@ impl<'a> Checker<'a> {
             mode,
             owner,
             group,
+            balance: tcp && balance.is_some_and(|(b, _)| b),
             span_line: header_line,
         })
     }

@@ -107,6 +107,9 @@ pub struct Listen {
     pub owner: Option<String>,
     /// Unix socket file group.
     pub group: Option<String>,
+    /// TCP, bound by corral: a socket per worker, with connections steered (balance.rs).
+    /// False (the default): one socket all workers share.
+    pub balance: bool,
     /// Line of the `[[listen]]` header, for later messages.
     pub span_line: usize,
 }

@@ -751,6 +751,29 @@ fn readiness_errors() {
 }
 
 #[test]
+fn listen_balance() {
+    let c = ok("command = [\"x\"]\n[[listen]]\nname = \"a\"\naddress = \"8080\"\nbalance = true\n[[listen]]\nname = \"b\"\naddress = \"8081\"\n[[listen]]\nname = \"c\"\naddress = \"/run/c.sock\"\n");
+    let b: Vec<bool> = c.listen.iter().map(|l| l.balance).collect();
+    assert_eq!(
+        b,
+        [true, false, false],
+        "TCP balanced when asked, unix never"
+    );
+    assert_error_after_command(
+        "[[listen]]\nname = \"c\"\naddress = \"/run/c.sock\"\nbalance = true\n",
+        5,
+        11,
+        "listen.balance: only applies to TCP addresses",
+    );
+    assert_error_after_command(
+        "[[listen]]\nname = \"a\"\naddress = \"8080\"\nbalance = 1\n",
+        5,
+        11,
+        "listen.balance: expected true or false",
+    );
+}
+
+#[test]
 fn listen_readiness_needs_a_listener() {
     let c = ok("command = [\"x\"]\nreadiness.mode = \"listen\"\n[[listen]]\nname = \"a\"\naddress = \"8080\"\n");
     assert_eq!(c.readiness.mode, ReadinessMode::Listen);
