@@ -370,7 +370,7 @@ mod tests {
         let q = queues_after(addr, 40, &all);
         assert_eq!(q[1], 0, "{q:?}");
         assert!(q[0] > 5 && q[2] > 5 && q[0] + q[2] == 40, "{q:?}");
-        // Worker 1 leaves: socket c takes a's place in the kernel's order; steering follows.
+        // Worker 1 leaves: socket c takes a's place in the kernel's order; the program follows.
         g.release(1, None);
         g.steer(&[3], 3);
         assert_eq!(queues_after(addr, 4, &all[1..]), [0, 4]);

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use super::{Action, Supervisor, WorkerId, WorkerState};
 
 /// How long a draining worker's queue must stay empty before the stop begins: the time for a
-/// connection whose SYN reached its socket just before the steering changed to complete its
+/// connection whose SYN reached its socket just before the program changed to complete its
 /// handshake and be accepted and read.
 pub const DRAIN_SETTLE: Duration = Duration::from_millis(100);
 /// The longest a worker is drained; then it is asked to stop whatever its queue holds.

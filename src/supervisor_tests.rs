@@ -2294,7 +2294,7 @@ fn a_worker_stopped_before_it_was_ready_gets_the_signal_not_the_message() {
     check_eq!(h, stop_steps(&h, ready), vec!["message"]);
 }
 
-// ---- balanced listeners: steering and draining ----
+// ---- balanced listeners: the serving set and draining ----
 
 /// The serving set of the last `Balance` action.
 fn serving(h: &Harness) -> Vec<WorkerId> {
