@@ -14,7 +14,9 @@
 //! started listening in; when one leaves the group, the last takes its place (the kernel's
 //! `reuseport_detach_sock`). [`Group`] mirrors that order: sockets leave the group only through
 //! [`Group::release`], which shuts them down (a listening socket leaves the group when it is
-//! shut down, not when corral closes its copy: a worker's copy would keep it in).
+//! shut down, not when corral closes its copy: a worker's copy would keep it in). A worker that
+//! shuts its own listener down (closing it is fine) breaks the mirror; corral notices the
+//! socket no longer listens, warns, and mends the mirror as well as it can.
 //!
 //! A worker that crashed leaves its socket, and the connections queued on it, to the next
 //! worker of its slot. Whether connections wait in a socket's queue is whether it polls
@@ -176,6 +178,16 @@ struct Inner {
 impl Group {
     /// Binds the group's first socket, which the first worker will take.
     pub fn bind(addr: SocketAddr, backlog: i32) -> io::Result<Rc<Group>> {
+        // SO_REUSEPORT would let this join a group another process of this user listens in:
+        // an address in use must be an error, as for a shared listener. A plain bind says.
+        if addr.port() != 0 {
+            let probe = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+            probe.set_reuse_address(true)?;
+            if addr.is_ipv6() {
+                probe.set_only_v6(false)?;
+            }
+            probe.bind(&addr.into())?;
+        }
         let first = listen_socket(addr, backlog)?;
         let addr = socket2::SockRef::from(&first)
             .local_addr()?
@@ -234,9 +246,30 @@ impl Group {
                 return;
             }
         }
+        // The last socket is about to take s's place: until the program says so, connections
+        // go only to serving sockets that stay where they are.
+        let last = i.order.last().cloned();
+        let staying: Vec<u32> = serving_indices(&i)
+            .into_iter()
+            .filter(|&x| {
+                last.as_ref()
+                    .is_none_or(|l| !Rc::ptr_eq(&i.order[x as usize], l))
+            })
+            .collect();
+        if !staying.is_empty() {
+            attach_through(&i, &program(&staying), self.addr);
+        }
         remove(&mut i, &s);
         drop(i);
         self.apply();
+    }
+
+    /// Sets the listen backlog of every socket (a reload that changed `listen.backlog`).
+    pub fn set_backlog(&self, backlog: i32) -> io::Result<()> {
+        for s in &self.inner.borrow().order {
+            socket2::SockRef::from(&**s).listen(backlog)?;
+        }
+        Ok(())
     }
 
     /// New connections go to these workers' sockets (see [`program`]); sockets kept for slots
@@ -255,28 +288,48 @@ impl Group {
     }
 
     fn apply(&self) {
-        let i = self.inner.borrow();
-        let indices: Vec<u32> = i
-            .serving
-            .iter()
-            .filter_map(|w| i.by_worker.get(w))
-            .filter_map(|s| i.order.iter().position(|o| Rc::ptr_eq(o, s)))
-            .map(|p| p as u32)
-            .collect();
-        if let Some(first) = i.order.first() {
-            if let Err(e) = attach(&**first, &program(&indices)) {
-                tracing::warn!(
-                    "cannot steer connections on {} (SO_ATTACH_REUSEPORT_CBPF): {e}",
-                    self.addr
-                );
-            }
+        let mut i = self.inner.borrow_mut();
+        // A socket that no longer listens left the kernel's group behind corral's back.
+        while let Some(p) = i.order.iter().position(|s| !listening(s)) {
+            tracing::warn!(
+                "a listening socket on {} was shut down by a worker; connections may go to \
+                 the wrong worker until the group is made again (a restart of corral)",
+                self.addr
+            );
+            i.order.swap_remove(p);
         }
+        let indices = serving_indices(&i);
+        attach_through(&i, &program(&indices), self.addr);
     }
 
     /// Whether connections wait in the worker's socket's queue.
     pub fn waiting(&self, worker: WorkerId) -> Option<bool> {
         let i = self.inner.borrow();
         waiting(&**i.by_worker.get(&worker)?).ok()
+    }
+}
+
+/// The indices of the serving workers' sockets in the kernel's order.
+fn serving_indices(i: &Inner) -> Vec<u32> {
+    i.serving
+        .iter()
+        .filter_map(|w| i.by_worker.get(w))
+        .filter_map(|s| i.order.iter().position(|o| Rc::ptr_eq(o, s)))
+        .map(|p| p as u32)
+        .collect()
+}
+
+/// Whether a socket is listening (`SO_ACCEPTCONN`, socket(7)).
+fn listening(s: &ListenSocket) -> bool {
+    nix::sys::socket::getsockopt(s, nix::sys::socket::sockopt::AcceptConn).unwrap_or(false)
+}
+
+/// Attaches `program` to the group through one of its sockets: the program belongs to the
+/// group, but only a socket still in it reaches it.
+fn attach_through(i: &Inner, program: &[Insn], addr: SocketAddr) {
+    let Some(s) = i.order.first() else { return };
+    if let Err(e) = attach(&**s, program) {
+        tracing::warn!("cannot steer connections on {addr} (SO_ATTACH_REUSEPORT_CBPF): {e}");
     }
 }
 

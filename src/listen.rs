@@ -81,7 +81,8 @@ impl Set {
                 Some(g) => match g.take(worker, slot) {
                     Ok(s) => out.push(s),
                     Err(e) => {
-                        self.release(worker, None);
+                        // What was taken goes back to the slot, with what waits on it.
+                        self.release(worker, Some(slot));
                         return Err(e);
                     }
                 },
@@ -155,11 +156,6 @@ impl Set {
             [p] => Some(p),
             _ => None,
         }
-    }
-
-    /// The sockets' inodes: how the readiness probe recognises them in another process.
-    pub fn inodes(&self) -> std::collections::HashSet<u64> {
-        crate::probe::inodes_of(self.sockets.iter().map(|s| &s.fd))
     }
 }
 
@@ -278,14 +274,40 @@ impl Pool {
             }
             Pool::Standalone(bound, groups) => {
                 for l in &config.listen {
-                    if let (true, Address::Tcp(addr)) = (l.balance, &l.address) {
-                        let existing = groups
+                    let shared_there = bound
+                        .borrow()
+                        .iter()
+                        .any(|(a, w)| *a == l.address && w.strong_count() > 0);
+                    let group_there = |addr: &std::net::SocketAddr| {
+                        groups
                             .borrow()
                             .iter()
                             .find(|(a, _)| a == addr)
-                            .and_then(|(_, w)| w.upgrade());
-                        let group = match existing {
-                            Some(g) => g,
+                            .and_then(|(_, w)| w.upgrade())
+                    };
+                    let switched = match &l.address {
+                        Address::Tcp(_) if l.balance => shared_there,
+                        Address::Tcp(a) => group_there(a).is_some(),
+                        Address::Unix(_) => false,
+                    };
+                    if switched {
+                        return Err(listen_error(
+                            config,
+                            l,
+                            io::Error::other(
+                                "listen.balance changed: the socket is open the other way, and \
+                                 changing it takes a restart of corral",
+                            ),
+                        ));
+                    }
+                    if let (true, Address::Tcp(addr)) = (l.balance, &l.address) {
+                        let group = match group_there(addr) {
+                            Some(g) => {
+                                let backlog = i32::try_from(l.backlog).unwrap_or(i32::MAX);
+                                g.set_backlog(backlog)
+                                    .map_err(|e| listen_error(config, l, e))?;
+                                g
+                            }
                             None => {
                                 let backlog = i32::try_from(l.backlog).unwrap_or(i32::MAX);
                                 let g = Group::bind(*addr, backlog)

@@ -428,12 +428,11 @@ impl Loop {
                 }
             }
             Action::QueueCheck { workers } => {
-                for id in workers {
-                    if let Some(io) = self.worker_io.get(&id) {
-                        let waiting = io.listeners.waiting(id);
-                        self.step(Event::Queued { id, waiting });
-                    }
-                }
+                let waiting = workers
+                    .into_iter()
+                    .filter_map(|id| Some((id, self.worker_io.get(&id)?.listeners.waiting(id))))
+                    .collect();
+                self.step(Event::Queued { waiting });
             }
             Action::Signal { pid, signal, .. } => {
                 let _ = kill(Pid::from_raw(pid), signal);

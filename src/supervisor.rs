@@ -44,6 +44,9 @@ pub struct Params {
     /// worker is still there after `stop_timeout` (PM2's `shutdown_with_message`).
     pub stop_message: bool,
     pub stop_timeout: Duration,
+    /// Balanced: how long a draining worker's queue must stay empty before its stop begins
+    /// (`stop.drain`).
+    pub drain: Duration,
     pub policy: RestartPolicy,
     pub delay: Duration,
     pub max_delay: Duration,
@@ -68,6 +71,7 @@ impl Params {
             watchdog: config.watchdog,
             stop_signal: config.stop.signal,
             stop_message: config.stop.message.is_some(),
+            drain: config.stop.drain,
             stop_timeout: config.stop.timeout,
             policy: config.restart.policy,
             delay: config.restart.delay,
@@ -155,9 +159,9 @@ pub enum Event {
     Memory { id: WorkerId, rss: u64 },
     /// A `Probe` found the worker's tree waiting for connections (`how` says where and how).
     Listening { id: WorkerId, how: String },
-    /// Whether connections wait in the accept queues of the worker's own sockets, as a
+    /// Whether connections wait in the accept queues of each worker's own sockets, as a
     /// `QueueCheck` asked.
-    Queued { id: WorkerId, waiting: bool },
+    Queued { waiting: Vec<(WorkerId, bool)> },
 }
 
 /// Messages for systemd (and, standalone, for the terminal).
@@ -208,7 +212,7 @@ pub enum Action {
         serving: Vec<WorkerId>,
         slots: u32,
     },
-    /// Report whether connections wait in each of these workers' own sockets' queues, as
+    /// Report whether connections wait in each of these workers' own sockets' queues, as one
     /// `Event::Queued`.
     QueueCheck {
         workers: Vec<WorkerId>,
@@ -383,8 +387,8 @@ pub struct Supervisor {
     last_failed: bool,
     /// When memory is next sampled (only while some generation has `limits.max_memory`).
     next_sample: Option<Instant>,
-    /// Balanced: the workers new connections go to, as last announced.
-    serving: Vec<WorkerId>,
+    /// Balanced: the workers new connections go to, and the slot count, as last announced.
+    serving: (Vec<WorkerId>, u32),
     /// Balanced: when the accept queues are next looked at.
     next_queue_check: Option<Instant>,
     out: Vec<Action>,
@@ -422,7 +426,7 @@ impl Supervisor {
             restarts: 0,
             last_failed: false,
             next_sample: None,
-            serving: Vec::new(),
+            serving: (Vec::new(), 0),
             next_queue_check: None,
             out: Vec::new(),
         }
@@ -447,7 +451,11 @@ impl Supervisor {
             Event::Stop => self.on_stop(now),
             Event::Memory { id, rss } => self.on_memory(id, rss, now),
             Event::Listening { id, how } => self.on_listening(id, how, now),
-            Event::Queued { id, waiting } => self.on_queued(id, waiting, now),
+            Event::Queued { waiting } => {
+                for (id, w) in waiting {
+                    self.on_queued(id, w, now);
+                }
+            }
         }
         self.settle(now);
         std::mem::take(&mut self.out)
@@ -490,11 +498,6 @@ impl Supervisor {
     /// The pids of every worker there is.
     pub fn worker_pids(&self) -> Vec<i32> {
         self.workers.values().filter_map(|w| w.pid).collect()
-    }
-
-    /// The generation a worker runs.
-    pub fn generation_of(&self, id: WorkerId) -> Option<u32> {
-        self.workers.get(&id).map(|w| w.generation)
     }
 
     /// The generation whose config sets the slot count and policies now.
@@ -905,8 +908,8 @@ impl Supervisor {
                 WorkerState::Stopping if w.drain_pending => {
                     let (slot, pid, gen) = (w.slot, w.pid, w.generation);
                     let msg = format!(
-                        "its queue did not empty within {}: stopping it anyway",
-                        human(DRAIN_MAX)
+                        "its queue did not stay empty within {} of its drain: stopping it anyway",
+                        human(p.drain + DRAIN_MAX)
                     );
                     self.log(Level::Warn, Some(slot), pid, Some(gen), msg);
                     self.end_drain(id, now);
@@ -1102,6 +1105,10 @@ impl Supervisor {
         }
         let ids: Vec<WorkerId> = self.workers.keys().copied().collect();
         for id in ids {
+            // One that was draining is asked to stop now with the others.
+            if self.workers[&id].drain_pending {
+                self.end_drain(id, now);
+            }
             self.retire(id, now);
         }
     }

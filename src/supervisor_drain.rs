@@ -4,22 +4,21 @@
 //! With balanced listeners (balance.rs) each worker accepts from sockets of its own, and corral
 //! tells the kernel which sockets new connections go to. A worker on its way out is first
 //! taken out of that set, and asked to stop only once its accept queue has stayed empty for
-//! [`DRAIN_SETTLE`]: by then it has taken and read every connection that was meant for it, so a
-//! server that closes connections it has accepted but not read when its graceful shutdown
-//! begins (uvicorn, hypercorn, Node.js's `server.close()`) loses none. A ready worker whose
-//! queue was not empty at [`STALL_CHECKS`] checks in a row (its event loop is blocked, or it
-//! cannot keep up) gets no new connections until its queue is empty again, unless every
-//! worker is in that state.
+//! `stop.drain`: by then it has taken and read every connection that was meant for it (a
+//! connection belongs to the socket its SYN reached, so one whose handshake takes longer still
+//! comes), and a server that closes connections it has accepted but not read when its
+//! graceful shutdown begins (uvicorn, hypercorn, Node.js's `server.close()`) loses none. A
+//! ready worker whose queue was not empty at [`STALL_CHECKS`] checks in a row (its event loop
+//! is blocked, or it cannot keep up) gets no new connections until its queue is empty again.
+//! Connections go to ready workers; when none is, to starting ones (which serve soon); never
+//! to a draining or stopping one while there is another.
 
 use std::time::{Duration, Instant};
 
 use super::{Action, Supervisor, WorkerId, WorkerState};
 
-/// How long a draining worker's queue must stay empty before the stop begins: the time for a
-/// connection whose SYN reached its socket just before the program changed to complete its
-/// handshake and be accepted and read.
-pub const DRAIN_SETTLE: Duration = Duration::from_millis(100);
-/// The longest a worker is drained; then it is asked to stop whatever its queue holds.
+/// How much longer than `stop.drain` a worker is drained at most; then it is asked to stop
+/// whatever its queue holds.
 pub const DRAIN_MAX: Duration = Duration::from_secs(2);
 /// How often queues are looked at while a worker drains, and otherwise.
 pub const CHECK_DRAINING: Duration = Duration::from_millis(20);
@@ -39,7 +38,7 @@ impl Supervisor {
         }
         w.drain_pending = true;
         w.drain_empty_since = None;
-        w.deadline = Some(now + DRAIN_MAX);
+        w.deadline = Some(now + self.params[&w.generation].drain + DRAIN_MAX);
         let (slot, pid, gen) = (w.slot, w.pid, w.generation);
         self.log(
             super::Level::Info,
@@ -74,7 +73,7 @@ impl Supervisor {
                 w.drain_empty_since = None;
             } else {
                 let since = *w.drain_empty_since.get_or_insert(now);
-                if now.saturating_duration_since(since) >= DRAIN_SETTLE {
+                if now.saturating_duration_since(since) >= self.params[&w.generation].drain {
                     self.end_drain(id, now);
                 }
             }
@@ -88,29 +87,39 @@ impl Supervisor {
         }
     }
 
-    /// The workers new connections should go to: the ready ones not stepped around, or, when
-    /// every ready one is, all of them.
+    /// The workers new connections should go to: the ready ones not stepped around (nor
+    /// about to stop, having said STOPPING=1), or, when every ready one is, all of them; when
+    /// none is ready, the starting ones, which serve soon.
     fn serving_now(&self) -> Vec<WorkerId> {
-        let ready: Vec<(WorkerId, bool)> = self
-            .workers
-            .iter()
-            .filter(|(_, w)| w.state == WorkerState::Ready && self.params[&w.generation].balanced)
-            .map(|(&id, w)| (id, w.stalled))
-            .collect();
+        let balanced = |w: &super::Worker| self.params[&w.generation].balanced;
+        let in_state = |state: WorkerState| -> Vec<(WorkerId, bool)> {
+            self.workers
+                .iter()
+                .filter(|(_, w)| w.state == state && balanced(w) && !w.said_stopping)
+                .map(|(&id, w)| (id, w.stalled))
+                .collect()
+        };
+        let ready = in_state(WorkerState::Ready);
         let healthy: Vec<WorkerId> = ready
             .iter()
             .filter(|(_, s)| !s)
             .map(|&(id, _)| id)
             .collect();
-        if healthy.is_empty() {
-            ready.into_iter().map(|(id, _)| id).collect()
-        } else {
-            healthy
+        if !healthy.is_empty() {
+            return healthy;
         }
+        if !ready.is_empty() {
+            return ready.into_iter().map(|(id, _)| id).collect();
+        }
+        in_state(WorkerState::Starting)
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect()
     }
 
-    /// After every event: announce a changed serving set, and keep the queue checks going
-    /// while there is anything to look at.
+    /// After every event: announce a changed serving set (or slot count: a slot scaled away
+    /// lets go of the socket it kept), and keep the queue checks going while there is
+    /// anything to look at.
     pub(super) fn settle_balance(&mut self, now: Instant) {
         let balanced = self
             .workers
@@ -118,20 +127,29 @@ impl Supervisor {
             .any(|w| self.params[&w.generation].balanced);
         if !balanced {
             self.next_queue_check = None;
-            if !self.serving.is_empty() {
-                self.serving.clear();
-            }
+            self.serving = (Vec::new(), 0);
             return;
         }
-        let serving = self.serving_now();
-        if serving != self.serving {
-            self.serving = serving.clone();
-            let slots = self.desired;
+        let now_serving = (self.serving_now(), self.desired);
+        if now_serving != self.serving {
+            self.serving = now_serving.clone();
+            let (serving, slots) = now_serving;
             self.out.push(Action::Balance { serving, slots });
         }
-        if self.next_queue_check.is_none() {
+        if self.next_queue_check.is_none() && self.worth_checking() {
             self.next_queue_check = Some(now + self.check_every());
         }
+    }
+
+    /// Queues are worth looking at while a worker drains, or while two or more serve (one
+    /// alone has nowhere else to send connections).
+    fn worth_checking(&self) -> bool {
+        let serving = self
+            .workers
+            .values()
+            .filter(|w| w.state == WorkerState::Ready && self.params[&w.generation].balanced)
+            .count();
+        serving >= 2 || self.workers.values().any(|w| w.drain_pending)
     }
 
     fn check_every(&self) -> Duration {
@@ -147,7 +165,7 @@ impl Supervisor {
         if self.next_queue_check.is_none_or(|t| t > now) {
             return;
         }
-        self.next_queue_check = Some(now + self.check_every());
+        self.next_queue_check = self.worth_checking().then(|| now + self.check_every());
         let workers: Vec<WorkerId> = self
             .workers
             .iter()

@@ -787,8 +787,71 @@ fn a_balanced_listener_spreads_connections_evenly() {
     assert_eq!(per_worker.len(), 3, "{per_worker:?}");
     assert!(per_worker.values().all(|&n| n >= 50), "{per_worker:?}");
     // Each worker has a socket of its own, and still finds it at fd 3.
-    let w = c.get("/").unwrap();
-    assert_eq!(w["listen_fds"], "1");
+    let mut inodes = std::collections::BTreeMap::new();
+    for _ in 0..60 {
+        let w = c.get("/").unwrap();
+        assert_eq!(w["listen_fds"], "1");
+        inodes.insert(
+            w["pid"].as_i64().unwrap(),
+            w["listen_inode"].as_u64().unwrap(),
+        );
+    }
+    let distinct: std::collections::BTreeSet<_> = inodes.values().collect();
+    assert_eq!(distinct.len(), 3, "{inodes:?}");
+}
+
+#[test]
+fn turning_balance_on_or_off_takes_a_restart_and_a_reload_says_so() {
+    let c = Corral::start(&config(2, ""));
+    c.wait_ready(2, 1);
+    c.write_config(&balanced(2, ""));
+    let out = c.ctl(&["reload", "demo"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("listen.balance changed") && err.contains("takes a restart"),
+        "{err}"
+    );
+    c.get("/").expect("the old workers serve on");
+}
+
+#[test]
+fn a_balanced_listener_on_an_address_in_use_is_an_error_at_start() {
+    // Another program of this user listens there with SO_REUSEPORT: corral must not join it.
+    let taken = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    taken.set_reuse_port(true).unwrap();
+    taken
+        .bind(
+            &"127.0.0.1:0"
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+                .into(),
+        )
+        .unwrap();
+    taken.listen(8).unwrap();
+    let port = taken.local_addr().unwrap().as_socket().unwrap().port();
+    let dir = scratch_dir();
+    let config = dir.join("demo.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "command = [\"true\"]\n[[listen]]\nname = \"http\"\naddress = \"127.0.0.1:{port}\"\nbalance = true\n"
+        ),
+    )
+    .unwrap();
+    // Bounded: a corral that joined the other program's group would run on.
+    let out = std::process::Command::new("timeout")
+        .args(["10", CORRAL, "run"])
+        .arg(&config)
+        .arg("--control")
+        .arg(dir.join("demo.sock"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Address already in use"),
+        "{out:?}"
+    );
 }
 
 #[test]

@@ -139,6 +139,8 @@ def describe() -> dict:
         "listen_fds": env.get("LISTEN_FDS"),
         "listen_fdnames": env.get("LISTEN_FDNAMES"),
         "notify_socket": env.get("NOTIFY_SOCKET"),
+        # Which socket this worker's fd 3 is (its inode): shared, or its own.
+        "listen_inode": os.fstat(3).st_ino if env.get("LISTEN_FDS") else None,
         "watchdog_usec": env.get("WATCHDOG_USEC"),
         "watchdog_pid": env.get("WATCHDOG_PID"),
         "fds": FDS_AT_START,

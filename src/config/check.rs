@@ -48,7 +48,7 @@ pub(super) const LISTEN_KEYS: &[&str] = &[
 ];
 pub(super) const READINESS_KEYS: &[&str] = &["mode", "timeout"];
 pub(super) const WATCHDOG_KEYS: &[&str] = &["timeout"];
-pub(super) const STOP_KEYS: &[&str] = &["signal", "message", "timeout"];
+pub(super) const STOP_KEYS: &[&str] = &["signal", "message", "timeout", "drain"];
 pub(super) const RESTART_KEYS: &[&str] = &["policy", "delay", "max_delay", "reset_after"];
 pub(super) const RELOAD_KEYS: &[&str] = &["batch"];
 pub(super) const LIMITS_KEYS: &[&str] = &["max_memory"];
@@ -900,6 +900,11 @@ impl<'a> Checker<'a> {
                 "timeout" => {
                     if let Some(d) = self.duration("stop.timeout", k, v, false) {
                         stop.timeout = d;
+                    }
+                }
+                "drain" => {
+                    if let Some(d) = self.duration("stop.drain", k, v, true) {
+                        stop.drain = d;
                     }
                 }
                 _ => self.unknown_key(k, v, STOP_KEYS, "[stop]"),

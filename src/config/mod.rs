@@ -167,6 +167,9 @@ pub struct Stop {
     /// Message sent over the Node IPC channel (node-ipc readiness only).
     pub message: Option<String>,
     pub timeout: Duration,
+    /// Balanced listeners: how long a worker's queue must stay empty, once it gets no new
+    /// connections, before its stop begins.
+    pub drain: Duration,
 }
 
 impl Default for Stop {
@@ -175,6 +178,7 @@ impl Default for Stop {
             signal: Signal::SIGTERM,
             message: None,
             timeout: Duration::from_secs(30),
+            drain: Duration::from_millis(100),
         }
     }
 }
