@@ -41,6 +41,23 @@ read -r ok failed secs <"$dir/load.out"
 echo "requests: $ok ok, $failed failed, $(python3 -c "print(round($ok / $secs))") req/s over ${secs}s"
 kill -TERM $pid; wait $pid || true
 
+echo "== the same with a balanced listener (a socket per worker, each drained before its stop)"
+sed -i 's/^address = .*/&\nbalance = true/' "$dir/bench.toml"
+"$CORRAL" run "$dir/bench.toml" --control "$dir/bench.sock" 2>"$dir/bench.log" &
+pid=$!
+wait_log "$dir/bench.log" "4/4 ready"
+python3 bench/load.py "$port" 4 120 >"$dir/load.out" &
+load=$!
+for i in 1 2 3; do
+  start=$(date +%s%N)
+  "$CORRAL" reload bench --control "$dir/bench.sock" >/dev/null
+  echo "reload $i: $(( ($(date +%s%N) - start) / 1000000 )) ms"
+done
+kill -TERM $load; wait $load || true
+read -r ok failed secs <"$dir/load.out"
+echo "requests: $ok ok, $failed failed, $(python3 -c "print(round($ok / $secs))") req/s over ${secs}s"
+kill -TERM $pid; wait $pid || true
+
 echo "== crash loop: a worker that exits at once, restart.delay 10ms, max_delay 100ms, for 10s"
 cat > "$dir/crash.toml" <<EOT
 command = ["/bin/false"]
@@ -71,5 +88,6 @@ pid=$!
 wait_log "$dir/idle.log" "8/8 ready"
 before=$(cpu_ms $pid)
 sleep 10
-echo "supervisor CPU: $(python3 -c "print(round($(cpu_ms $pid) - $before))") ms in 10 s idle; RSS $(rss_kib $pid) KiB"
+keeper=$(pgrep -P "$pid" -x corral-keeper)
+echo "supervisor CPU: $(python3 -c "print(round($(cpu_ms $pid) - $before))") ms in 10 s idle; RSS $(rss_kib $pid) KiB; its keeper's RSS $(rss_kib "$keeper") KiB"
 kill -TERM $pid; wait $pid || true
