@@ -455,6 +455,9 @@ impl Loop {
             Action::Systemd(msg) => match msg {
                 supervisor::Systemd::Ready => self.sd_send("READY=1"),
                 supervisor::Systemd::Stopping => self.sd_send("STOPPING=1"),
+                supervisor::Systemd::Extend(d) => {
+                    self.sd_send(&format!("EXTEND_TIMEOUT_USEC={}", d.as_micros()))
+                }
                 supervisor::Systemd::Reloading => {
                     // systemd.service(5), Type=notify-reload: RELOADING=1 with the time it began.
                     let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)

@@ -51,6 +51,11 @@ pub struct Params {
     pub delay: Duration,
     pub max_delay: Duration,
     pub reset_after: Duration,
+    /// A slot failing this many times within `failure_interval` ends the app (0: never).
+    pub max_failures: u32,
+    pub failure_interval: Duration,
+    /// Exit codes after which a slot is not refilled (`restart.stop_exit_codes`).
+    pub stop_exit_codes: Vec<i32>,
     /// `limits.max_memory`: a ready worker whose RSS is above it is replaced gracefully.
     pub max_memory: Option<u64>,
     /// Each worker has listening sockets of its own, which corral steers new connections to
@@ -77,6 +82,9 @@ impl Params {
             delay: config.restart.delay,
             max_delay: config.restart.max_delay,
             reset_after: config.restart.reset_after,
+            max_failures: config.restart.max_failures,
+            failure_interval: config.restart.interval,
+            stop_exit_codes: config.restart.stop_exit_codes.clone(),
             max_memory: config.limits.max_memory,
             balanced: false,
         }
@@ -171,6 +179,9 @@ pub enum Systemd {
     Reloading,
     Stopping,
     Status(String),
+    /// `EXTEND_TIMEOUT_USEC=`: a worker's start or stop was extended, and with it corral's own
+    /// start, reload or stop, which systemd times.
+    Extend(Duration),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -305,6 +316,8 @@ struct Slot {
     removing: bool,
     /// After a failed replacement for memory: no new one before this (the slot's backoff).
     replace_after: Option<Instant>,
+    /// When its workers failed, within the last `restart.interval`.
+    failures: VecDeque<Instant>,
 }
 
 #[derive(Clone, Debug)]
@@ -385,6 +398,8 @@ pub struct Supervisor {
     last_status: String,
     restarts: u64,
     last_failed: bool,
+    /// The exit code once the stop is done: 1 when corral gave up on the app.
+    stop_code: i32,
     /// When memory is next sampled (only while some generation has `limits.max_memory`).
     next_sample: Option<Instant>,
     /// Balanced: the workers new connections go to, and the slot count, as last announced.
@@ -393,6 +408,12 @@ pub struct Supervisor {
     next_queue_check: Option<Instant>,
     out: Vec<Action>,
 }
+
+/// `EXTEND_TIMEOUT_USEC=` pushes a deadline out by at most this many times the phase's
+/// timeout (`readiness.timeout` while starting, `stop.timeout` while stopping) per message.
+pub const EXTEND_FACTOR: u32 = 10;
+/// What corral adds to a worker's extended deadline when it asks systemd to wait for it.
+pub const SYSTEMD_MARGIN: Duration = Duration::from_secs(10);
 
 /// How often workers' memory is checked against `limits.max_memory`.
 pub const MEMORY_SAMPLE_EVERY: Duration = Duration::from_secs(2);
@@ -426,6 +447,7 @@ impl Supervisor {
             restarts: 0,
             last_failed: false,
             next_sample: None,
+            stop_code: 0,
             serving: (Vec::new(), 0),
             next_queue_check: None,
             out: Vec::new(),
@@ -743,6 +765,41 @@ impl Supervisor {
                 }
                 return;
             }
+            // A program that cannot even be started, at the app's start: nothing will change
+            // by trying again.
+            if let Gone::SpawnFailed(e) = &how {
+                if !self.announced_ready && self.roll.is_none() {
+                    self.give_up_app(format!("cannot start the app: {e}"), now);
+                    return;
+                }
+            }
+            let p = &self.params[&self.slots[s].generation];
+            if let Gone::Exited(ExitStatus::Code(c)) = how {
+                if p.stop_exit_codes.contains(&c) {
+                    self.last_failed = false;
+                    self.log(
+                        Level::Info,
+                        Some(w.slot),
+                        None,
+                        None,
+                        format!("exit code {c} is one of restart.stop_exit_codes: not restarted"),
+                    );
+                    return;
+                }
+            }
+            if failed && self.failed_too_often(w.slot, now) {
+                let p = &self.params[&self.slots[s].generation];
+                let reason = format!(
+                    "slot {} failed {} times within {} (the last: {what}): giving up on the \
+                     app (restart.max_failures)",
+                    w.slot,
+                    p.max_failures,
+                    human(p.failure_interval)
+                );
+                self.give_up_app(reason, now);
+                return;
+            }
+            let slot = &mut self.slots[s];
             self.last_failed = failed;
             let policy = self.params[&slot.generation].policy;
             let restart = match policy {
@@ -774,6 +831,38 @@ impl Supervisor {
         // Otherwise: a replaced or retired worker finished draining.
     }
 
+    /// Counts a failure of a slot's worker; whether the slot has now failed
+    /// `restart.max_failures` times within `restart.interval`.
+    fn failed_too_often(&mut self, slot: u32, now: Instant) -> bool {
+        let s = &mut self.slots[slot as usize];
+        let p = &self.params[&s.generation];
+        if p.max_failures == 0 {
+            return false;
+        }
+        s.failures.push_back(now);
+        while s
+            .failures
+            .front()
+            .is_some_and(|&t| now.saturating_duration_since(t) > p.failure_interval)
+        {
+            s.failures.pop_front();
+        }
+        // Bounded: never more than the limit are kept.
+        while s.failures.len() > p.max_failures as usize {
+            s.failures.pop_front();
+        }
+        s.failures.len() >= p.max_failures as usize
+    }
+
+    /// The app cannot be kept running: everything stops, and corral exits 1, so that what
+    /// watches it (systemd's Restart=, StartLimitBurst=, OnFailure=) takes over.
+    fn give_up_app(&mut self, reason: String, now: Instant) {
+        self.log(Level::Error, None, None, None, reason);
+        self.stop_code = 1;
+        self.last_failed = true;
+        self.on_stop(now);
+    }
+
     fn on_notify(&mut self, id: WorkerId, msg: Notification, now: Instant) {
         let Some(w) = self.workers.get_mut(&id) else {
             return;
@@ -793,7 +882,25 @@ impl Supervisor {
                     && !w.drain_pending
                     && w.deadline.is_some());
             if extendable {
+                // At most EXTEND_FACTOR times the phase's own timeout per message: a worker
+                // may keep extending while it makes progress, but one message (even
+                // EXTEND_TIMEOUT_USEC=18446744073709551615) cannot remove the deadline.
+                let phase_timeout = if w.state == WorkerState::Starting {
+                    p.ready_timeout
+                } else {
+                    p.stop_timeout
+                };
+                let ext = ext.min(phase_timeout * EXTEND_FACTOR);
                 w.deadline = w.deadline.max(Some(now + ext));
+                let until = w.deadline.expect("just set");
+                // systemd times corral's own start, reload (ExecReload=) and stop: let it
+                // wait for the worker too (sd_notify(3)).
+                let timed =
+                    self.phase == Phase::Stopping || self.roll.is_some() || !self.announced_ready;
+                if timed {
+                    let wait = until.saturating_duration_since(now) + SYSTEMD_MARGIN;
+                    self.out.push(Action::Systemd(Systemd::Extend(wait)));
+                }
             }
         }
         if msg.watchdog_ping && w.state == WorkerState::Ready {
@@ -822,12 +929,17 @@ impl Supervisor {
             return;
         };
         let slot = &self.slots[w.slot as usize];
+        // At most reload.batch replacements at a time, as in a roll: each is a second process
+        // with its memory until the old one is gone.
+        let replacing = self.slots.iter().filter(|s| s.incoming.is_some()).count() as u32;
+        let batch = self.params[&w.generation].batch.max(1);
         let replaceable = w.state == WorkerState::Ready
             && slot.worker == Some(id)
             && slot.incoming.is_none()
             && !slot.removing
             && slot.replace_after.is_none_or(|t| t <= now)
             && self.roll.is_none()
+            && replacing < batch
             && self.phase == Phase::Running;
         if rss <= limit || !replaceable {
             return;
@@ -1580,7 +1692,7 @@ impl Supervisor {
         match self.phase {
             Phase::Stopping if self.workers.is_empty() => {
                 self.phase = Phase::Idle;
-                self.out.push(Action::Exit(0));
+                self.out.push(Action::Exit(self.stop_code));
             }
             Phase::Running if idle => {
                 self.phase = Phase::Idle;
@@ -1655,6 +1767,7 @@ impl Slot {
             restarts: 0,
             removing: false,
             replace_after: None,
+            failures: VecDeque::new(),
         }
     }
 }

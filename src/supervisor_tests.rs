@@ -74,6 +74,9 @@ impl P {
             reset_after: secs(10),
             max_memory: None,
             balanced: false,
+            max_failures: 10,
+            failure_interval: secs(60),
+            stop_exit_codes: Vec::new(),
         })
     }
 
@@ -94,6 +97,17 @@ impl P {
 
     fn watchdog(mut self, every: Duration) -> P {
         self.0.watchdog = Some(every);
+        self
+    }
+
+    fn max_failures(mut self, n: u32, within: Duration) -> P {
+        self.0.max_failures = n;
+        self.0.failure_interval = within;
+        self
+    }
+
+    fn stop_exit_codes(mut self, codes: &[i32]) -> P {
+        self.0.stop_exit_codes = codes.to_vec();
         self
     }
 
@@ -2493,4 +2507,174 @@ fn one_serving_worker_alone_is_not_checked_on() {
         None,
         "no queue checks: nowhere else to send"
     );
+}
+
+// ---- crash loops, stop exit codes, EXTEND_TIMEOUT_USEC's ceiling, memory batches ----
+
+/// Crashes slot 0's worker `n` times, each as soon as its restart is due.
+fn crash_slot0(h: &mut Harness, n: u32) {
+    for _ in 0..n {
+        let w = h.last_spawn(0);
+        h.ready(w);
+        h.exit(w, 1);
+        if h.exit_code().is_some() || h.snap().state == "stopping" {
+            return;
+        }
+        let due = h.sup.next_deadline().expect("a restart is due");
+        h.now = h.now.max(due);
+        h.tick();
+    }
+}
+
+#[test]
+fn a_slot_that_fails_too_often_within_the_interval_ends_the_app_with_1() {
+    let mut h = Harness::started(P::new(2).max_failures(4, secs(60)));
+    crash_slot0(&mut h, 3);
+    check_eq!(h, h.exit_code(), None, "three failures are a blip");
+    crash_slot0(&mut h, 1);
+    check_eq!(h, h.snap().state, "stopping");
+    check!(
+        h,
+        h.context().contains("slot 0 failed 4 times within 1m00s")
+    );
+    let other = h.last_spawn(1);
+    check_eq!(
+        h,
+        h.signals(other),
+        vec![Signal::SIGTERM],
+        "the rest is stopped gracefully"
+    );
+    h.exit(other, 0);
+    check_eq!(h, h.exit_code(), Some(1));
+}
+
+#[test]
+fn failures_further_apart_than_the_interval_never_add_up() {
+    let mut h = Harness::started(P::new(1).max_failures(3, secs(10)));
+    for _ in 0..6 {
+        crash_slot0(&mut h, 1);
+        h.advance(secs(11));
+    }
+    check_eq!(h, h.exit_code(), None);
+    check_eq!(h, h.snap().state, "running");
+}
+
+#[test]
+fn max_failures_0_never_gives_up() {
+    let mut h = Harness::started(P::new(1).max_failures(0, secs(60)));
+    crash_slot0(&mut h, 50);
+    check_eq!(h, h.exit_code(), None);
+}
+
+#[test]
+fn a_program_that_cannot_be_started_ends_the_app_at_once() {
+    let mut h = Harness::new();
+    h.fail_spawn(0, 1, "cannot run /nonexistent: No such file or directory");
+    h.step(Event::Start {
+        params: P::new(1).into(),
+    });
+    check_eq!(h, h.exit_code(), Some(1));
+    check!(
+        h,
+        h.context()
+            .contains("cannot start the app: cannot run /nonexistent")
+    );
+}
+
+#[test]
+fn a_spawn_failure_once_running_is_a_failure_like_others() {
+    let mut h = Harness::started(P::new(1));
+    let w = h.last_spawn(0);
+    h.fail_spawn(0, 1, "cannot create a pipe: Too many open files");
+    h.exit(w, 1);
+    h.advance(ms(100));
+    check_eq!(h, h.exit_code(), None);
+    check_eq!(h, h.views(0)[0].state, "backoff");
+}
+
+#[test]
+fn a_stop_exit_code_leaves_the_slot_empty_and_others_restart() {
+    let mut h = Harness::started(
+        P::new(2)
+            .stop_exit_codes(&[3])
+            .policy(RestartPolicy::Always),
+    );
+    let (a, b) = (h.last_spawn(0), h.last_spawn(1));
+    h.exit(a, 3);
+    h.advance(secs(5));
+    check_eq!(h, h.spawned_since(0).len(), 2, "slot 0 is not refilled");
+    check!(
+        h,
+        h.context()
+            .contains("exit code 3 is one of restart.stop_exit_codes")
+    );
+    h.exit(b, 4);
+    h.advance(ms(100));
+    check_eq!(
+        h,
+        h.spawned_since(0).len(),
+        3,
+        "another code restarts as always"
+    );
+}
+
+#[test]
+fn extend_timeout_is_capped_and_forwarded_to_systemd_while_corral_is_timed() {
+    let mut h = Harness::start(P::new(1));
+    let w = h.last_spawn(0);
+    let out = h.notify(
+        w,
+        Notification {
+            extend_timeout: Some(Duration::from_micros(u64::MAX)),
+            ..Default::default()
+        },
+    );
+    // readiness.timeout 5s: at most 50s more.
+    check_eq!(h, h.sup.next_deadline(), Some(h.now + secs(50)));
+    check!(
+        h,
+        out.contains(&Action::Systemd(Systemd::Extend(secs(60)))),
+        "{out:?}"
+    );
+    h.advance(secs(50));
+    check_eq!(
+        h,
+        h.signals(w),
+        vec![Signal::SIGKILL],
+        "the capped deadline holds"
+    );
+
+    // While corral stops, systemd times the stop: it hears of the extension too.
+    let mut h = Harness::started(P::new(1));
+    let w = h.last_spawn(0);
+    h.stop();
+    let out = h.notify(
+        w,
+        Notification {
+            extend_timeout: Some(secs(20)),
+            ..Default::default()
+        },
+    );
+    check!(
+        h,
+        out.contains(&Action::Systemd(Systemd::Extend(secs(30)))),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn memory_replacements_go_a_batch_at_a_time() {
+    let mut h = Harness::started(P::new(3).max_memory(100 * MIB));
+    let ids: Vec<WorkerId> = (0..3).map(|s| h.last_spawn(s)).collect();
+    let mark = h.mark();
+    for &id in &ids {
+        h.step(Event::Memory { id, rss: 300 * MIB });
+    }
+    check_eq!(h, h.spawned_since(mark), vec![(0, 1)], "reload.batch is 1");
+    h.ready(h.last_spawn(0));
+    h.step(Event::Memory {
+        id: ids[1],
+        rss: 300 * MIB,
+    });
+    check_eq!(h, h.spawned_since(mark), vec![(0, 1), (1, 1)]);
 }

@@ -170,7 +170,7 @@ fn a_crashed_worker_is_replaced_in_the_same_slot_with_backoff() {
 
 #[test]
 fn exec_failure_is_reported_with_its_cause() {
-    let c = Corral::start(
+    let mut c = Corral::start(
         r#"
 command = ["/nonexistent/server", "--port", "1"]
 [restart]
@@ -186,6 +186,52 @@ delay = "1s"
         !c.lines().iter().any(|l| l.contains("127")),
         "no exit-code-127 mystery"
     );
+    // A program that cannot be started at all ends the app at once, with the reason.
+    c.wait_for("cannot start the app", SECS(10));
+    assert_eq!(c.wait_exit(SECS(10)).unwrap().code(), Some(1));
+}
+
+#[test]
+fn a_crash_loop_past_the_limit_ends_corral_with_1_and_says_why() {
+    let mut c = Corral::start(
+        r#"
+command = ["python3", "{worker}"]
+environment = { WORKER_EXIT_AFTER = "0", WORKER_EXIT_CODE = "1" }
+[restart]
+delay = "10ms"
+max_delay = "20ms"
+max_failures = 5
+interval = "1m"
+"#,
+    );
+    let why = c.wait_for("giving up on the app", SECS(30));
+    assert!(why.contains("slot 0 failed 5 times within 1m00s"), "{why}");
+    assert!(why.contains("exited with code 1"), "{why}");
+    assert_eq!(c.wait_exit(SECS(10)).unwrap().code(), Some(1));
+}
+
+#[test]
+fn extend_timeout_of_u64_max_ends_a_reload_at_the_ceiling() {
+    let c = Corral::start(&config(1, ""));
+    c.wait_ready(1, 1);
+    c.write_config(
+        &config(
+            1,
+            r#"WORKER_NEVER_READY = "1", WORKER_EXTEND_USEC = "18446744073709551615""#,
+        )
+        .replace("timeout = \"10s\"", "timeout = \"1s\""),
+    );
+    // readiness.timeout 1s: an extension is worth 10s at most.
+    let asked = std::time::Instant::now();
+    let out = c.ctl(&["reload", "demo"]);
+    let took = asked.elapsed();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("was not ready within"),
+        "{out:?}"
+    );
+    assert!(took >= SECS(9) && took < SECS(30), "{took:?}");
+    c.get("/").expect("the old worker serves on");
 }
 
 #[test]

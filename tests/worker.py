@@ -27,6 +27,7 @@ new config) can change it:
   WORKER_ALLOC_MB=N      hold N MiB of memory (resident) for its whole life
   WORKER_CHILD_ALLOC_MB=N  start a child process that holds N MiB for the worker's whole life
   WORKER_SELECTOR=poll   wait for connections with poll(2) instead of the default (epoll)
+  WORKER_EXTEND_USEC=N   send EXTEND_TIMEOUT_USEC=N at start
   WORKER_ORPHANS=1       leave behind `sleep 3602`, an orphan in a session of its own, with a
                          child `sleep 3601` in yet another session
 Paths: GET /crash answers, then exits with code 3; GET /hang stops watchdog pings; GET /slow?s=N
@@ -161,6 +162,8 @@ def later(seconds: float, fn) -> None:
 
 
 def get_ready() -> None:
+    if env.get("WORKER_EXTEND_USEC"):
+        notify("EXTEND_TIMEOUT_USEC=" + env["WORKER_EXTEND_USEC"])
     if env.get("WORKER_READY_FROM_CHILD") == "1":
         # A child says it (corral hears a worker's whole tree). It stays until the worker
         # exits, so that corral can see whose child it is when it reads the datagram.

@@ -49,7 +49,15 @@ pub(super) const LISTEN_KEYS: &[&str] = &[
 pub(super) const READINESS_KEYS: &[&str] = &["mode", "timeout"];
 pub(super) const WATCHDOG_KEYS: &[&str] = &["timeout"];
 pub(super) const STOP_KEYS: &[&str] = &["signal", "message", "timeout", "drain"];
-pub(super) const RESTART_KEYS: &[&str] = &["policy", "delay", "max_delay", "reset_after"];
+pub(super) const RESTART_KEYS: &[&str] = &[
+    "policy",
+    "delay",
+    "max_delay",
+    "reset_after",
+    "max_failures",
+    "interval",
+    "stop_exit_codes",
+];
 pub(super) const RELOAD_KEYS: &[&str] = &["batch"];
 pub(super) const LIMITS_KEYS: &[&str] = &["max_memory"];
 pub(super) const LOGS_KEYS: &[&str] = &["stderr_priority"];
@@ -943,6 +951,21 @@ impl<'a> Checker<'a> {
                         restart.reset_after = d;
                     }
                 }
+                "max_failures" => {
+                    if let Some(n) = self.int_in("restart.max_failures", k, v, 0, 100_000) {
+                        restart.max_failures = n as u32;
+                    }
+                }
+                "interval" => {
+                    if let Some(d) = self.duration("restart.interval", k, v, false) {
+                        restart.interval = d;
+                    }
+                }
+                "stop_exit_codes" => {
+                    if let Some(codes) = self.exit_codes(k, v) {
+                        restart.stop_exit_codes = codes;
+                    }
+                }
                 _ => self.unknown_key(k, v, RESTART_KEYS, "[restart]"),
             }
         }
@@ -975,6 +998,37 @@ impl<'a> Checker<'a> {
                 );
             }
         }
+    }
+
+    /// `restart.stop_exit_codes`: an array of exit codes, 0 to 255.
+    fn exit_codes(&mut self, key: &Key, item: &Item) -> Option<Vec<i32>> {
+        const NAME: &str = "restart.stop_exit_codes";
+        let Some(array) = item.as_array() else {
+            self.type_error(NAME, key, item, "an array of exit codes like [0, 3]");
+            return None;
+        };
+        let mut codes = Vec::new();
+        let mut ok = true;
+        for value in array.iter() {
+            match value.as_integer() {
+                Some(c) if (0..=255).contains(&c) => codes.push(c as i32),
+                Some(c) => {
+                    self.error(
+                        value.span(),
+                        format!("{NAME}: an exit code is 0 to 255, found {c}"),
+                    );
+                    ok = false;
+                }
+                None => {
+                    self.error(
+                        value.span(),
+                        format!("{NAME}: expected integers, found {}", describe_value(value)),
+                    );
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(codes)
     }
 
     fn batch(&mut self, key: &Key, item: &Item) -> Option<Batch> {

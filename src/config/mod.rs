@@ -203,6 +203,12 @@ pub struct Restart {
     pub max_delay: Duration,
     /// A worker that has been ready this long resets the backoff.
     pub reset_after: Duration,
+    /// A slot that fails this many times within `interval` ends the app (0: never).
+    pub max_failures: u32,
+    pub interval: Duration,
+    /// Exit codes that mean "stopped on purpose": the slot is not refilled (PM2's
+    /// `stop_exit_codes`).
+    pub stop_exit_codes: Vec<i32>,
 }
 
 impl Default for Restart {
@@ -212,6 +218,12 @@ impl Default for Restart {
             delay: Duration::from_millis(100),
             max_delay: Duration::from_secs(30),
             reset_after: Duration::from_secs(10),
+            // With the default backoff, a worker that fails at once every time reaches its
+            // tenth failure about 51 s after its first: a blip of a few failures never ends
+            // the app; a program that cannot start ends it within a minute.
+            max_failures: 10,
+            interval: Duration::from_secs(60),
+            stop_exit_codes: Vec::new(),
         }
     }
 }
