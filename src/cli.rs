@@ -96,6 +96,19 @@ pub enum Cmd {
         #[arg(long, value_name = "DIR", default_value = ".")]
         output: PathBuf,
     },
+    /// Send a signal to the workers (all, or one slot's), like `pm2 sendSignal`.
+    Signal {
+        app: String,
+        /// A signal name, like USR1, SIGUSR2 or HUP.
+        #[arg(value_name = "SIGNAL")]
+        signal: String,
+        /// Only this slot's worker.
+        #[arg(long, value_name = "N")]
+        worker: Option<u32>,
+        /// Control socket path (default: found from APP, see corral(1)).
+        #[arg(long, value_name = "PATH")]
+        control: Option<PathBuf>,
+    },
     /// Change the number of workers now: N, +N or -N (until the next reload re-reads `workers`).
     Scale {
         app: String,

@@ -36,6 +36,12 @@ pub enum Command {
         /// "4", "+2" or "-1"
         workers: String,
     },
+    /// Send a signal to the workers, or to one slot's.
+    Signal {
+        signal: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        worker: Option<u32>,
+    },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -4,6 +4,7 @@
 //! - [`config`]: the app config file, validated with line:column diagnostics;
 //! - [`supervisor`]: the pure decision core, `step(event, now) -> actions`;
 //! - [`runtime`]: the single event loop that performs those actions;
+//! - [`signals`]: what each signal sent to the supervisor does;
 //! - [`spawn`]: fork/exec of workers (the only `unsafe` in corral);
 //! - [`notify`]: the sd_notify protocol, both as a receiver for workers and a sender to systemd;
 //! - [`listen`]: listening sockets, inherited from systemd or bound here;
@@ -32,6 +33,7 @@ pub mod probe;
 pub mod procfs;
 pub mod rundir;
 pub mod runtime;
+pub mod signals;
 pub mod spawn;
 pub mod supervisor;
 pub mod units;

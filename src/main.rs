@@ -111,6 +111,17 @@ fn dispatch(cmd: Cmd) -> Result<i32, Error> {
             "scaled",
             Some(QUICK),
         ),
+        Cmd::Signal {
+            app,
+            signal,
+            worker,
+            control,
+        } => remote(
+            &control_path(&app, control),
+            Command::Signal { signal, worker },
+            "sent",
+            Some(QUICK),
+        ),
     }
 }
 

@@ -17,7 +17,6 @@ use nix::sys::signal::{kill, killpg, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use tokio::net::unix::OwnedWriteHalf;
-use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
@@ -111,6 +110,7 @@ pub fn run(opts: RunOptions) -> Result<i32, Error> {
         let keeper = start_keeper(devnull.as_raw_fd());
         let mut lp = Loop {
             worker_io: HashMap::new(),
+            terminal_gone: false,
             keeper,
             keeper_starts: 1,
             app: config.app.clone(),
@@ -194,6 +194,8 @@ struct WorkerIo {
 
 struct Loop {
     worker_io: HashMap<WorkerId, WorkerIo>,
+    /// The terminal corral ran in went away; later SIGHUPs are its echoes.
+    terminal_gone: bool,
     /// Kills the workers' process groups if corral dies (keeper.rs).
     keeper: Option<crate::keeper::Keeper>,
     keeper_starts: u32,
@@ -230,13 +232,11 @@ impl Loop {
         sd_watchdog: Option<Duration>,
         control_path: &Path,
     ) -> Result<i32, Error> {
-        let sig = |k: SignalKind| signal(k).map_err(|e| Error::io("cannot handle signals", e));
-        let (mut chld, mut term, mut int, mut hup) = (
-            sig(SignalKind::child())?,
-            sig(SignalKind::terminate())?,
-            sig(SignalKind::interrupt())?,
-            sig(SignalKind::hangup())?,
-        );
+        let mut signals = crate::signals::Signals::install()
+            .map_err(|e| Error::io("cannot handle signals", e))?;
+        let terminal = crate::signals::Terminal::at_start();
+        let [term, int, quit] = &mut signals.stop;
+        let [usr1, usr2] = &mut signals.usr;
         let notify_io = self
             .notify
             .try_clone_std()
@@ -283,13 +283,31 @@ impl Loop {
                 }
             };
             tokio::select! {
-                _ = chld.recv() => {
+                _ = signals.chld.recv() => {
                     self.drain_notify();
                     self.reap();
                 }
                 _ = term.recv() => self.step(Event::Stop),
                 _ = int.recv() => self.step(Event::Stop),
-                _ = hup.recv() => self.reload(None),
+                _ = quit.recv() => self.step(Event::Stop),
+                _ = signals.hup.recv() => {
+                    if !terminal.gone() {
+                        self.reload(None);
+                    } else if !self.terminal_gone {
+                        // A closed terminal window, not an operator: stop, once.
+                        self.terminal_gone = true;
+                        info!("the terminal went away (SIGHUP): stopping");
+                        self.step(Event::Stop);
+                    }
+                }
+                _ = usr1.recv() => info!(
+                    "SIGUSR1 ignored: to send it to the workers, `corral signal {} USR1`",
+                    self.app
+                ),
+                _ = usr2.recv() => info!(
+                    "SIGUSR2 ignored: to send it to the workers, `corral signal {} USR2`",
+                    self.app
+                ),
                 ready = notify_io.readable() => {
                     ready.map_err(|e| Error::io("notify socket", e))?;
                     // Inside try_io: the WouldBlock that ends the batch clears the readiness.
@@ -936,6 +954,7 @@ impl Loop {
                 let scope = worker.map_or(Scope::All, Scope::Slot);
                 self.roll_to(config, listeners, workers, scope, Some(reply));
             }
+            Command::Signal { signal, worker } => reply.send(self.signal_workers(&signal, worker)),
             Command::Scale { workers } => {
                 let target = match parse_scale(&workers, self.machine.desired()) {
                     Ok(n) => n,
@@ -951,6 +970,35 @@ impl Loop {
                 });
             }
         }
+    }
+}
+
+impl Loop {
+    /// `corral signal`: the signal to each worker process (not its children: a worker that
+    /// wants them to hear it passes it on, as a shell wrapper's trap does).
+    fn signal_workers(&mut self, name: &str, worker: Option<u32>) -> Response {
+        let signal = match crate::config::parse_signal(name) {
+            Ok(s) => s,
+            Err(e) => return Response::err(format!("cannot send {name:?}: {e}")),
+        };
+        let pids = match self.machine.slot_pids(worker) {
+            Ok(p) => p,
+            Err(e) => return Response::err(e),
+        };
+        let mut sent = Vec::new();
+        for pid in pids {
+            if kill(Pid::from_raw(pid), signal).is_ok() {
+                sent.push(pid.to_string());
+            }
+        }
+        let msg = format!(
+            "sent {} to {} worker(s): pid {}",
+            signal.as_str(),
+            sent.len(),
+            sent.join(", ")
+        );
+        info!("{msg}");
+        Response::ok(msg)
     }
 }
 

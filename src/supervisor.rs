@@ -522,6 +522,21 @@ impl Supervisor {
         self.workers.values().filter_map(|w| w.pid).collect()
     }
 
+    /// The pids of the workers of `slot` (its serving one and a replacement starting), or of
+    /// every slot, in slot order; `Err` names the slots there are.
+    pub fn slot_pids(&self, slot: Option<u32>) -> Result<Vec<i32>, String> {
+        if let Some(n) = slot {
+            self.check_scope(Scope::Slot(n))?;
+        }
+        let mut ws: Vec<&Worker> = self
+            .workers
+            .values()
+            .filter(|w| slot.is_none_or(|n| w.slot == n))
+            .collect();
+        ws.sort_by_key(|w| (w.slot, w.generation));
+        Ok(ws.into_iter().filter_map(|w| w.pid).collect())
+    }
+
     /// The generation whose config sets the slot count and policies now.
     pub fn active_generation(&self) -> u32 {
         self.active

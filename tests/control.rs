@@ -451,3 +451,37 @@ fn a_supervisor_of_another_protocol_version_gives_a_clear_error() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn corral_signal_reaches_every_worker_or_one_slot() {
+    let c = Corral::start(TEMPLATE);
+    c.wait_ready(2, 1);
+    let out = c.ctl(&["signal", "demo", "USR1"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("sent SIGUSR1 to 2 worker(s)"),
+        "{out:?}"
+    );
+    c.wait_for("slot 0 got SIGUSR1", SECS(10));
+    c.wait_for("slot 1 got SIGUSR1", SECS(10));
+    let mark = c.mark();
+    let out = c.ctl(&["signal", "demo", "SIGUSR2", "--worker", "1"]);
+    assert!(out.status.success(), "{out:?}");
+    c.wait_for_after(mark, "slot 1 got SIGUSR2", SECS(10));
+    // Bad input: a clear error, nothing sent.
+    let out = c.ctl(&["signal", "demo", "USR3"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unknown signal"),
+        "{out:?}"
+    );
+    let out = c.ctl(&["signal", "demo", "USR1", "--worker", "7"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("there is no worker 7"),
+        "{out:?}"
+    );
+    assert!(!c.lines()[mark..]
+        .iter()
+        .any(|l| l.contains("slot 0 got SIGUSR2")));
+}

@@ -922,3 +922,86 @@ fn a_crashed_balanced_workers_queued_connections_wait_for_its_replacement() {
         assert_ne!(w["pid"], crashed);
     }
 }
+
+#[test]
+fn stray_signals_to_corral_fail_no_request_and_leave_it_running() {
+    let c = Corral::start(&config(3, ""));
+    c.wait_ready(3, 1);
+    let load = Load::start(c.port);
+    c.get("/").unwrap();
+    let rtmin = libc::SIGRTMIN();
+    for sig in [
+        libc::SIGUSR1,
+        libc::SIGUSR2,
+        libc::SIGWINCH,
+        libc::SIGPIPE,
+        libc::SIGALRM,
+        libc::SIGIO,
+        libc::SIGPWR,
+        libc::SIGXCPU,
+        rtmin,
+        rtmin + 3,
+    ] {
+        // By number, as kill(1) takes it: the real-time ones have no name in nix.
+        let sent = std::process::Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(c.pid.to_string())
+            .status()
+            .unwrap();
+        assert!(sent.success());
+    }
+    c.wait_for(
+        "SIGUSR1 ignored: to send it to the workers, `corral signal demo USR1`",
+        SECS(5),
+    );
+    c.wait_for("SIGUSR2 ignored", SECS(5));
+    let s = c.status();
+    assert_eq!(s["generation"], 1, "no signal but HUP reloads");
+    assert_eq!(s["ready"], 3);
+    for _ in 0..20 {
+        c.get("/").expect("served after the signals");
+    }
+    load.finish_without_failures(10);
+}
+
+#[test]
+fn a_closed_terminal_stops_a_foreground_corral_gracefully() {
+    // script(1) runs corral on a pseudo-terminal, as a terminal window would; killing script
+    // closes the terminal: corral gets SIGHUP from the kernel, as at a closed window.
+    let c = Corral::start_with(&config(2, ""), |cmd| {
+        let inner: Vec<String> = std::iter::once(cmd.get_program())
+            .chain(cmd.get_args())
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        // The typescript goes to script's stderr, which the harness reads as corral's log.
+        let mut script = std::process::Command::new("script");
+        script.args(["-qfec", &inner.join(" "), "/dev/stderr"]);
+        for (k, v) in cmd.get_envs() {
+            match v {
+                Some(v) => script.env(k, v),
+                None => script.env_remove(k),
+            };
+        }
+        *cmd = script;
+    });
+    c.wait_ready(2, 1);
+    let status = c.status();
+    let corral = status["pid"].as_i64().unwrap() as i32;
+    let workers: Vec<i32> = status["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["pid"].as_i64().unwrap() as i32)
+        .collect();
+    c.signal(Signal::SIGKILL); // script: the terminal goes away
+    assert!(wait_gone(corral, SECS(20)), "corral stopped");
+    for w in workers {
+        assert!(wait_gone(w, SECS(5)));
+    }
+    // A graceful stop removes the control socket; a killed corral would leave it.
+    assert!(!c.control.exists(), "corral stopped gracefully");
+    assert!(
+        !c.lines().iter().any(|l| l.contains("reload:")),
+        "not taken for a reload"
+    );
+}

@@ -24,6 +24,7 @@ new config) can change it:
                          ("{slot}" in them becomes the slot number)
   WORKER_SAY_LONG=N      a line of N "L"s on stdout at start
   WORKER_SAY_BINARY=1    a line that is not UTF-8 on stdout at start
+  (SIGUSR1 and SIGUSR2 print "slot N got SIGUSR1" on stdout.)
   WORKER_ALLOC_MB=N      hold N MiB of memory (resident) for its whole life
   WORKER_CHILD_ALLOC_MB=N  start a child process that holds N MiB for the worker's whole life
   WORKER_SELECTOR=poll   wait for connections with poll(2) instead of the default (epoll)
@@ -87,6 +88,14 @@ def on_term(_sig, _frame):
     except OSError:
         pass
 
+
+def on_usr(sig, _frame):
+    # For `corral signal`: say which signal this slot got.
+    print(f"slot {env.get('CORRAL_WORKER')} got {signal.Signals(sig).name}", flush=True)
+
+
+signal.signal(signal.SIGUSR1, on_usr)
+signal.signal(signal.SIGUSR2, on_usr)
 
 if env.get("WORKER_IGNORE_TERM") == "1":
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
