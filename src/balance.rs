@@ -15,8 +15,9 @@
 //! `reuseport_detach_sock`). [`Group`] mirrors that order: sockets leave the group only through
 //! [`Group::release`], which shuts them down (a listening socket leaves the group when it is
 //! shut down, not when corral closes its copy: a worker's copy would keep it in). A worker that
-//! shuts its own listener down (closing it is fine) breaks the mirror; corral notices the
-//! socket no longer listens, warns, and mends the mirror as well as it can.
+//! shuts its own listener down (closing it is fine) takes it out of the group; corral notices
+//! it no longer listens, puts it back in listen() (it rejoins at the end) and mends the mirror,
+//! which holds when one such shutdown is seen at a time.
 //!
 //! A worker that crashed leaves its socket, and the connections queued on it, to the next
 //! worker of its slot. Whether connections wait in a socket's queue is whether it polls
@@ -159,7 +160,7 @@ pub fn waiting(socket: &impl AsFd) -> io::Result<bool> {
 pub struct Group {
     /// The address every socket is bound to (its port as the first one got it, for port 0).
     addr: SocketAddr,
-    backlog: i32,
+    backlog: std::cell::Cell<i32>,
     inner: RefCell<Inner>,
 }
 
@@ -196,7 +197,7 @@ impl Group {
         let first = Rc::new(ListenSocket::new(first.into()));
         let g = Group {
             addr,
-            backlog,
+            backlog: std::cell::Cell::new(backlog),
             inner: RefCell::new(Inner::default()),
         };
         {
@@ -223,7 +224,7 @@ impl Group {
             Some(s) => s,
             None => {
                 let s = Rc::new(ListenSocket::new(
-                    listen_socket(self.addr, self.backlog)?.into(),
+                    listen_socket(self.addr, self.backlog.get())?.into(),
                 ));
                 i.order.push(s.clone());
                 s
@@ -264,8 +265,41 @@ impl Group {
         self.apply();
     }
 
+    /// Puts back in listen() the sockets of the group that workers shut down: each leaves the
+    /// group at its shutdown (its place taken by the last) and rejoins at the end; returns
+    /// whether there was any.
+    pub fn relisten(&self) -> bool {
+        let any = self.mend();
+        if any {
+            self.apply();
+        }
+        any
+    }
+
+    /// See [`Group::relisten`]; the program is the caller's to attach.
+    fn mend(&self) -> bool {
+        let mut i = self.inner.borrow_mut();
+        let mut any = false;
+        while let Some(p) = i.order.iter().position(|s| !listening(s)) {
+            tracing::warn!(
+                "a listening socket on {} was shut down by a worker: listening again",
+                self.addr
+            );
+            let s = i.order.swap_remove(p);
+            if socket2::SockRef::from(&*s)
+                .listen(self.backlog.get())
+                .is_ok()
+            {
+                i.order.push(s);
+            }
+            any = true;
+        }
+        any
+    }
+
     /// Sets the listen backlog of every socket (a reload that changed `listen.backlog`).
     pub fn set_backlog(&self, backlog: i32) -> io::Result<()> {
+        self.backlog.set(backlog);
         for s in &self.inner.borrow().order {
             socket2::SockRef::from(&**s).listen(backlog)?;
         }
@@ -288,16 +322,9 @@ impl Group {
     }
 
     fn apply(&self) {
-        let mut i = self.inner.borrow_mut();
         // A socket that no longer listens left the kernel's group behind corral's back.
-        while let Some(p) = i.order.iter().position(|s| !listening(s)) {
-            tracing::warn!(
-                "a listening socket on {} was shut down by a worker; connections may go to \
-                 the wrong worker until the group is made again (a restart of corral)",
-                self.addr
-            );
-            i.order.swap_remove(p);
-        }
+        self.mend();
+        let i = self.inner.borrow();
         let indices = serving_indices(&i);
         attach_through(&i, &program(&indices), self.addr);
     }
@@ -320,7 +347,7 @@ fn serving_indices(i: &Inner) -> Vec<u32> {
 }
 
 /// Whether a socket is listening (`SO_ACCEPTCONN`, socket(7)).
-fn listening(s: &ListenSocket) -> bool {
+pub fn listening(s: &ListenSocket) -> bool {
     nix::sys::socket::getsockopt(s, nix::sys::socket::sockopt::AcceptConn).unwrap_or(false)
 }
 

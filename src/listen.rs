@@ -69,6 +69,8 @@ pub struct Set {
     pub sockets: Vec<Rc<ListenSocket>>,
     /// The balanced listeners' groups (balance.rs), where a worker gets a socket of its own.
     pub groups: Vec<Option<Rc<Group>>>,
+    /// Each listener's backlog, for putting it back in listen().
+    pub backlogs: Vec<i32>,
 }
 
 impl Set {
@@ -90,6 +92,28 @@ impl Set {
             }
         }
         Ok(out)
+    }
+
+    /// Puts back in listen() every listener a worker shut down (shutdown(2) on a shared
+    /// listening socket stops it for every worker); returns the names of those it did.
+    pub fn relisten(&self) -> Vec<String> {
+        let mut fixed = Vec::new();
+        for (i, name) in self.names.iter().enumerate() {
+            let done = match &self.groups[i] {
+                Some(g) => g.relisten(),
+                None => {
+                    let s = &self.sockets[i];
+                    !crate::balance::listening(s)
+                        && socket2::SockRef::from(&**s)
+                            .listen(self.backlogs[i])
+                            .is_ok()
+                }
+            };
+            if done {
+                fixed.push(name.clone());
+            }
+        }
+        fixed
     }
 
     /// Whether any listener is balanced.
@@ -246,6 +270,7 @@ impl Pool {
                         set.names.push(name.clone());
                         set.sockets.push(s.clone());
                         set.groups.push(None);
+                        set.backlogs.push(libc::SOMAXCONN);
                     }
                     return Ok(set);
                 }
@@ -257,6 +282,8 @@ impl Pool {
                             set.names.push(l.name.clone());
                             set.sockets.push(s.clone());
                             set.groups.push(None);
+                            set.backlogs
+                                .push(i32::try_from(l.backlog).unwrap_or(i32::MAX));
                         }
                         None => missing.push(l.name.as_str()),
                     }
@@ -321,6 +348,8 @@ impl Pool {
                         set.names.push(l.name.clone());
                         set.sockets.push(group.any());
                         set.groups.push(Some(group));
+                        set.backlogs
+                            .push(i32::try_from(l.backlog).unwrap_or(i32::MAX));
                         continue;
                     }
                     let existing = bound
@@ -344,6 +373,8 @@ impl Pool {
                     set.names.push(l.name.clone());
                     set.sockets.push(sock);
                     set.groups.push(None);
+                    set.backlogs
+                        .push(i32::try_from(l.backlog).unwrap_or(i32::MAX));
                 }
             }
         }

@@ -177,6 +177,9 @@ fn start_keeper(stdin: std::os::fd::RawFd) -> Option<crate::keeper::Keeper> {
     }
 }
 
+/// How often the listeners are checked for a worker having shut one down.
+const LISTENERS_CHECK: Duration = Duration::from_secs(2);
+
 /// How many notify datagrams one turn of the loop takes at most.
 const NOTIFY_BATCH: usize = 256;
 
@@ -264,6 +267,10 @@ impl Loop {
         debug_assert_eq!(gen, 1);
         self.step(Event::Start { params });
 
+        // A worker may shut a listener down for every worker (shutdown(2) acts on the socket,
+        // not on its copy): looked at this often, and at every worker exit.
+        let mut listeners_check = tokio::time::interval(LISTENERS_CHECK);
+        listeners_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut next_ping = sd_watchdog.map(|d| Instant::now() + d);
         if next_ping.is_some() {
             self.sd_send("WATCHDOG=1");
@@ -286,7 +293,9 @@ impl Loop {
                 _ = signals.chld.recv() => {
                     self.drain_notify();
                     self.reap();
+                    self.relisten();
                 }
+                _ = listeners_check.tick() => self.relisten(),
                 _ = term.recv() => self.step(Event::Stop),
                 _ = int.recv() => self.step(Event::Stop),
                 _ = quit.recv() => self.step(Event::Stop),
@@ -730,6 +739,15 @@ impl Loop {
                 id,
                 how: f.to_string(),
             });
+        }
+    }
+
+    /// Puts back in listen() any listener of a live generation that a worker shut down.
+    fn relisten(&mut self) {
+        for g in self.gens.values() {
+            for name in g.listeners.relisten() {
+                warn!("listener `{name}` was shut down by a worker: listening again");
+            }
         }
     }
 

@@ -485,3 +485,24 @@ fn corral_signal_reaches_every_worker_or_one_slot() {
         .iter()
         .any(|l| l.contains("slot 0 got SIGUSR2")));
 }
+
+#[test]
+fn a_status_with_control_characters_is_shown_escaped() {
+    let c = Corral::start(
+        r#"
+command = ["python3", "{worker}"]
+environment = { WORKER_STATUS = "evil\u001b]0;owned\u0007\u001b[2Jend" }
+"#,
+    );
+    c.wait_ready(1, 1);
+    let out = c.ctl(&["status", "demo"]);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("evil\\x1b]0;owned\\x07\\x1b[2Jend"), "{text}");
+    assert!(!text.contains('\x1b') && !text.contains('\x07'), "{text:?}");
+    // JSON keeps the text as it is (escaped the JSON way).
+    assert_eq!(
+        c.status()["workers"][0]["status"],
+        "evil\u{1b}]0;owned\u{7}\u{1b}[2Jend"
+    );
+}

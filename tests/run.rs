@@ -1005,3 +1005,21 @@ fn a_closed_terminal_stops_a_foreground_corral_gracefully() {
         "not taken for a reload"
     );
 }
+
+#[test]
+fn a_listener_a_worker_shut_down_is_put_back_in_listen() {
+    let c = Corral::start(&config(2, ""));
+    c.wait_ready(2, 1);
+    let mark = c.mark();
+    // shutdown(2) acts on the shared socket: no worker can accept any more.
+    c.get("/shutdown-listener").unwrap();
+    c.wait_for_after(
+        mark,
+        "listener `http` was shut down by a worker: listening again",
+        SECS(10),
+    );
+    for _ in 0..20 {
+        c.get("/").expect("served again, without a reload");
+    }
+    assert_eq!(c.status()["generation"], 1);
+}

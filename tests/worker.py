@@ -32,7 +32,8 @@ new config) can change it:
   WORKER_ORPHANS=1       leave behind `sleep 3602`, an orphan in a session of its own, with a
                          child `sleep 3601` in yet another session
 Paths: GET /crash answers, then exits with code 3; GET /hang stops watchdog pings; GET /slow?s=N
-sends the status and headers (with X-Pid, X-Ppid) at once and the body N seconds later.
+sends the status and headers (with X-Pid, X-Ppid) at once and the body N seconds later;
+GET /shutdown-listener calls shutdown(2) on the (shared) listeners, and lives on.
 A connection that starts with "HOLD\n" is answered "HELD\n" at once, then read as usual: the
 tests use it to know a worker has taken (and is busy with) that connection.
 """
@@ -214,6 +215,11 @@ def serve(listeners: list) -> None:
                 conn, _ = key.fileobj.accept()
             except (BlockingIOError, InterruptedError):
                 continue
+            except OSError:
+                # The listener was shut down (GET /shutdown-listener): it polls readable and
+                # accept fails until it listens again. Live on, and look again a little later.
+                time.sleep(0.01)
+                continue
             with conn:
                 data = b""
                 while b"\r\n\r\n" not in data:
@@ -243,6 +249,9 @@ def serve(listeners: list) -> None:
                 os._exit(3)
             if path == "/hang":
                 hung = True
+            if path == "/shutdown-listener":
+                for listener in listeners:
+                    listener.shutdown(socket.SHUT_RDWR)
 
 
 def main() -> None:
