@@ -498,7 +498,11 @@ fn pages_format_without_warnings() {
                 "groff is not installed, and CI=true: install it (apt-get install groff-base \
                  or groff) so that the man pages are checked"
             );
-            eprintln!("SKIPPED: groff is not installed, so the man pages are not checked");
+            // Straight to stderr: the harness captures what eprintln! prints.
+            let _ = std::io::Write::write_all(
+                &mut std::io::stderr().lock(),
+                b"SKIPPED: groff is not installed, so the man pages are not checked\n",
+            );
             return;
         };
         let printed = format!(

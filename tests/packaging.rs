@@ -96,7 +96,9 @@ fn tools_present() -> bool {
     if std::env::var("CI").is_ok_and(|v| v == "true") {
         panic!("the package tests need {missing:?}: .ci/run installs them");
     }
-    eprintln!("SKIPPED: the package tests need {missing:?} (.ci/run installs them)");
+    common::skipped(&format!(
+        "the package tests need {missing:?} (.ci/run installs them)"
+    ));
     false
 }
 

@@ -1,10 +1,12 @@
 //! README.md as a user reads it: "Try it" runs exactly as written, and every config in it is
 //! one `corral check` accepts.
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 
-const CORRAL: &str = env!("CARGO_BIN_EXE_corral");
+use common::CORRAL;
 
 fn readme() -> String {
     std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap()
@@ -27,15 +29,9 @@ fn blocks(text: &str, lang: &str) -> Vec<String> {
 #[test]
 fn try_it_runs_as_written() {
     if !nix::unistd::geteuid().is_root() {
-        assert!(
-            std::env::var("CI").map_or(true, |v| v != "true"),
-            "CI runs as root"
-        );
-        use std::io::Write;
-        let _ = writeln!(
-            std::io::stderr().lock(),
-            "SKIPPED: README's Try it needs root, to run in a network namespace of its own \
-             (port 8080 may be taken here)"
+        common::skipped(
+            "README's Try it needs root, to run in a network namespace of its own (port 8080 \
+             may be taken here)",
         );
         return;
     }

@@ -32,15 +32,10 @@ fn programs() -> Option<PathBuf> {
     if dir.join("stamp").exists() {
         return Some(dir);
     }
-    let why = format!(
+    skipped(&format!(
         "the real-program tests need tests/real/install to have run ({} is missing)",
         dir.display()
-    );
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{why}");
-    }
-    // Straight to the terminal: the test harness would capture an eprintln! of a passing test.
-    let _ = writeln!(std::io::stderr().lock(), "SKIPPED: {why}");
+    ));
     None
 }
 

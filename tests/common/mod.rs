@@ -25,6 +25,17 @@ pub fn worker_py() -> String {
         .to_string()
 }
 
+/// Says that a test could not run here, where a person sees it: straight to the test process's
+/// standard error (the harness captures only what `eprintln!` prints), so `cargo test` shows a
+/// SKIPPED line for each test that did not run. Under `CI=true` a test must not skip: it fails.
+pub fn skipped(why: &str) {
+    use std::io::Write;
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("this test cannot run here, and CI must run it: {why}");
+    }
+    let _ = writeln!(std::io::stderr().lock(), "SKIPPED: {why}");
+}
+
 /// A fresh directory per test, removed when the test passes.
 pub fn scratch_dir() -> PathBuf {
     static N: AtomicU32 = AtomicU32::new(0);

@@ -47,7 +47,7 @@ pub fn boot() -> Option<Sandbox> {
             if std::env::var("CI").is_ok_and(|v| v == "true") {
                 panic!("the systemd sandbox cannot boot, and CI must run these tests: {why}");
             }
-            eprintln!("SKIPPED: the systemd sandbox cannot boot here: {why}");
+            crate::common::skipped(&format!("the systemd sandbox cannot boot here: {why}"));
             None
         }
     }
