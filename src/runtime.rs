@@ -108,8 +108,12 @@ pub fn run(opts: RunOptions) -> Result<i32, Error> {
             )
         })?;
         let keeper = start_keeper(devnull.as_raw_fd());
+        let (loaded_tx, mut loaded_rx) = mpsc::channel(1);
         let mut lp = Loop {
             worker_io: HashMap::new(),
+            loading: None,
+            reloads_waiting: Default::default(),
+            loaded_tx,
             terminal_gone: false,
             keeper,
             keeper_starts: 1,
@@ -133,7 +137,14 @@ pub fn run(opts: RunOptions) -> Result<i32, Error> {
             preload: crate::node::Preload::new(&control_path),
         };
         let code = lp
-            .run(config, listeners, listener, sd_watchdog, &control_path)
+            .run(
+                config,
+                listeners,
+                listener,
+                sd_watchdog,
+                &control_path,
+                &mut loaded_rx,
+            )
             .await;
         drop(server);
         lp.kill_leftovers();
@@ -197,6 +208,10 @@ struct WorkerIo {
 
 struct Loop {
     worker_io: HashMap<WorkerId, WorkerIo>,
+    /// A reload whose config is being read (with whom to answer), and those asked meanwhile.
+    loading: Option<Option<Reply>>,
+    reloads_waiting: std::collections::VecDeque<Option<Reply>>,
+    loaded_tx: mpsc::Sender<Result<Config, crate::config::ConfigError>>,
     /// The terminal corral ran in went away; later SIGHUPs are its echoes.
     terminal_gone: bool,
     /// Kills the workers' process groups if corral dies (keeper.rs).
@@ -234,6 +249,7 @@ impl Loop {
         control: tokio::net::UnixListener,
         sd_watchdog: Option<Duration>,
         control_path: &Path,
+        loaded: &mut mpsc::Receiver<Result<Config, crate::config::ConfigError>>,
     ) -> Result<i32, Error> {
         let mut signals = crate::signals::Signals::install()
             .map_err(|e| Error::io("cannot handle signals", e))?;
@@ -296,6 +312,7 @@ impl Loop {
                     self.relisten();
                 }
                 _ = listeners_check.tick() => self.relisten(),
+                Some(config) = loaded.recv() => self.loaded(config),
                 _ = term.recv() => self.step(Event::Stop),
                 _ = int.recv() => self.step(Event::Stop),
                 _ = quit.recv() => self.step(Event::Stop),
@@ -875,14 +892,44 @@ impl Loop {
     }
 
     /// Re-reads the config and starts a roll; a bad config changes nothing.
+    /// A reload: the config is read on a thread of its own (reading and checking a file is
+    /// bounded, but the loop must go on feeding the watchdog, reaping and answering
+    /// meanwhile), one reload at a time, in the order asked.
     fn reload(&mut self, reply: Option<Reply>) {
+        if self.loading.is_some() {
+            // SIGHUPs in a row ask for the same thing: one is enough.
+            if reply.is_some() || !self.reloads_waiting.iter().any(Option::is_none) {
+                self.reloads_waiting.push_back(reply);
+            }
+            return;
+        }
         info!("reload: reading {}", self.config_path.display());
-        let prepared = Config::load(&self.config_path)
-            .map_err(Error::from)
-            .and_then(|c| {
-                let listeners = self.pool.set_for(&c)?;
-                Ok((c, listeners))
-            });
+        let path = self.config_path.clone();
+        let done = self.loaded_tx.clone();
+        self.loading = Some(reply);
+        tokio::task::spawn_blocking(move || {
+            let _ = done.try_send(Config::load(&path));
+        });
+    }
+
+    /// The config a reload asked for was read: refuse it, or roll to it; then the next reload.
+    fn loaded(&mut self, loaded: Result<Config, crate::config::ConfigError>) {
+        let reply = self.loading.take().flatten();
+        self.apply_reload(loaded, reply);
+        if let Some(next) = self.reloads_waiting.pop_front() {
+            self.reload(next);
+        }
+    }
+
+    fn apply_reload(
+        &mut self,
+        loaded: Result<Config, crate::config::ConfigError>,
+        reply: Option<Reply>,
+    ) {
+        let prepared = loaded.map_err(Error::from).and_then(|c| {
+            let listeners = self.pool.set_for(&c)?;
+            Ok((c, listeners))
+        });
         let (config, listeners) = match prepared {
             Ok(x) => x,
             Err(e) => {
