@@ -6,25 +6,55 @@
 //! or the stream's default. Otherwise lines go to stderr as `APP[SLOT]: line`.
 //!
 //! Writing to stderr can block (a full pipe, a stopped pager, a slow journald). The event loop
-//! must never wait for that, so every line goes through a bounded queue to one writer thread;
-//! when the queue is full the line is dropped and counted, and the writer reports the count as
-//! soon as it can write again. Worker pipes are read as fast as they fill, so a worker never
-//! blocks on its own output either.
+//! must never wait for that, so every line goes through a queue to one writer thread. The queue
+//! is bounded in bytes ([`QUEUE_BYTES`]), not in lines: bounded in lines (8192), a reader that
+//! stalled made the queue pin 8192 lines of up to 48 KiB, about 400 MB, for as long as it stayed
+//! stuck. Now a stalled reader costs the supervisor at most the budget, whatever the workers
+//! write. A line that does not fit is dropped and counted. The writer says how many lines and
+//! bytes were dropped as soon as it can write again, then at most once per [`REPORT_EVERY`]
+//! while lines are still being dropped, and once more after the last one: every dropped line is
+//! in one report, without a report beside nearly every line written.
+//!
+//! Worker pipes are read as fast as they fill, so a worker never blocks on its own output
+//! either. A relay holds only its worker's partial line, under [`MAX_LINE`] bytes; the read
+//! buffer is one per thread, shared by all the relays.
 
+use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::sync::Arc;
-
-use tokio::io::AsyncReadExt;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use crate::journal::{self, Journal};
 
-/// Lines waiting for the writer at most; beyond that, lines are dropped (and counted).
-pub const QUEUE_LINES: usize = 8192;
+/// The bytes of lines waiting for the writer, at most: about twenty of the longest lines, or
+/// thousands of ordinary ones. Enough for a burst while the reader keeps up, and the most a
+/// reader that stalls for good costs the supervisor.
+pub const QUEUE_BYTES: usize = 1024 * 1024;
+/// The last part of [`QUEUE_BYTES`], which only corral's own lines may take: a worker that floods
+/// the log does not crowd out the news that it exited, or why.
+pub const OWN_ROOM: usize = 64 * 1024;
+/// What a queued line costs beyond its bytes (its slot in the queue, its allocation's header),
+/// so that a flood of empty lines is bounded in memory too.
+const RECORD_OVERHEAD: usize = 64;
+/// Drop reports come at most this often while lines are being dropped.
+pub const REPORT_EVERY: Duration = Duration::from_secs(1);
 /// A longer line is split, as journald splits at its LineMax= (journald.conf(5), 48K).
 pub const MAX_LINE: usize = 48 * 1024;
+/// One read from a worker's pipe.
+const READ_SIZE: usize = 16 * 1024;
+/// What stays allocated once a burst is over: queue slots, and bytes for a relay's partial line.
+/// A queue that once held thousands of lines, or a relay that once held a 48 KiB piece, gives
+/// the rest back instead of keeping it for the process's life.
+const KEEP_RECORDS: usize = 256;
+const KEEP_PARTIAL: usize = 4 * 1024;
+
+thread_local! {
+    /// The relays' read buffer, one per thread: each relay hands what it read on to the queue
+    /// before its next await, so an idle relay holds no buffer of its own.
+    static READ_BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_SIZE].into_boxed_slice());
+}
 
 /// Where lines end up.
 pub enum Sink {
@@ -32,14 +62,102 @@ pub enum Sink {
     Journal(Journal),
 }
 
+/// Lines dropped for want of room, and their bytes as they would have been written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Dropped {
+    pub lines: u64,
+    pub bytes: u64,
+}
+
 #[derive(Clone)]
 pub struct Output {
-    tx: SyncSender<Vec<u8>>,
-    dropped: Arc<AtomicU64>,
+    inner: Arc<Closer>,
     journal: bool,
-    /// How many flush markers (empty records) the writer has passed.
-    flushed: Arc<(std::sync::Mutex<u64>, std::sync::Condvar)>,
-    markers: Arc<AtomicU64>,
+}
+
+/// What the event loop and the writer share, under one lock. The lock is held for a push or a
+/// pop, never across a write, so the event loop never waits for the sink.
+#[derive(Default)]
+struct Queue {
+    records: VecDeque<Vec<u8>>,
+    /// The cost ([`cost`]) of the records queued or being written: what [`QUEUE_BYTES`] bounds.
+    /// A record is paid for until it is freed, after its write.
+    cost: usize,
+    dropped: Dropped,
+    /// Records accepted, and records the writer is done with: what a flush waits on.
+    pushed: u64,
+    done: u64,
+    /// A flush wants the drops said, without waiting for their turn, once `done` reaches this.
+    flush_at: Option<u64>,
+    flushers: usize,
+    /// The writer waits on `wake`: a record, or a drop to report, must wake it. Otherwise (it is
+    /// writing, or stuck in a write) nothing needs waking, and no wake-up is paid for per line.
+    waiting: bool,
+    /// Every [`Output`] is gone: the writer ends once the queue is empty.
+    closed: bool,
+}
+
+/// What a record costs in the queue's budget.
+fn cost(record: &Vec<u8>) -> usize {
+    record.capacity() + RECORD_OVERHEAD
+}
+
+impl Queue {
+    /// Queues `record` if the queue stays within `limit`; else counts it as dropped.
+    fn push(&mut self, record: Vec<u8>, limit: usize) {
+        let cost = cost(&record);
+        if self.cost + cost > limit {
+            self.dropped.lines += 1;
+            self.dropped.bytes += record.len() as u64;
+            return;
+        }
+        self.cost += cost;
+        self.pushed += 1;
+        self.records.push_back(record);
+    }
+
+    /// The writer is done with a record of `cost` (it is written, and freed).
+    fn done(&mut self, cost: usize) {
+        self.cost -= cost;
+        self.done += 1;
+        // Up to QUEUE_BYTES / RECORD_OVERHEAD slots after a burst of short lines: give them back.
+        if self.records.is_empty() && self.records.capacity() > 4 * KEEP_RECORDS {
+            self.records.shrink_to(KEEP_RECORDS);
+        }
+    }
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    /// The writer waits here for a record, or for its next report to be due.
+    wake: Condvar,
+    /// Flushes wait here for the writer's progress.
+    progress: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn wake_writer(&self, q: &mut Queue) {
+        if q.waiting {
+            q.waiting = false;
+            self.wake.notify_one();
+        }
+    }
+}
+
+/// Tells the writer, when the last [`Output`] goes, that nothing more will come.
+struct Closer(Arc<Shared>);
+
+impl Drop for Closer {
+    fn drop(&mut self) {
+        let mut q = self.0.lock();
+        q.closed = true;
+        q.waiting = false;
+        self.0.wake.notify_one();
+    }
 }
 
 /// Who wrote a line: the fields of its journal entry, or its prefix on stderr.
@@ -66,35 +184,46 @@ impl Output {
     }
 
     pub fn start_with(sink: Sink) -> Output {
-        let (tx, rx) = sync_channel(QUEUE_LINES);
-        let dropped = Arc::new(AtomicU64::new(0));
-        let d = dropped.clone();
         let journal = matches!(sink, Sink::Journal(_));
-        let flushed = Arc::new((std::sync::Mutex::new(0), std::sync::Condvar::new()));
-        let f = flushed.clone();
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue::default()),
+            wake: Condvar::new(),
+            progress: Condvar::new(),
+        });
+        let s = shared.clone();
         std::thread::Builder::new()
             .name("corral-output".into())
-            .spawn(move || writer(rx, sink, d, f))
+            .spawn(move || writer(s, sink))
             .expect("spawn the output thread");
         Output {
-            tx,
-            dropped,
+            inner: Arc::new(Closer(shared)),
             journal,
-            flushed,
-            markers: Arc::new(AtomicU64::new(0)),
         }
     }
 
-    /// Waits until everything queued so far is written, for at most `timeout` (the sink may be
-    /// blocked for good: then lines are lost, as at any exit).
-    pub fn flush(&self, timeout: std::time::Duration) {
-        if self.tx.try_send(Vec::new()).is_err() {
-            return;
+    /// Waits until everything queued so far is written, and the lines dropped so far are said,
+    /// for at most `timeout` (the sink may be blocked for good: then lines are lost, as at any
+    /// exit).
+    pub fn flush(&self, timeout: Duration) {
+        let s = &self.inner.0;
+        let deadline = Instant::now() + timeout;
+        let mut q = s.lock();
+        let target = q.pushed;
+        q.flush_at = Some(q.flush_at.map_or(target, |t| t.max(target)));
+        q.flushers += 1;
+        s.wake_writer(&mut q);
+        while q.done < target || q.flush_at.is_some() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            q = s
+                .progress
+                .wait_timeout(q, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
-        let target = self.markers.fetch_add(1, Ordering::SeqCst) + 1;
-        let (m, c) = &*self.flushed;
-        let guard = m.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = c.wait_timeout_while(guard, timeout, |done| *done < target);
+        q.flushers -= 1;
     }
 
     /// Whether records are journal entries (else text lines).
@@ -102,53 +231,62 @@ impl Output {
         self.journal
     }
 
-    /// Queues one record: a complete line with its newline, or a journal entry. Never blocks.
+    /// Queues one record of corral's own: a complete line with its newline, or a journal entry.
+    /// Never blocks: without room in the queue, the record is dropped and counted.
     pub fn line(&self, line: Vec<u8>) {
-        match self.tx.try_send(line) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-            }
-        }
+        self.push(line, QUEUE_BYTES);
     }
 
-    pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
+    /// What was dropped so far.
+    pub fn dropped(&self) -> Dropped {
+        self.inner.0.lock().dropped
+    }
+
+    fn push(&self, record: Vec<u8>, limit: usize) {
+        let s = &self.inner.0;
+        let mut q = s.lock();
+        q.push(record, limit);
+        s.wake_writer(&mut q);
     }
 
     /// Reads a worker's pipe until EOF, queuing each line.
     pub async fn relay(self, fd: OwnedFd, tag: Tag) {
-        let Ok(mut pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else {
+        let Ok(pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else {
             return;
         };
         let prefix = format!("{}[{}]: ", tag.app, tag.slot);
-        let mut buf: Vec<u8> = Vec::with_capacity(4096);
-        let mut chunk = vec![0u8; 16 * 1024];
+        let mut lines = Lines::default();
+        let mut emit = |text: &[u8]| self.emit(&tag, &prefix, text);
         loop {
-            let n = match pipe.read(&mut chunk).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
-            buf.extend_from_slice(&chunk[..n]);
-            let mut start = 0;
-            while let Some(nl) = buf[start..].iter().position(|&b| b == b'\n') {
-                self.emit(&tag, &prefix, &buf[start..start + nl]);
-                start += nl + 1;
+            if pipe.readable().await.is_err() {
+                break;
             }
-            buf.drain(..start);
-            while buf.len() >= MAX_LINE {
-                let rest = buf.split_off(MAX_LINE);
-                self.emit(&tag, &prefix, &buf);
-                buf = rest;
+            let read = READ_BUF.with(|buf| {
+                let mut buf = buf.borrow_mut();
+                let read = pipe.try_read(&mut buf);
+                if let Ok(n) = read {
+                    lines.feed(&buf[..n], &mut emit);
+                }
+                read
+            });
+            match read {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                    ) => {}
+                Err(_) => break,
             }
         }
-        if !buf.is_empty() {
-            self.emit(&tag, &prefix, &buf);
-        }
+        lines.finish(&mut emit);
     }
 
-    /// Queues `text` as one line, or as several of at most MAX_LINE bytes.
+    /// Queues `text` as one line, or as several of at most MAX_LINE bytes, in the part of the
+    /// queue a worker may take.
     fn emit(&self, tag: &Tag, prefix: &str, text: &[u8]) {
+        let limit = QUEUE_BYTES - OWN_ROOM;
         for part in text.chunks(MAX_LINE) {
             if self.journal {
                 let (prio, msg) = crate::journal::split_priority(part);
@@ -165,61 +303,170 @@ impl Output {
                     "CORRAL_GENERATION",
                     tag.generation.to_string().as_bytes(),
                 );
-                self.line(e);
+                self.push(e, limit);
             } else {
                 let mut line = Vec::with_capacity(prefix.len() + part.len() + 1);
                 line.extend_from_slice(prefix.as_bytes());
                 line.extend_from_slice(part);
                 line.push(b'\n');
-                self.line(line);
+                self.push(line, limit);
             }
         }
     }
 }
 
-fn writer(
-    rx: Receiver<Vec<u8>>,
-    mut sink: Sink,
-    dropped: Arc<AtomicU64>,
-    flushed: Arc<(std::sync::Mutex<u64>, std::sync::Condvar)>,
-) {
-    let mut reported = 0;
-    while let Ok(record) = rx.recv() {
-        if record.is_empty() {
-            // A flush marker: everything queued before it has been written.
-            let (m, c) = &*flushed;
-            *m.lock().unwrap_or_else(|e| e.into_inner()) += 1;
-            c.notify_all();
+/// A worker's stream cut into lines: each complete line (without its newline), and each
+/// MAX_LINE bytes of a longer one, goes to `emit`. What is kept is one partial line, under
+/// MAX_LINE bytes, and its room is given back once it is small again.
+#[derive(Default)]
+struct Lines {
+    partial: Vec<u8>,
+}
+
+impl Lines {
+    fn feed(&mut self, mut data: &[u8], emit: &mut impl FnMut(&[u8])) {
+        while let Some(nl) = data.iter().position(|&b| b == b'\n') {
+            if self.partial.is_empty() {
+                emit(&data[..nl]);
+            } else {
+                self.partial.extend_from_slice(&data[..nl]);
+                emit(&self.partial);
+                self.partial.clear();
+            }
+            data = &data[nl + 1..];
+        }
+        self.partial.extend_from_slice(data);
+        if self.partial.len() >= MAX_LINE {
+            let whole = self.partial.len() - self.partial.len() % MAX_LINE;
+            for piece in self.partial[..whole].chunks(MAX_LINE) {
+                emit(piece);
+            }
+            self.partial.drain(..whole);
+        }
+        if self.partial.len() <= KEEP_PARTIAL && self.partial.capacity() > KEEP_PARTIAL {
+            self.partial.shrink_to(KEEP_PARTIAL);
+        }
+    }
+
+    /// At EOF: the last line, even without its newline.
+    fn finish(&mut self, emit: &mut impl FnMut(&[u8])) {
+        if !self.partial.is_empty() {
+            emit(&self.partial);
+        }
+        self.partial = Vec::new();
+    }
+}
+
+/// When to say that lines were dropped: at once the first time, then at most once per
+/// REPORT_EVERY while more are dropped, and once more after the last, so that every dropped line
+/// is in exactly one report. The time is passed in (tests pass their own).
+#[derive(Default)]
+struct Reports {
+    said: Dropped,
+    last: Option<Instant>,
+}
+
+impl Reports {
+    /// What was dropped since the last report, if it is time to say it: REPORT_EVERY after the
+    /// last report, or at once when `force`d (a flush, the end).
+    fn due(&mut self, total: Dropped, now: Instant, force: bool) -> Option<Dropped> {
+        if total.lines == self.said.lines {
+            return None;
+        }
+        if !force && self.last.is_some_and(|t| now < t + REPORT_EVERY) {
+            return None;
+        }
+        let new = Dropped {
+            lines: total.lines - self.said.lines,
+            bytes: total.bytes - self.said.bytes,
+        };
+        self.said = total;
+        self.last = Some(now);
+        Some(new)
+    }
+
+    /// When the next report is due, if some drops are not said yet.
+    fn next(&self, total: Dropped, now: Instant) -> Option<Instant> {
+        if total.lines == self.said.lines {
+            return None;
+        }
+        Some(self.last.map_or(now, |t| t + REPORT_EVERY))
+    }
+}
+
+fn writer(shared: Arc<Shared>, mut sink: Sink) {
+    let mut reports = Reports::default();
+    let mut q = shared.lock();
+    loop {
+        let now = Instant::now();
+        let flushed = q.flush_at.is_some_and(|t| q.done >= t);
+        // A flush, or the end, wants every drop said now; otherwise reports keep to their rate.
+        let force = flushed || (q.closed && q.records.is_empty());
+        if let Some(d) = reports.due(q.dropped, now, force) {
+            drop(q);
+            report(&mut sink, d);
+            q = shared.lock();
             continue;
         }
-        let now = dropped.load(Ordering::Relaxed);
-        if now > reported {
-            let msg = format!(
-                "corral: {} log line(s) dropped: output was not read fast enough",
-                now - reported
-            );
-            match &mut sink {
-                Sink::Stream(w) => {
-                    let _ = w.write_all(format!("{msg}\n").as_bytes());
-                }
-                Sink::Journal(j) => {
-                    let mut e = Vec::new();
-                    journal::field(&mut e, "MESSAGE", msg.as_bytes());
-                    journal::field(&mut e, "PRIORITY", b"4");
-                    journal::field(&mut e, "SYSLOG_IDENTIFIER", b"corral");
-                    let _ = j.send(&e);
-                }
-            }
-            reported = now;
+        if flushed {
+            q.flush_at = None;
+            shared.progress.notify_all();
         }
-        match &mut sink {
-            Sink::Stream(w) => {
-                let _ = w.write_all(&record);
-                let _ = w.flush();
+        if let Some(record) = q.records.pop_front() {
+            drop(q);
+            write(&mut sink, &record);
+            let c = cost(&record);
+            drop(record);
+            q = shared.lock();
+            q.done(c);
+            if q.flushers > 0 {
+                shared.progress.notify_all();
             }
-            Sink::Journal(j) => {
-                let _ = j.send(&record);
+            continue;
+        }
+        if q.closed {
+            return;
+        }
+        q.waiting = true;
+        q = match reports.next(q.dropped, now) {
+            Some(at) => {
+                shared
+                    .wake
+                    .wait_timeout(q, at.saturating_duration_since(now))
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0
             }
+            None => shared.wake.wait(q).unwrap_or_else(|e| e.into_inner()),
+        };
+        q.waiting = false;
+    }
+}
+
+fn report(sink: &mut Sink, d: Dropped) {
+    let msg = format!(
+        "corral: {} log line(s) dropped ({} bytes): output was not read fast enough",
+        d.lines, d.bytes
+    );
+    match sink {
+        Sink::Stream(_) => write(sink, format!("{msg}\n").as_bytes()),
+        Sink::Journal(_) => {
+            let mut e = Vec::new();
+            journal::field(&mut e, "MESSAGE", msg.as_bytes());
+            journal::field(&mut e, "PRIORITY", b"4");
+            journal::field(&mut e, "SYSLOG_IDENTIFIER", b"corral");
+            write(sink, &e);
+        }
+    }
+}
+
+fn write(sink: &mut Sink, record: &[u8]) {
+    match sink {
+        Sink::Stream(w) => {
+            let _ = w.write_all(record);
+            let _ = w.flush();
+        }
+        Sink::Journal(j) => {
+            let _ = j.send(record);
         }
     }
 }
@@ -227,7 +474,6 @@ fn writer(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Mutex;
 
     struct Shared(Arc<Mutex<Vec<u8>>>);
     impl Write for Shared {
@@ -240,20 +486,79 @@ mod tests {
         }
     }
 
-    /// A sink that blocks until released, like a stopped reader on a full pipe.
-    struct Blocked(Arc<(Mutex<bool>, std::sync::Condvar)>);
-    impl Write for Blocked {
+    /// A sink that blocks until opened, like a stopped reader on a full pipe, then keeps what it
+    /// is given.
+    #[derive(Clone, Default)]
+    struct Gated {
+        open: Arc<(Mutex<bool>, Condvar)>,
+        got: Arc<Mutex<Vec<u8>>>,
+    }
+    impl Gated {
+        fn open(&self) {
+            let (m, c) = &*self.open;
+            *m.lock().unwrap() = true;
+            c.notify_all();
+        }
+        fn text(&self) -> String {
+            String::from_utf8(self.got.lock().unwrap().clone()).unwrap()
+        }
+    }
+    impl Write for Gated {
         fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-            let (m, c) = &*self.0;
+            let (m, c) = &*self.open;
             let mut open = m.lock().unwrap();
             while !*open {
                 open = c.wait(open).unwrap();
             }
+            self.got.lock().unwrap().extend_from_slice(b);
             Ok(b.len())
         }
         fn flush(&mut self) -> io::Result<()> {
             Ok(())
         }
+    }
+
+    fn tag() -> Tag {
+        Tag {
+            app: "app".into(),
+            slot: 0,
+            pid: 1,
+            generation: 1,
+            priority: 6,
+        }
+    }
+
+    /// A line of `len` bytes, its newline included, allocated to the byte (its clones too).
+    fn line(len: usize) -> Vec<u8> {
+        let mut l = vec![b'x'; len - 1];
+        l.push(b'\n');
+        l.shrink_to_fit();
+        l
+    }
+
+    /// The sum of the reports in `text`, and how many there are.
+    fn reported_sum(text: &str) -> (Dropped, usize) {
+        let r = reported(text);
+        let sum = r.iter().fold(Dropped::default(), |a, d| Dropped {
+            lines: a.lines + d.lines,
+            bytes: a.bytes + d.bytes,
+        });
+        (sum, r.len())
+    }
+
+    /// The lines dropped according to the reports in `text`.
+    fn reported(text: &str) -> Vec<Dropped> {
+        text.lines()
+            .filter_map(|l| {
+                let rest = l.strip_prefix("corral: ")?;
+                let (lines, rest) = rest.split_once(" log line(s) dropped (")?;
+                let (bytes, _) = rest.split_once(" bytes)")?;
+                Some(Dropped {
+                    lines: lines.parse().ok()?,
+                    bytes: bytes.parse().ok()?,
+                })
+            })
+            .collect()
     }
 
     #[test]
@@ -271,17 +576,10 @@ mod tests {
             .enable_all()
             .build()
             .unwrap();
-        let tag = Tag {
-            app: "app".into(),
-            slot: 0,
-            pid: 1,
-            generation: 1,
-            priority: 6,
-        };
-        rt.block_on(out.clone().relay(r, tag));
+        rt.block_on(out.clone().relay(r, tag()));
         drop(out);
         // The writer thread ends when every sender is gone; wait for its last line.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             let text = got.lock().unwrap().clone();
             if text.ends_with(b"app[0]: no newline at end\n") {
@@ -294,27 +592,215 @@ mod tests {
                 assert_eq!(lines.len(), 5);
                 break;
             }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "writer never caught up"
-            );
+            assert!(Instant::now() < deadline, "writer never caught up");
             std::thread::yield_now();
         }
     }
 
     #[test]
-    fn a_blocked_sink_drops_and_counts_instead_of_blocking() {
-        let gate = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
-        let out = Output::start_with(Sink::Stream(Box::new(Blocked(gate.clone()))));
-        let started = std::time::Instant::now();
-        for _ in 0..QUEUE_LINES + 500 {
-            out.line(b"x\n".to_vec());
+    fn lines_are_cut_across_reads_and_a_long_one_leaves_no_big_buffer() {
+        let mut lines = Lines::default();
+        let mut got: Vec<Vec<u8>> = Vec::new();
+        let mut emit = |l: &[u8]| got.push(l.to_vec());
+        lines.feed(b"a\nhal", &mut emit);
+        lines.feed(b"f\n\nb", &mut emit);
+        // 100 KiB without a newline, as a pipe gives it: 16 KiB at a time.
+        let long = vec![b'y'; 100 * 1024];
+        for chunk in long.chunks(READ_SIZE) {
+            lines.feed(chunk, &mut emit);
+            assert!(lines.partial.len() < MAX_LINE, "{}", lines.partial.len());
+        }
+        lines.feed(b"\nend", &mut emit);
+        assert!(
+            lines.partial.capacity() <= KEEP_PARTIAL,
+            "a relay keeps {} bytes after a long line",
+            lines.partial.capacity()
+        );
+        lines.finish(&mut emit);
+        assert_eq!(lines.partial.capacity(), 0);
+        let sizes: Vec<usize> = got.iter().map(Vec::len).collect();
+        assert_eq!(&got[..3], [&b"a"[..], b"half", b""]);
+        // "b" + 100 KiB of y: two pieces of MAX_LINE, then the rest with its newline.
+        assert_eq!(
+            &sizes[3..],
+            [MAX_LINE, MAX_LINE, 1 + 100 * 1024 - 2 * MAX_LINE, 3]
+        );
+        assert_eq!(got.last().unwrap(), b"end");
+    }
+
+    #[test]
+    fn the_queue_is_bounded_in_bytes_and_drops_are_counted() {
+        let sink = Gated::default();
+        let out = Output::start_with(Sink::Stream(Box::new(sink.clone())));
+        // Long lines: as many as fit in QUEUE_BYTES (the one the writer is stuck on included).
+        let long = line(MAX_LINE);
+        let started = Instant::now();
+        for _ in 0..100 {
+            out.line(long.clone());
         }
         // Every call returned although nothing could be written.
-        assert!(started.elapsed() < std::time::Duration::from_secs(5));
-        assert!(out.dropped() >= 499, "dropped {}", out.dropped());
-        let (m, c) = &*gate;
-        *m.lock().unwrap() = true;
-        c.notify_all();
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let fit = (QUEUE_BYTES / (MAX_LINE + RECORD_OVERHEAD)) as u64;
+        let dropped = Dropped {
+            lines: 100 - fit,
+            bytes: (100 - fit) * MAX_LINE as u64,
+        };
+        assert_eq!(out.dropped(), dropped);
+        assert!(out.inner.0.lock().cost <= QUEUE_BYTES);
+        sink.open();
+        out.flush(Duration::from_secs(10));
+        // Each line that fit, and a report of the others, lines and bytes: one, or two when the
+        // writer thread first looked after the first drops.
+        let text = sink.text();
+        assert_eq!(
+            text.lines().filter(|l| l.starts_with("xx")).count() as u64,
+            fit
+        );
+        let (sum, n) = reported_sum(&text);
+        assert_eq!(sum, dropped);
+        assert!(n <= 2, "{n} reports");
+        let q = out.inner.0.lock();
+        assert_eq!((q.cost, q.records.len()), (0, 0));
+    }
+
+    #[test]
+    fn short_lines_are_bounded_too_and_the_queue_shrinks_after() {
+        let sink = Gated::default();
+        let out = Output::start_with(Sink::Stream(Box::new(sink.clone())));
+        for _ in 0..100_000 {
+            out.line(b"x\n".to_vec());
+        }
+        let fit = (QUEUE_BYTES / (2 + RECORD_OVERHEAD)) as u64;
+        assert_eq!(out.dropped().lines, 100_000 - fit);
+        let slots = out.inner.0.lock().records.capacity();
+        assert!(slots >= fit as usize - 1, "{slots} slots");
+        sink.open();
+        out.flush(Duration::from_secs(10));
+        let q = out.inner.0.lock();
+        assert_eq!((q.cost, q.records.len()), (0, 0));
+        assert!(
+            q.records.capacity() <= 4 * KEEP_RECORDS,
+            "the queue keeps {} slots after the burst",
+            q.records.capacity()
+        );
+        drop(q);
+        let (sum, n) = reported_sum(&sink.text());
+        assert_eq!(
+            sum,
+            Dropped {
+                lines: 100_000 - fit,
+                bytes: 2 * (100_000 - fit)
+            }
+        );
+        assert!(n <= 2, "{n} reports");
+    }
+
+    #[test]
+    fn a_flooding_worker_leaves_room_for_corrals_own_lines() {
+        let sink = Gated::default();
+        let out = Output::start_with(Sink::Stream(Box::new(sink.clone())));
+        let long = vec![b'x'; MAX_LINE];
+        for _ in 0..100 {
+            out.emit(&tag(), "app[0]: ", &long);
+        }
+        let worker = out.dropped();
+        assert!(worker.lines > 50, "{worker:?}");
+        for _ in 0..10 {
+            out.line(b"corral[app]: worker 0 exited\n".to_vec());
+        }
+        assert_eq!(out.dropped(), worker, "corral's own lines were dropped");
+        assert!(out.inner.0.lock().cost <= QUEUE_BYTES);
+        sink.open();
+        out.flush(Duration::from_secs(10));
+        assert_eq!(sink.text().matches("worker 0 exited").count(), 10);
+    }
+
+    #[test]
+    fn reports_at_once_then_at_most_once_a_second_then_once_more() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let d = |lines: u64| Dropped {
+            lines,
+            bytes: 10 * lines,
+        };
+        let mut r = Reports::default();
+        assert_eq!(r.due(d(0), at(0), false), None);
+        assert_eq!(r.next(d(0), at(0)), None);
+        // The first drops are said at once.
+        assert_eq!(r.next(d(1), at(0)), Some(at(0)));
+        assert_eq!(r.due(d(1), at(0), false), Some(d(1)));
+        // More within the second wait for it.
+        assert_eq!(r.due(d(5), at(500), false), None);
+        assert_eq!(r.next(d(5), at(500)), Some(at(1000)));
+        assert_eq!(r.due(d(5), at(999), false), None);
+        assert_eq!(r.due(d(5), at(1000), false), Some(d(4)));
+        // Nothing new, nothing said, and no wake-up wanted.
+        assert_eq!(r.due(d(5), at(3000), false), None);
+        assert_eq!(r.next(d(5), at(3000)), None);
+        // After a quiet spell, at once again; a flush or the end does not wait its turn.
+        assert_eq!(r.due(d(6), at(3000), false), Some(d(1)));
+        assert_eq!(r.due(d(8), at(3100), false), None);
+        assert_eq!(r.due(d(8), at(3100), true), Some(d(2)));
+
+        // A drop every millisecond for 10s, and the writer looking every millisecond: one
+        // report a second, and one at the end, which together count every drop.
+        let mut r = Reports::default();
+        let mut said = Vec::new();
+        for ms in 0..10_000 {
+            if let Some(x) = r.due(d(ms + 1), at(ms), false) {
+                said.push((ms, x));
+            }
+        }
+        let end = at(10_000);
+        let next = r.next(d(10_000), end).unwrap();
+        said.extend(r.due(d(10_000), next, false).map(|x| (10_000, x)));
+        assert_eq!(said.len(), 11, "{said:?}");
+        assert!(said.windows(2).all(|w| w[1].0 - w[0].0 >= 1000));
+        assert_eq!(said.iter().map(|s| s.1.lines).sum::<u64>(), 10_000);
+        assert_eq!(said.iter().map(|s| s.1.bytes).sum::<u64>(), 100_000);
+    }
+
+    #[test]
+    fn drops_are_said_once_the_sink_writes_again_not_per_line() {
+        // A sink that takes a while per write: the queue stays full, and lines are dropped all
+        // along, but said in few reports, not beside every line.
+        struct Slow(Arc<Mutex<Vec<u8>>>);
+        impl Write for Slow {
+            fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+                std::thread::sleep(Duration::from_micros(200));
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let out = Output::start_with(Sink::Stream(Box::new(Slow(got.clone()))));
+        let started = Instant::now();
+        let line = line(4096);
+        let mut pushed = 0u64;
+        while started.elapsed() < Duration::from_millis(1500) {
+            out.line(line.clone());
+            pushed += 1;
+        }
+        out.flush(Duration::from_secs(30));
+        let secs = started.elapsed().as_secs_f64();
+        let text = String::from_utf8(got.lock().unwrap().clone()).unwrap();
+        let written = text.lines().filter(|l| l.starts_with("xx")).count() as u64;
+        let reports = reported(&text);
+        let dropped: u64 = reports.iter().map(|d| d.lines).sum();
+        assert_eq!(written + dropped, pushed);
+        assert_eq!(dropped, out.dropped().lines);
+        assert!(
+            written > 100 && dropped > 1000,
+            "{written} written, {dropped} dropped"
+        );
+        // One at the first drop, at most one a second after it, and the flush's.
+        assert!(
+            reports.len() as f64 <= secs.floor() + 2.0,
+            "{} reports in {secs:.1}s: {reports:?}",
+            reports.len()
+        );
     }
 }
