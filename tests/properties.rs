@@ -1,0 +1,126 @@
+//! Property-based tests of what corral parses from others: config files (from operators),
+//! sd_notify datagrams (from workers), control requests (from clients). Arbitrary input never
+//! panics, and what is accepted means what it says. A fixed seed and a fixed number of cases
+//! per property: the same run every time, within a bounded time.
+
+use std::path::Path;
+
+use proptest::prelude::*;
+use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
+
+use corral::config::Config as AppConfig;
+use corral::notify::Notification;
+
+/// A runner with a fixed seed and budget, and no files of failures left behind.
+fn runner(cases: u32) -> TestRunner {
+    let config = Config {
+        cases,
+        failure_persistence: None,
+        ..Config::default()
+    };
+    TestRunner::new_with_rng(config, TestRng::deterministic_rng(RngAlgorithm::ChaCha))
+}
+
+/// Text that looks like a config file: keys corral knows and does not, values of every TOML
+/// type, sections, junk.
+fn config_text() -> impl Strategy<Value = String> {
+    let key = prop_oneof![
+        Just("command".to_string()),
+        Just("workers".to_string()),
+        Just("directory".to_string()),
+        Just("environment".to_string()),
+        Just("[readiness]\nmode".to_string()),
+        Just("[readiness]\ntimeout".to_string()),
+        Just("[stop]\ntimeout".to_string()),
+        Just("[stop]\nmessage".to_string()),
+        Just("[restart]\nstop_exit_codes".to_string()),
+        Just("[restart]\nmax_failures".to_string()),
+        Just("[[listen]]\naddress".to_string()),
+        Just("[[listen]]\nname".to_string()),
+        Just("[limits]\nmax_memory".to_string()),
+        "[a-z_]{1,12}",
+    ];
+    let value = prop_oneof![
+        "\"[ -~]{0,20}\"",
+        any::<i64>().prop_map(|n| n.to_string()),
+        Just("true".to_string()),
+        Just("[\"node\", \"app.js\"]".to_string()),
+        Just("[0, 3, 300]".to_string()),
+        Just("\"30s\"".to_string()),
+        Just("\"1.5x\"".to_string()),
+        Just("{ A = \"1\" }".to_string()),
+        "[ -~]{0,10}",
+    ];
+    prop::collection::vec((key, value), 0..12).prop_map(|kvs| {
+        kvs.into_iter()
+            .map(|(k, v)| format!("{k} = {v}\n"))
+            .collect::<String>()
+    })
+}
+
+#[test]
+fn configs_never_panic_and_every_diagnostic_points_into_the_file() {
+    let path = Path::new("/etc/corral/prop.toml");
+    runner(2000)
+        .run(&config_text(), |text| {
+            match AppConfig::parse(path, &text) {
+                Ok(c) => {
+                    // What is accepted is what the file says it is.
+                    prop_assert!(!c.command.is_empty());
+                    prop_assert!(c.workers.resolve() >= 1);
+                }
+                Err(e) => {
+                    let lines = text.lines().count().max(1);
+                    prop_assert!(!e.diagnostics.is_empty());
+                    for d in &e.diagnostics {
+                        prop_assert!(d.line >= 1 && d.line <= lines + 1, "{d:?} in {lines}");
+                        prop_assert!(d.col >= 1);
+                    }
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+}
+
+#[test]
+fn arbitrary_bytes_as_a_config_never_panic() {
+    let path = Path::new("/etc/corral/prop.toml");
+    runner(2000)
+        .run(&prop::collection::vec(any::<u8>(), 0..400), |bytes| {
+            let text = String::from_utf8_lossy(&bytes);
+            let _ = AppConfig::parse(path, &text);
+            Ok(())
+        })
+        .unwrap();
+}
+
+#[test]
+fn notify_datagrams_never_panic_and_say_what_they_carry() {
+    runner(3000)
+        .run(&prop::collection::vec(any::<u8>(), 0..600), |bytes| {
+            let _ = Notification::parse(&bytes);
+            Ok(())
+        })
+        .unwrap();
+    let assignment = prop_oneof![
+        Just("READY=1".to_string()),
+        Just("WATCHDOG=1".to_string()),
+        Just("STOPPING=1".to_string()),
+        "STATUS=[ -~]{0,30}",
+        any::<u64>().prop_map(|n| format!("EXTEND_TIMEOUT_USEC={n}")),
+        "[A-Z_]{1,10}=[ -~]{0,10}",
+    ];
+    runner(3000)
+        .run(&prop::collection::vec(assignment, 0..8), |lines| {
+            let datagram = lines.join("\n");
+            let n = Notification::parse(datagram.as_bytes());
+            prop_assert_eq!(n.ready, lines.iter().any(|l| l == "READY=1"));
+            prop_assert_eq!(n.watchdog_ping, lines.iter().any(|l| l == "WATCHDOG=1"));
+            // The last STATUS= wins, as systemd keeps the last.
+            let status = lines.iter().rev().find_map(|l| l.strip_prefix("STATUS="));
+            prop_assert_eq!(n.status.as_deref(), status);
+            Ok(())
+        })
+        .unwrap();
+}
