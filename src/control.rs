@@ -5,10 +5,19 @@
 //! A request of another protocol version gets an error reply naming both versions; a client
 //! checks the reply's version the same way, so mismatched binaries say so instead of
 //! misreading each other. Only root and the supervisor's own user may connect (SO_PEERCRED).
+//!
+//! Both ends check the other. The supervisor takes at most [`MAX_CONNECTIONS`] connections at
+//! once, waits [`REQUEST_TIMEOUT`] for a request and [`WRITE_TIMEOUT`] for a client to take each
+//! line of its answer, so clients cannot use up its file descriptors (it needs them to start
+//! workers). A client believes only a directory and a peer that another user cannot have
+//! planted (`trusted_uids`), and sends nothing to anyone else.
 
+use std::collections::BTreeMap;
 use std::io::{self, BufRead, BufReader, Write};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixStream as StdStream;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -22,6 +31,17 @@ use crate::supervisor::Snapshot;
 pub const PROTOCOL_VERSION: u32 = 1;
 /// A request line longer than this is refused.
 const MAX_REQUEST: u64 = 64 * 1024;
+/// Control connections open at once. Past it, a new connection takes the place of the oldest
+/// one that has not sent its request yet (which is told so and closed); when every one is busy
+/// (a reload each client waits for), the new one is answered with an error at once. The unit's
+/// LimitNOFILE= counts them (units.rs).
+pub const MAX_CONNECTIONS: usize = 64;
+/// How long a connection may take to send its request.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take to make room for a line of the answer (a client that never
+/// reads): the connection is closed then. Progress and answers are small, so a reading client
+/// never waits on this.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "lowercase")]
@@ -330,13 +350,104 @@ impl Drop for Server {
     }
 }
 
-/// Accepts connections forever, handing each request to the event loop.
+/// The open control connections, for [`MAX_CONNECTIONS`].
+#[derive(Default)]
+struct Connections {
+    /// Open, counting those told to close that have not closed yet.
+    open: usize,
+    next: u64,
+    /// Those that have not sent their request, oldest first, each with how to close it.
+    waiting: BTreeMap<u64, oneshot::Sender<()>>,
+}
+
+/// One open connection's place in [`Connections`]; given back when dropped.
+struct Slot {
+    id: u64,
+    all: Arc<Mutex<Connections>>,
+}
+
+impl Slot {
+    /// Its request came: it is no longer the one to close for a newcomer.
+    fn busy(&self) {
+        self.all
+            .lock()
+            .expect("not poisoned")
+            .waiting
+            .remove(&self.id);
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut all = self.all.lock().expect("not poisoned");
+        all.open -= 1;
+        all.waiting.remove(&self.id);
+    }
+}
+
+/// A place for a new connection, what says it must make way for a newer one, and whether an
+/// older one was told to; `None` when there is no place.
+fn admit(all: &Arc<Mutex<Connections>>) -> Option<(Slot, oneshot::Receiver<()>, bool)> {
+    let mut c = all.lock().expect("not poisoned");
+    // Those told to close still hold their descriptor until their task has run (serve lets
+    // it); twice the cap bounds them however fast connections come.
+    let evicted = c.open >= MAX_CONNECTIONS;
+    if evicted {
+        if c.open >= 2 * MAX_CONNECTIONS {
+            return None;
+        }
+        let (_, close) = c.waiting.pop_first()?;
+        let _ = close.send(());
+    }
+    c.open += 1;
+    c.next += 1;
+    let id = c.next;
+    let (close, closed) = oneshot::channel();
+    c.waiting.insert(id, close);
+    Some((
+        Slot {
+            id,
+            all: all.clone(),
+        },
+        closed,
+        evicted,
+    ))
+}
+
+fn line(r: &Response) -> String {
+    let mut text = serde_json::to_string(r).expect("a response serialises");
+    text.push('\n');
+    text
+}
+
+/// Accepts connections forever, handing each request to the event loop. It never waits on a
+/// client: one too many is answered without waiting and closed.
 pub async fn serve(listener: UnixListener, to_loop: mpsc::Sender<Incoming>) {
+    let all = Arc::new(Mutex::new(Connections::default()));
     loop {
         match listener.accept().await {
-            Ok((stream, _)) => {
-                tokio::spawn(connection(stream, to_loop.clone()));
-            }
+            Ok((stream, _)) => match admit(&all) {
+                Some((slot, closed, evicted)) => {
+                    tokio::spawn(connection(stream, to_loop.clone(), slot, closed));
+                    if evicted {
+                        // The one told to close does so before the next is taken: a burst of
+                        // connections does not pile up closing ones.
+                        tokio::task::yield_now().await;
+                    }
+                }
+                None => {
+                    // A new socket's buffer is empty: the line fits, and the write (the socket
+                    // is non-blocking) never waits. Written directly, not through the reactor,
+                    // which may not have seen the socket writable yet.
+                    let text = line(&Response::err(format!(
+                        "corral is busy: {MAX_CONNECTIONS} control connections are open and \
+                         waiting for answers; try again later"
+                    )));
+                    let _ = stream
+                        .into_std()
+                        .and_then(|s| (&s).write_all(text.as_bytes()));
+                }
+            },
             Err(e) => {
                 // Out of fds, say: retrying at once would spin. The event loop runs on meanwhile.
                 tracing::warn!("control socket: cannot accept: {e}");
@@ -361,7 +472,12 @@ fn peer_allowed(stream: &UnixStream) -> Result<(), String> {
     }
 }
 
-async fn connection(stream: UnixStream, to_loop: mpsc::Sender<Incoming>) {
+async fn connection(
+    stream: UnixStream,
+    to_loop: mpsc::Sender<Incoming>,
+    slot: Slot,
+    closed: oneshot::Receiver<()>,
+) {
     let allowed = peer_allowed(&stream);
     let (read, mut write) = stream.into_split();
     let request = match allowed {
@@ -370,17 +486,27 @@ async fn connection(stream: UnixStream, to_loop: mpsc::Sender<Incoming>) {
             let mut line = String::new();
             let mut reader =
                 tokio::io::BufReader::new(tokio::io::AsyncReadExt::take(read, MAX_REQUEST));
-            let read = tokio::time::timeout(Duration::from_secs(10), reader.read_line(&mut line));
-            match read.await {
-                Err(_) => Err(Response::err("no request within 10s")),
-                Ok(Err(e)) => Err(Response::err(format!("cannot read request: {e}"))),
-                Ok(Ok(_)) if !line.ends_with('\n') => Err(Response::err(
-                    "request too long or not terminated by a newline",
-                )),
-                Ok(Ok(_)) => parse(&line).map_err(Response::err),
+            let read = tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut line));
+            tokio::select! {
+                r = read => match r {
+                    Err(_) => Err(Response::err(format!(
+                        "no request within {}s",
+                        REQUEST_TIMEOUT.as_secs()
+                    ))),
+                    Ok(Err(e)) => Err(Response::err(format!("cannot read request: {e}"))),
+                    Ok(Ok(_)) if !line.ends_with('\n') => Err(Response::err(
+                        "request too long or not terminated by a newline",
+                    )),
+                    Ok(Ok(_)) => parse(&line).map_err(Response::err),
+                },
+                Ok(()) = closed => Err(Response::err(format!(
+                    "closed without a request: {MAX_CONNECTIONS} control connections are open, \
+                     and a newer one needed this one's place"
+                ))),
             }
         }
     };
+    slot.busy();
     let response = match request {
         Err(r) => r,
         Ok(command) => {
@@ -398,8 +524,10 @@ async fn connection(stream: UnixStream, to_loop: mpsc::Sender<Incoming>) {
                         // Progress queued before the answer goes out before it.
                         biased;
                         Some(p) = progressed.recv() => {
+                            // A client that takes no more lines is gone: what it asked for goes
+                            // on without it.
                             if send_line(&mut write, &Response::progress(p)).await.is_err() {
-                                break Response::err("the client went away");
+                                return;
                             }
                         }
                         r = &mut answered => {
@@ -411,15 +539,30 @@ async fn connection(stream: UnixStream, to_loop: mpsc::Sender<Incoming>) {
         }
     };
     let _ = send_line(&mut write, &response).await;
+    drop(slot);
 }
 
+/// Writes one line, or gives up after [`WRITE_TIMEOUT`] of the client not taking it.
 async fn send_line(
     write: &mut tokio::net::unix::OwnedWriteHalf,
     r: &Response,
 ) -> std::io::Result<()> {
-    let mut text = serde_json::to_string(r).expect("a response serialises");
-    text.push('\n');
-    write.write_all(text.as_bytes()).await
+    send_line_within(write, r, WRITE_TIMEOUT).await
+}
+
+async fn send_line_within(
+    write: &mut tokio::net::unix::OwnedWriteHalf,
+    r: &Response,
+    timeout: Duration,
+) -> std::io::Result<()> {
+    tokio::time::timeout(timeout, write.write_all(line(r).as_bytes()))
+        .await
+        .unwrap_or_else(|_| {
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client takes no answer",
+            ))
+        })
 }
 
 /// Checks a request line: JSON, this protocol version, a known command. The error is the
@@ -443,6 +586,79 @@ fn parse(line: &str) -> Result<Command, String> {
     Ok(request.command)
 }
 
+/// Who a client believes on the socket at `path`, before it connects: root, this user, and
+/// the owner of the socket's directory when root or this user made that directory for it,
+/// as systemd makes `RuntimeDirectory=corral/APP` in root's `/run/corral` for the service's
+/// user (`sudo corral status api`). A directory that fails rundir.rs's test otherwise (another
+/// user's, or writable by others: a `/tmp/corral-UID` someone else made first) is refused, so
+/// nothing is sent through it. A directory that cannot be looked at is left to `connect` to
+/// report; the peer's check still applies.
+fn trusted_uids(path: &Path) -> Result<Vec<u32>, Error> {
+    let me = nix::unistd::geteuid().as_raw();
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let Ok(m) = std::fs::symlink_metadata(dir) else {
+        return Ok(vec![0, me]);
+    };
+    let refused = match crate::rundir::check_dir(dir, me) {
+        Ok(_) => return Ok(vec![0, me]),
+        Err(e) => e,
+    };
+    // Made for its owner: a safe directory of that user, in one only root or this user can
+    // add to (no write bit for others at all: a sticky /tmp is not that).
+    let owner = m.uid();
+    let handed_over = crate::rundir::check_dir(dir, owner).is_ok()
+        && std::fs::canonicalize(dir)
+            .ok()
+            .and_then(|d| std::fs::metadata(d.parent()?).ok())
+            .is_some_and(|p| (p.uid() == 0 || p.uid() == me) && p.mode() & 0o022 == 0);
+    if handed_over {
+        Ok(vec![0, me, owner])
+    } else {
+        Err(Error::io(
+            format!("will not connect to {}", path.display()),
+            refused,
+        ))
+    }
+}
+
+/// Refuses a peer whose uid is not in `trusted` (SO_PEERCRED: who called listen(2)) before
+/// anything is sent to it: another user's process there would otherwise read the request and
+/// fake the answer.
+fn check_peer(stream: &StdStream, path: &Path, trusted: &[u32]) -> Result<(), Error> {
+    use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+    let cred = getsockopt(stream, PeerCredentials).map_err(|e| {
+        Error::io(
+            format!("cannot tell who answers on {}", path.display()),
+            e.into(),
+        )
+    })?;
+    if trusted.contains(&cred.uid()) {
+        return Ok(());
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    let others: String = trusted
+        .iter()
+        .filter(|&&u| u != 0 && u != me)
+        .map(|u| format!(", nor uid {u} (the directory's owner)"))
+        .collect();
+    Err(Error::io(
+        format!("will not talk to {}", path.display()),
+        io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "the process answering there (pid {}) runs as uid {}, which is neither root nor \
+                 this user (uid {me}){others}: another user may have put it there to fake \
+                 corral's answers. Nothing was sent to it",
+                cred.pid(),
+                cred.uid()
+            ),
+        ),
+    ))
+}
+
 /// Sends one request and waits for the reply, at most `timeout` (none for a reload, which
 /// answers when its roll is done, however long that takes).
 pub fn request(
@@ -460,6 +676,7 @@ pub fn request_with_progress(
     timeout: Option<Duration>,
     mut progress: impl FnMut(&str),
 ) -> Result<Response, Error> {
+    let trusted = trusted_uids(path)?;
     let stream = StdStream::connect(path).map_err(|e| match e.kind() {
         io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => Error::NotRunning {
             path: path.to_path_buf(),
@@ -467,6 +684,7 @@ pub fn request_with_progress(
         },
         _ => Error::io(format!("cannot connect to {}", path.display()), e),
     })?;
+    check_peer(&stream, path, &trusted)?;
     stream
         .set_read_timeout(timeout)
         .map_err(|e| Error::io("control socket", e))?;
@@ -545,5 +763,123 @@ mod tests {
         );
         let r: Request = serde_json::from_str(r#"{"version":1,"command":"status"}"#).unwrap();
         assert_eq!(r.command, Command::Status);
+    }
+
+    #[test]
+    fn past_the_cap_the_oldest_connection_without_a_request_makes_way() {
+        let all = Arc::new(Mutex::new(Connections::default()));
+        let mut open: Vec<_> = (0..MAX_CONNECTIONS)
+            .map(|_| admit(&all).expect("room"))
+            .collect();
+        // The first has sent its request: the second is the oldest still waiting.
+        open[0].0.busy();
+        assert!(open.iter().all(|c| !c.2), "no one made way below the cap");
+        let mut newcomer = admit(&all).expect("room, made by the oldest waiting");
+        assert!(newcomer.2);
+        assert!(open[1].1.try_recv().is_ok(), "told to close");
+        assert!(open[0].1.try_recv().is_err(), "a busy one is left alone");
+        assert!(open[2].1.try_recv().is_err());
+        // Until it has closed, it still counts; at twice the cap nothing more is taken.
+        assert_eq!(all.lock().unwrap().open, MAX_CONNECTIONS + 1);
+        let mut more = Vec::new();
+        while let Some(c) = admit(&all) {
+            more.push(c);
+        }
+        assert_eq!(all.lock().unwrap().open, 2 * MAX_CONNECTIONS);
+        assert!(more.iter_mut().all(|c| c.1.try_recv().is_err()));
+        // Once those told to close have closed, the next newcomer takes the place of the
+        // oldest waiting one again.
+        drop(open.drain(1..).collect::<Vec<_>>());
+        assert_eq!(all.lock().unwrap().open, MAX_CONNECTIONS + 1);
+        let _last = admit(&all).expect("room");
+        assert!(newcomer.1.try_recv().is_ok());
+        drop((newcomer, more, _last));
+        assert_eq!(all.lock().unwrap().open, 1, "only the busy one");
+        assert!(all.lock().unwrap().waiting.is_empty());
+    }
+
+    #[test]
+    fn every_connection_busy_means_the_next_is_refused() {
+        let all = Arc::new(Mutex::new(Connections::default()));
+        let busy: Vec<_> = (0..MAX_CONNECTIONS)
+            .map(|_| admit(&all).expect("room"))
+            .collect();
+        for (slot, _, _) in &busy {
+            slot.busy();
+        }
+        assert!(admit(&all).is_none());
+        drop(busy);
+        assert!(admit(&all).is_some());
+    }
+
+    #[tokio::test]
+    async fn the_accept_loop_makes_way_then_answers_busy() {
+        use tokio::io::AsyncWriteExt as _;
+        let dir = std::env::temp_dir().join(format!("corral-control-cap-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("t.sock");
+        let (_server, listener) = Server::bind(&path).unwrap();
+        let (to_loop, mut incoming) = mpsc::channel(256);
+        tokio::spawn(serve(listener, to_loop));
+        let request = b"{\"version\":1,\"command\":\"status\"}\n";
+        let first_line = |s: UnixStream| async move {
+            let mut line = String::new();
+            let mut r = tokio::io::BufReader::new(s);
+            tokio::time::timeout(Duration::from_secs(5), r.read_line(&mut line))
+                .await
+                .expect("a line within 5s")
+                .unwrap();
+            line
+        };
+        // One that says nothing, then the rest of the cap asking and never answered.
+        let idle = UnixStream::connect(&path).await.unwrap();
+        let mut held = Vec::new();
+        let mut busy = Vec::new();
+        for _ in 1..MAX_CONNECTIONS {
+            let mut s = UnixStream::connect(&path).await.unwrap();
+            s.write_all(request).await.unwrap();
+            held.push(incoming.recv().await.unwrap());
+            busy.push(s);
+        }
+        // A newcomer takes the idle one's place, which is told why.
+        let mut newcomer = UnixStream::connect(&path).await.unwrap();
+        let told = first_line(idle).await;
+        assert!(told.contains("closed without a request"), "{told}");
+        newcomer.write_all(request).await.unwrap();
+        held.push(incoming.recv().await.unwrap());
+        // Every place is busy: the next is answered at once.
+        let refused = first_line(UnixStream::connect(&path).await.unwrap()).await;
+        assert!(
+            refused.contains("corral is busy: 64 control connections"),
+            "{refused}"
+        );
+        // Answered, they make room.
+        for i in held.drain(..) {
+            i.reply.send(Response::ok("done"));
+        }
+        for s in busy {
+            assert!(first_line(s).await.contains("done"));
+        }
+        let mut s = UnixStream::connect(&path).await.unwrap();
+        s.write_all(request).await.unwrap();
+        assert!(incoming.recv().await.is_some());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn a_client_that_never_reads_is_given_up_on() {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let (_read, mut write) = ours.into_split();
+        let progress = Response::progress("x".repeat(1000));
+        let mut lines = 0;
+        let e = loop {
+            match send_line_within(&mut write, &progress, Duration::from_millis(200)).await {
+                Ok(()) => lines += 1,
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        assert!(lines > 10, "the socket's buffer took {lines} lines first");
+        drop(theirs);
     }
 }

@@ -31,6 +31,13 @@ pub fn prepare(dir: &Path) -> io::Result<()> {
             .mode(0o700)
             .create(dir)?;
     }
+    check_dir(dir, nix::unistd::geteuid().as_raw()).map(drop)
+}
+
+/// Checks, creating and changing nothing, that `dir` is a directory safe for the files of
+/// user `uid` (see the module's comment): [`prepare`]'s test, which clients also apply before
+/// they trust a socket there. Its metadata when it is.
+pub fn check_dir(dir: &Path, uid: u32) -> io::Result<std::fs::Metadata> {
     let m = std::fs::symlink_metadata(dir)?;
     if !m.is_dir() {
         return Err(io::Error::other(format!(
@@ -38,7 +45,8 @@ pub fn prepare(dir: &Path) -> io::Result<()> {
             dir.display()
         )));
     }
-    check_owner_and_mode(dir, m.uid(), m.mode(), nix::unistd::geteuid().as_raw())
+    check_owner_and_mode(dir, m.uid(), m.mode(), uid)?;
+    Ok(m)
 }
 
 fn check_owner_and_mode(dir: &Path, uid: u32, mode: u32, me: u32) -> io::Result<()> {

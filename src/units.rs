@@ -31,6 +31,29 @@ const STOP_MARGIN: Duration = Duration::from_secs(10);
 /// from its event loop at half of it, so a loop stuck this long gets the service restarted.
 const DEFAULT_WATCHDOG: &str = "30s";
 
+/// The most workers an app has: the most a config's `workers` or `corral scale` allows
+/// (config/check.rs, runtime.rs).
+const MOST_WORKERS: u32 = 1024;
+/// File descriptors corral holds per worker: its stdout and stderr pipes and a Node.js IPC
+/// channel. Listeners come from socket units and are shared, one each, whatever the count.
+const FDS_PER_WORKER: u32 = 3;
+/// corral's own: listeners, the notify and control sockets, the keeper's pipe, /dev/null, the
+/// journal, the event loop's, a spawn's pipes while it forks, /proc reads; a few dozen at most.
+const FDS_OWN: u32 = 128;
+/// What corral may have open at once: `MOST_WORKERS × FDS_PER_WORKER`, twice over while a
+/// roll has the new workers and the old (6144), plus the control connections
+/// (`MAX_CONNECTIONS` open and as many being closed: 128) and its own (128): 6400.
+const NOFILE_NEEDED: u32 =
+    2 * MOST_WORKERS * FDS_PER_WORKER + 2 * crate::control::MAX_CONNECTIONS as u32 + FDS_OWN;
+/// LimitNOFILE=, `SOFT:HARD`. The soft limit is [`NOFILE_NEEDED`] rounded up, 8192.
+/// systemd's default soft limit, 1024 (kept for select(2), systemd.exec(5)), runs out at
+/// about 160 workers, and then a worker cannot be started again (EMFILE). The hard limit
+/// stays systemd's default, 524288, so that a worker can raise its own soft limit as before;
+/// workers inherit the soft limit of 8192.
+const NOFILE_SOFT: u32 = NOFILE_NEEDED.next_power_of_two();
+const NOFILE_HARD: u32 = 524288;
+const _: () = assert!(NOFILE_NEEDED <= NOFILE_SOFT && NOFILE_SOFT <= NOFILE_HARD);
+
 /// Sandboxing for the supervisor and its workers: `systemd-analyze security` rates it about 1.1
 /// ("OK"). No MemoryDenyWriteExecute=: V8 and other JITs need writable executable pages.
 /// Apps that must write somewhere add `ReadWritePaths=` in a drop-in (or use StateDirectory=).
@@ -107,6 +130,10 @@ RestartSec=1s
 TimeoutStopSec=40s
 WatchdogSec={DEFAULT_WATCHDOG}
 RuntimeDirectory=corral/%i
+# Open files: 3 per worker (its output pipes, Node.js IPC), 1024 workers at most, twice over
+# during a reload, plus the control connections and corral's own: 6400. The hard limit stays
+# systemd's default, for workers that raise their own soft limit.
+LimitNOFILE={NOFILE_SOFT}:{NOFILE_HARD}
 DynamicUser=yes
 ",
     );
@@ -315,7 +342,7 @@ pub fn render(config: &Config, source: &Path, flavor: &Flavor) -> Vec<UnitFile> 
                  ExecStart={bin} run {}\nExecReload={bin} reload --control %t/corral/{app}/{app}.sock \
                  {app}\nKillMode=mixed\n\
                  Restart=on-failure\nRestartSec=1s\n\
-                 RuntimeDirectory=corral/{app}\n",
+                 RuntimeDirectory=corral/{app}\nLimitNOFILE={NOFILE_SOFT}:{NOFILE_HARD}\n",
                 header(source),
                 escape(&path.display().to_string()),
             );
@@ -368,6 +395,23 @@ mod tests {
                 "units/{file} differs from units.rs: CORRAL_UPDATE_GOLDEN=1 cargo test rewrites it"
             );
         }
+    }
+
+    #[test]
+    fn the_open_file_limit_covers_the_most_workers_and_control_connections() {
+        assert_eq!(NOFILE_NEEDED, 6400, "the figure the comments give");
+        assert_eq!(NOFILE_SOFT, 8192);
+        let line = "LimitNOFILE=8192:524288\n";
+        assert!(template_service().contains(line));
+        let standalone = render(
+            &config("command = [\"x\"]\n"),
+            Path::new("/etc/corral/api.toml"),
+            &Flavor::Standalone {
+                binary: BINARY.into(),
+                config: "/etc/corral/api.toml".into(),
+            },
+        );
+        assert!(standalone[0].contents.contains(line));
     }
 
     #[test]

@@ -506,3 +506,281 @@ environment = { WORKER_STATUS = "evil\u001b]0;owned\u0007\u001b[2Jend" }
         "evil\u{1b}]0;owned\u{7}\u{1b}[2Jend"
     );
 }
+
+/// A stand-in for a supervisor, as another user could start one: it answers every connection
+/// with a made-up status and prints what each one sent (`got b'...'`). It binds as root and
+/// becomes that user (`argv[2]`) before listen(2), which is whom SO_PEERCRED then names.
+const FAKE_SUPERVISOR: &str = r#"
+import os, socket, sys
+path, uid = sys.argv[1], int(sys.argv[2])
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.bind(path)
+os.chmod(path, 0o777)
+os.chown(path, uid, uid)
+os.setgroups([]); os.setgid(uid); os.setuid(uid)
+s.listen(16)
+print("listening", flush=True)
+fake = b'{"version":1,"ok":true,"message":"reloaded","status":{"app":"fake","pid":1,"config":"/x","state":"running","generation":1,"desired":0,"ready":0,"restarts":0,"reload":null,"workers":[]}}\n'
+while True:
+    c, _ = s.accept()
+    c.settimeout(5)
+    try:
+        got = c.recv(65536)
+    except OSError:
+        got = b"?"
+    print("got", repr(got), flush=True)
+    try:
+        c.sendall(fake)
+    except OSError:
+        pass
+    c.close()
+"#;
+
+struct Fake {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Fake {
+    /// Listening at `path` as `uid` once this returns.
+    fn start(path: &std::path::Path, uid: u32) -> Fake {
+        let mut child = Command::new("python3")
+            .args(["-c", FAKE_SUPERVISOR])
+            .arg(path)
+            .arg(uid.to_string())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = BufReader::new(child.stdout.take().unwrap());
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for l in out.lines().map_while(Result::ok) {
+                let _ = tx.send(l);
+            }
+        });
+        let fake = Fake { child, lines };
+        assert_eq!(
+            fake.next(),
+            "listening",
+            "the fake supervisor did not start"
+        );
+        fake
+    }
+
+    /// Its next line, within 10s.
+    fn next(&self) -> String {
+        self.lines
+            .recv_timeout(SECS(10))
+            .expect("a line from the fake supervisor within 10s")
+    }
+
+    /// What else it printed, once it is stopped.
+    fn stop(mut self) -> Vec<String> {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        self.lines.iter().collect()
+    }
+}
+
+impl Drop for Fake {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `corral ARGS` as `uid`, outside systemd and without XDG_RUNTIME_DIR, with `TMPDIR`.
+fn corral_as(uid: u32, args: &[&str], tmpdir: &std::path::Path) -> std::process::Output {
+    Command::new("setpriv")
+        .arg(format!("--reuid={uid}"))
+        .arg(format!("--regid={uid}"))
+        .arg("--clear-groups")
+        .arg(CORRAL)
+        .args(args)
+        .env_remove("XDG_RUNTIME_DIR")
+        .env_remove("RUNTIME_DIRECTORY")
+        .env("TMPDIR", tmpdir)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_control_directory_another_user_made_first_is_not_used() {
+    // Issue 9: without XDG_RUNTIME_DIR, uid 4242's corral looks in $TMPDIR/corral-4242, which
+    // nobody (uid 65534) made beforehand, open to all, with a fake supervisor in it.
+    let dir = scratch_dir();
+    let tmp = dir.join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let planted = tmp.join("corral-4242");
+    std::fs::create_dir(&planted).unwrap();
+    std::os::unix::fs::chown(&planted, Some(65534), Some(65534)).unwrap();
+    std::fs::set_permissions(&planted, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let fake = Fake::start(&planted.join("demo.sock"), 65534);
+    for (args, what) in [
+        (&["status", "demo"][..], "status"),
+        (&["reload", "demo"][..], "reload"),
+    ] {
+        let out = corral_as(4242, args, &tmp);
+        assert_eq!(out.status.code(), Some(1), "{what}: {out:?}");
+        assert!(out.stdout.is_empty(), "{what}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!(
+                "will not connect to {}/demo.sock: {} belongs to uid 65534, not to this user \
+                 (uid 4242) or root",
+                planted.display(),
+                planted.display()
+            )),
+            "{what}: {err}"
+        );
+    }
+    assert_eq!(
+        fake.stop(),
+        Vec::<String>::new(),
+        "nothing reached the fake"
+    );
+    // Made by uid 4242 itself, the same directory is used (and a missing supervisor is
+    // "not running", exit 3).
+    std::fs::remove_dir_all(&planted).unwrap();
+    std::fs::create_dir(&planted).unwrap();
+    std::os::unix::fs::chown(&planted, Some(4242), Some(4242)).unwrap();
+    std::fs::set_permissions(&planted, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let out = corral_as(4242, &["status", "demo"], &tmp);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_supervisor_of_another_user_is_not_believed() {
+    // In a directory root owns, a process of uid 65534 listens: root's client sends it nothing.
+    let dir = scratch_dir();
+    let path = dir.join("demo.sock");
+    let fake = Fake::start(&path, 65534);
+    for args in [&["status", "demo"][..], &["reload", "demo"][..]] {
+        let out = Command::new(CORRAL)
+            .args(args)
+            .arg("--control")
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        assert!(out.stdout.is_empty(), "{out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!(
+                "will not talk to {}: the process answering there (pid ",
+                path.display()
+            )) && err.contains(
+                "runs as uid 65534, which is neither root nor this user (uid 0): another user \
+                     may have put it there to fake corral's answers. Nothing was sent to it"
+            ),
+            "{err}"
+        );
+    }
+    // Both connected, and hung up without a byte.
+    assert_eq!([fake.next(), fake.next()], ["got b''", "got b''"]);
+    assert_eq!(fake.stop(), Vec::<String>::new());
+
+    // A directory root made for that user, as systemd makes RuntimeDirectory=corral/APP in
+    // /run/corral for the service's user: that user's supervisor there is believed.
+    let handed = dir.join("demo");
+    std::fs::create_dir(&handed).unwrap();
+    std::os::unix::fs::chown(&handed, Some(65534), Some(65534)).unwrap();
+    let path = handed.join("demo.sock");
+    let fake = Fake::start(&path, 65534);
+    let out = Command::new(CORRAL)
+        .args(["status", "--json", "--control"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["app"], "fake");
+    assert!(fake
+        .next()
+        .starts_with("got b'{\"version\":1,\"command\":\"status\"}"));
+    // But not another user's process there.
+    fake.stop();
+    std::fs::remove_file(&path).unwrap();
+    let fake = Fake::start(&path, 4242);
+    let out = Command::new(CORRAL)
+        .args(["status", "--control"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "runs as uid 4242, which is neither root nor this user (uid 0), nor uid 65534 (the \
+             directory's owner)"
+        ),
+        "{err}"
+    );
+    assert_eq!(fake.next(), "got b''");
+    assert_eq!(fake.stop(), Vec::<String>::new());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn idle_control_connections_past_the_cap_leave_corral_its_file_descriptors() {
+    // 200 open files at most: without a cap, 200 clients that never send a request would take
+    // every one corral has (issue 9: status hung, respawns failed with EMFILE).
+    const LIMIT: u64 = 200;
+    let c = Corral::start_with(&TEMPLATE.replace("workers = 2", "workers = 3"), |cmd| {
+        // SAFETY: setrlimit is async-signal-safe.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(cmd, || {
+                let l = libc::rlimit {
+                    rlim_cur: LIMIT,
+                    rlim_max: LIMIT,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &l) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    });
+    c.wait_ready(3, 1);
+    let idle: Vec<UnixStream> = (0..200)
+        .map(|_| UnixStream::connect(&c.control).unwrap())
+        .collect();
+    let started = Instant::now();
+    let out = Command::new(CORRAL)
+        .args(["status", "demo", "--json", "--control"])
+        .arg(&c.control)
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    assert!(out.status.success(), "{out:?}");
+    assert!(took < SECS(2), "status took {took:?}");
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["ready"], 3);
+    eprintln!("status with 200 idle connections open: {took:?}");
+    // The oldest idle connection was closed to make room, and told why.
+    let mut first = BufReader::new(&idle[0]);
+    idle[0].set_read_timeout(Some(SECS(5))).unwrap();
+    let mut reply = String::new();
+    first.read_line(&mut reply).unwrap();
+    assert!(
+        reply.contains("closed without a request: 64 control connections are open"),
+        "{reply}"
+    );
+    // A crashed worker gets its pipes, and is replaced.
+    let mark = c.mark();
+    let crashed = c.get("/crash").unwrap()["pid"].as_i64().unwrap();
+    c.wait_for_after(
+        mark,
+        &format!("pid {crashed} (generation 1): exited"),
+        SECS(10),
+    );
+    c.wait_for_after(mark, "3/3 ready · generation 1 · 1 restart", SECS(20));
+    let fds = std::fs::read_dir(format!("/proc/{}/fd", c.pid))
+        .unwrap()
+        .count();
+    eprintln!("corral's open files with 200 idle connections: {fds} (limit {LIMIT})");
+    assert!(fds < LIMIT as usize, "{fds}");
+    drop(idle);
+}
