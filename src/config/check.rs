@@ -101,6 +101,8 @@ const DURATION_EXAMPLE: &str = "a string like \"30s\"";
 /// Collects diagnostics while walking the document.
 pub(super) struct Checker<'a> {
     text: &'a str,
+    /// Where the lines of `text` start, to place diagnostics without rescanning it.
+    positions: Positions<'a>,
     pub(super) diags: Vec<Diagnostic>,
     /// Where `stop.message` was set, if it was.
     stop_message_at: Option<Option<Range<usize>>>,
@@ -108,6 +110,73 @@ pub(super) struct Checker<'a> {
     listen_mode_at: Option<Option<Range<usize>>>,
     /// `readiness.mode` was given but invalid.
     readiness_mode_bad: bool,
+}
+
+/// Turns byte offsets into 1-based (line, column in characters) in time independent of the
+/// offset: one pass over the text notes where each line starts and how many characters come
+/// before every `BLOCK`th byte, so a file with a hundred thousand problems costs no more to
+/// report than to read (finding each position from the start of the text cost their product).
+pub(super) struct Positions<'a> {
+    text: &'a str,
+    /// Byte offset where each line starts; the first is 0.
+    line_starts: Vec<usize>,
+    /// `chars[i]` is the number of characters in `text[..i * BLOCK]`.
+    chars: Vec<usize>,
+}
+
+impl<'a> Positions<'a> {
+    const BLOCK: usize = 64;
+
+    pub(super) fn new(text: &'a str) -> Self {
+        let bytes = text.as_bytes();
+        let mut line_starts = vec![0];
+        line_starts.extend(
+            bytes
+                .iter()
+                .enumerate()
+                .filter(|(_, &b)| b == b'\n')
+                .map(|(i, _)| i + 1),
+        );
+        let mut chars = Vec::with_capacity(bytes.len() / Self::BLOCK + 2);
+        let mut n = 0;
+        for block in bytes.chunks(Self::BLOCK) {
+            chars.push(n);
+            n += count_chars(block);
+        }
+        chars.push(n);
+        Positions {
+            text,
+            line_starts,
+            chars,
+        }
+    }
+
+    /// 1-based (line, column in characters) of a byte offset; an offset past the end is the
+    /// end, one inside a character is that character.
+    pub(super) fn pos(&self, offset: usize) -> (usize, usize) {
+        let mut offset = offset.min(self.text.len());
+        while !self.text.is_char_boundary(offset) {
+            offset -= 1;
+        }
+        // line_starts[0] == 0 <= offset, so line >= 1.
+        let line = self.line_starts.partition_point(|&start| start <= offset);
+        let start = self.line_starts[line - 1];
+        (
+            line,
+            self.chars_before(offset) - self.chars_before(start) + 1,
+        )
+    }
+
+    /// Characters in `text[..offset]`, `offset` on a character boundary.
+    fn chars_before(&self, offset: usize) -> usize {
+        let block = offset / Self::BLOCK;
+        self.chars[block] + count_chars(&self.text.as_bytes()[block * Self::BLOCK..offset])
+    }
+}
+
+/// Characters in UTF-8 `bytes` cut on character boundaries: the bytes that do not continue one.
+fn count_chars(bytes: &[u8]) -> usize {
+    bytes.iter().filter(|&&b| b & 0xC0 != 0x80).count()
 }
 
 /// Names and addresses of the listeners so far, with their header lines.
@@ -168,6 +237,7 @@ impl<'a> Checker<'a> {
     pub(super) fn new(text: &'a str) -> Self {
         Checker {
             text,
+            positions: Positions::new(text),
             diags: Vec::new(),
             stop_message_at: None,
             listen_mode_at: None,
@@ -177,15 +247,7 @@ impl<'a> Checker<'a> {
 
     /// 1-based (line, column in characters) of a byte offset.
     fn pos(&self, offset: usize) -> (usize, usize) {
-        let mut offset = offset.min(self.text.len());
-        while !self.text.is_char_boundary(offset) {
-            offset -= 1;
-        }
-        let before = &self.text[..offset];
-        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-        let line = before.matches('\n').count() + 1;
-        let col = before[line_start..].chars().count() + 1;
-        (line, col)
+        self.positions.pos(offset)
     }
 
     fn line_of(&self, span: &Option<Range<usize>>) -> usize {

@@ -4,7 +4,10 @@
 //! (`/etc/corral/api.toml` describes the app `api`). Parsing never stops at
 //! the first problem: every problem in the file is collected and reported as
 //! `FILE:LINE:COL: message`, with 1-based lines and columns (columns counted
-//! in characters), sorted by position.
+//! in characters), sorted by position; displayed, the first [`MAX_LISTED_DIAGNOSTICS`] are
+//! listed and the rest counted. `Config::load` reads only a regular file of at most
+//! [`MAX_CONFIG_SIZE`] bytes, and placing the diagnostics takes time linear in their number
+//! and the file's size, so no file can hold up corral for long.
 //!
 //! This file holds the schema (the types a valid file becomes) and `Config::load`/`parse`;
 //! `check` walks the document and collects the diagnostics, `values` parses the values
@@ -12,8 +15,10 @@
 //! `workers = "auto"`.
 
 use std::fmt;
-use std::fs;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read};
 use std::net::SocketAddr;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -30,6 +35,15 @@ use check::{
 };
 pub use cpus::available_cpus;
 pub use values::{parse_duration, parse_signal, parse_size};
+
+/// The largest config file [`Config::load`] reads: 1 MiB, hundreds of times any real config.
+/// A larger file is refused before it is read, so that no file (a log written to by mistake,
+/// a symlink to a huge file) can make corral hold or parse an unbounded amount of text.
+pub const MAX_CONFIG_SIZE: u64 = 1024 * 1024;
+
+/// How many diagnostics a [`ConfigError`] lists when displayed; a last line counts the rest
+/// (they are all in [`ConfigError::diagnostics`]).
+pub const MAX_LISTED_DIAGNOSTICS: usize = 100;
 
 /// What `readiness.mode = "exec"` means for a reload, said wherever it matters.
 pub const EXEC_WARNING: &str = "readiness.mode = \"exec\" counts a worker as ready as soon as it \
@@ -325,10 +339,13 @@ pub struct Diagnostic {
     pub message: String,
 }
 
+/// One line per diagnostic, in the order they are in (sorted by position), at most
+/// [`MAX_LISTED_DIAGNOSTICS`] of them, then `FILE: ... and N more errors` if there are more.
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let file = self.file.display();
-        for (i, d) in self.diagnostics.iter().enumerate() {
+        let listed = self.diagnostics.len().min(MAX_LISTED_DIAGNOSTICS);
+        for (i, d) in self.diagnostics[..listed].iter().enumerate() {
             if i > 0 {
                 writeln!(f)?;
             }
@@ -338,8 +355,26 @@ impl fmt::Display for ConfigError {
                 write!(f, "{file}:{}:{}: {}", d.line, d.col, d.message)?;
             }
         }
+        let rest = self.diagnostics.len() - listed;
+        if rest > 0 {
+            let s = if rest == 1 { "" } else { "s" };
+            write!(f, "\n{file}: ... and {} more error{s}", thousands(rest))?;
+        }
         Ok(())
     }
+}
+
+/// `n` with its digits in groups of three: 119900 is "119,900".
+fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 impl std::error::Error for ConfigError {}
@@ -385,16 +420,18 @@ impl Config {
         w
     }
 
-    /// Reads and parses the config file at `path`.
+    /// Reads and parses the config file at `path`, which must be a regular file (or a symlink
+    /// to one) of at most [`MAX_CONFIG_SIZE`] bytes: anything else is refused at once, with
+    /// one diagnostic saying why, without blocking on a FIFO or reading an endless device.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        match fs::read_to_string(path) {
+        match read_config(path) {
             Ok(text) => Config::parse(path, &text),
-            Err(err) => Err(ConfigError {
+            Err(message) => Err(ConfigError {
                 file: path.to_path_buf(),
                 diagnostics: vec![Diagnostic {
                     line: 0,
                     col: 0,
-                    message: format!("cannot read: {err}"),
+                    message,
                 }],
             }),
         }
@@ -441,6 +478,84 @@ impl Config {
             }
         }
     }
+}
+
+/// The text of the config file at `path`, or why it cannot be had, in a few system calls
+/// whatever `path` is.
+fn read_config(path: &Path) -> Result<String, String> {
+    let cannot = |e: io::Error| format!("cannot read: {e}");
+    // What `path` leads to is looked at before it is opened, as opening some devices does
+    // something (a watchdog device arms the watchdog, a tape rewinds)...
+    regular_file(&fs::metadata(path).map_err(cannot)?)?;
+    // ...and what was opened is checked again by its descriptor (read_open), since the path
+    // may lead elsewhere by now. Should it be a FIFO then, O_NONBLOCK keeps the open from
+    // waiting for a writer; O_NOCTTY keeps a terminal from becoming corral's.
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(cannot)?;
+    read_open(file)
+}
+
+/// The text of an opened config file: refused unless it is a regular file of at most
+/// [`MAX_CONFIG_SIZE`] bytes by `fstat`, and read no further than that.
+fn read_open(file: File) -> Result<String, String> {
+    let cannot = |e: io::Error| format!("cannot read: {e}");
+    let meta = file.metadata().map_err(cannot)?;
+    regular_file(&meta)?;
+    if meta.len() > MAX_CONFIG_SIZE {
+        return Err(format!(
+            "is {} bytes, more than a config file may have ({MAX_CONFIG_SIZE} bytes, 1 MiB)",
+            meta.len()
+        ));
+    }
+    // A regular file never blocks, but some file systems (FUSE) could answer EAGAIN while
+    // O_NONBLOCK is set.
+    let flags =
+        nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_GETFL).map_err(|e| cannot(e.into()))?;
+    let flags = nix::fcntl::OFlag::from_bits_retain(flags) & !nix::fcntl::OFlag::O_NONBLOCK;
+    nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_SETFL(flags)).map_err(|e| cannot(e.into()))?;
+    read_capped(file, meta.len())
+}
+
+/// Reads `reader`, `size` bytes long when opened, as text of at most [`MAX_CONFIG_SIZE`]
+/// bytes: a file that grows meanwhile is read no further than one byte past the limit.
+fn read_capped(reader: impl Read, size: u64) -> Result<String, String> {
+    let mut bytes = Vec::with_capacity(size.min(MAX_CONFIG_SIZE) as usize + 1);
+    reader
+        .take(MAX_CONFIG_SIZE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    if bytes.len() as u64 > MAX_CONFIG_SIZE {
+        return Err(format!(
+            "grew past the most a config file may have ({MAX_CONFIG_SIZE} bytes, 1 MiB) while \
+             being read (it was {size} bytes when opened)"
+        ));
+    }
+    // The words fs::read_to_string used.
+    String::from_utf8(bytes).map_err(|_| "cannot read: stream did not contain valid UTF-8".into())
+}
+
+/// Refuses what is not a regular file, saying what it is.
+fn regular_file(meta: &fs::Metadata) -> Result<(), String> {
+    let t = meta.file_type();
+    let what = if t.is_file() {
+        return Ok(());
+    } else if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        return Err("is not a regular file".into());
+    };
+    Err(format!("is {what}, not a regular file"))
 }
 
 /// The app name: the file stem, which must be usable in a unit instance name.

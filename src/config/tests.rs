@@ -1219,3 +1219,268 @@ fn display_of_errors() {
     let boxed: Box<dyn std::error::Error> = Box::new(e);
     assert!(boxed.to_string().starts_with("x.toml:1:2"));
 }
+
+/// A fresh directory for one test's files, removed by `cleanup`.
+fn scratch_dir(test: &str) -> PathBuf {
+    let dir =
+        std::env::temp_dir().join(format!("corral-config-test-{}-{test}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The one message of a file `Config::load` refuses as a whole (`FILE: message`).
+fn load_refused(path: &Path) -> String {
+    let e = Config::load(path).unwrap_err();
+    assert_eq!(e.diagnostics.len(), 1, "{e}");
+    let d = &e.diagnostics[0];
+    assert_eq!((d.line, d.col), (0, 0), "{e}");
+    assert_eq!(e.to_string(), format!("{}: {}", path.display(), d.message));
+    d.message.clone()
+}
+
+#[test]
+fn load_refuses_a_fifo_at_once() {
+    use nix::sys::stat::Mode;
+    let dir = scratch_dir("fifo");
+    let path = dir.join("pipe.toml");
+    nix::unistd::mkfifo(&path, Mode::S_IRUSR | Mode::S_IWUSR).unwrap();
+    // On another thread, so that a load that blocks (waiting for a writer) fails the test
+    // instead of hanging it.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let p = path.clone();
+    std::thread::spawn(move || tx.send(load_refused(&p)).unwrap());
+    let message = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("Config::load blocked on a FIFO");
+    assert_eq!(message, "is a FIFO, not a regular file");
+
+    // The same when the FIFO is what the path leads to once opened (checked by fstat):
+    // opened as load opens it, it is refused without a read that would block.
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&path)
+        .unwrap();
+    assert_eq!(
+        read_open(file).unwrap_err(),
+        "is a FIFO, not a regular file"
+    );
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn load_refuses_devices_and_directories_even_through_symlinks() {
+    let dir = scratch_dir("devices");
+    let zero = dir.join("zero.toml");
+    std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+    assert_eq!(
+        load_refused(&zero),
+        "is a character device, not a regular file"
+    );
+    // by its descriptor too
+    assert_eq!(
+        read_open(File::open("/dev/zero").unwrap()).unwrap_err(),
+        "is a character device, not a regular file"
+    );
+    let sub = dir.join("sub.toml");
+    fs::create_dir(&sub).unwrap();
+    assert_eq!(load_refused(&sub), "is a directory, not a regular file");
+    // a dangling symlink is a file that cannot be read
+    let dangling = dir.join("dangling.toml");
+    std::os::unix::fs::symlink(dir.join("nowhere"), &dangling).unwrap();
+    let message = load_refused(&dangling);
+    assert!(message.starts_with("cannot read: "), "{message}");
+    assert!(message.contains("No such file"), "{message}");
+    // A symlink to a regular file is followed; the app is named after the link.
+    fs::write(dir.join("real.toml"), "command = [\"x\"]\n").unwrap();
+    let link = dir.join("web.toml");
+    std::os::unix::fs::symlink(dir.join("real.toml"), &link).unwrap();
+    assert_eq!(Config::load(&link).unwrap().app, "web");
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn load_refuses_a_file_over_the_cap() {
+    assert_eq!(MAX_CONFIG_SIZE, 1024 * 1024);
+    let dir = scratch_dir("size");
+    let path = dir.join("big.toml");
+    // At the cap: read and parsed (a valid file, mostly a comment).
+    let mut text = String::from("command = [\"x\"]\n#");
+    text.push_str(&"x".repeat(MAX_CONFIG_SIZE as usize - text.len() - 1));
+    text.push('\n');
+    assert_eq!(text.len() as u64, MAX_CONFIG_SIZE);
+    fs::write(&path, &text).unwrap();
+    Config::load(&path).unwrap();
+    // One byte more: refused, with both sizes.
+    text.push('\n');
+    fs::write(&path, &text).unwrap();
+    assert_eq!(
+        load_refused(&path),
+        "is 1048577 bytes, more than a config file may have (1048576 bytes, 1 MiB)"
+    );
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn reading_stops_past_the_cap() {
+    // A file that grows while read, or claims a size of 0 like those in /proc: no more than
+    // the cap and one byte are read, whatever follows.
+    let message = read_capped(std::io::repeat(b'#'), 0).unwrap_err();
+    assert_eq!(
+        message,
+        "grew past the most a config file may have (1048576 bytes, 1 MiB) while being read \
+         (it was 0 bytes when opened)"
+    );
+    let text = read_capped(&b"command = [\"x\"]\n"[..], 16).unwrap();
+    assert_eq!(text, "command = [\"x\"]\n");
+}
+
+#[test]
+fn load_reports_invalid_utf8_as_before() {
+    let dir = scratch_dir("utf8");
+    let path = dir.join("latin1.toml");
+    fs::write(&path, b"command = [\"caf\xe9\"]\n").unwrap();
+    let before = fs::read_to_string(&path).unwrap_err();
+    assert_eq!(load_refused(&path), format!("cannot read: {before}"));
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `[environment]` with lines `a0=[]`, `a1=[]`, ... (each a type error) up to `size` bytes,
+/// and their number. (Errors that cost little to word: unknown keys would spend most of the
+/// test, unoptimized, on their did-you-mean hints.)
+fn bad_variables(size: usize) -> (String, usize) {
+    let mut text = String::from("command = [\"x\"]\n[environment]\n");
+    let mut n = 0;
+    loop {
+        let line = format!("a{n}=[]\n");
+        if text.len() + line.len() > size {
+            return (text, n);
+        }
+        text.push_str(&line);
+        n += 1;
+    }
+}
+
+#[test]
+fn a_full_size_file_of_errors_lists_the_first_and_counts_the_rest() {
+    let dir = scratch_dir("many");
+    let path = dir.join("api.toml");
+    let (text, total) = bad_variables(MAX_CONFIG_SIZE as usize);
+    assert!(total > 100_000, "{total}");
+    fs::write(&path, &text).unwrap();
+    let e = Config::load(&path).unwrap_err();
+    // Every problem is kept, in order, each placed on its line.
+    assert_eq!(e.diagnostics.len(), total);
+    for (i, d) in e.diagnostics.iter().enumerate() {
+        let col = format!("a{i}=").len() + 1;
+        assert_eq!((d.line, d.col), (i + 3, col), "{}", d.message);
+    }
+    let message = |i: usize| format!("environment.a{i}: expected a string, found an array");
+    assert_eq!(e.diagnostics[total - 1].message, message(total - 1));
+    // Displayed: the first MAX_LISTED_DIAGNOSTICS, then the count of the rest.
+    let shown = e.to_string();
+    let lines: Vec<&str> = shown.lines().collect();
+    assert_eq!(lines.len(), MAX_LISTED_DIAGNOSTICS + 1);
+    let file = path.display();
+    assert_eq!(lines[0], format!("{file}:3:4: {}", message(0)));
+    assert_eq!(
+        lines[MAX_LISTED_DIAGNOSTICS - 1],
+        format!("{file}:102:5: {}", message(99))
+    );
+    let rest = total - MAX_LISTED_DIAGNOSTICS;
+    let grouped = format!("{},{:03}", rest / 1000, rest % 1000);
+    assert_eq!(
+        lines[MAX_LISTED_DIAGNOSTICS],
+        format!("{file}: ... and {grouped} more errors")
+    );
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn errors_beyond_the_listed_are_counted() {
+    let diagnostic = |line| Diagnostic {
+        line,
+        col: 1,
+        message: "bad".into(),
+    };
+    let e = |n: usize| ConfigError {
+        file: PathBuf::from("x.toml"),
+        diagnostics: (1..=n).map(diagnostic).collect(),
+    };
+    let shown = e(MAX_LISTED_DIAGNOSTICS).to_string();
+    assert_eq!(shown.lines().count(), MAX_LISTED_DIAGNOSTICS);
+    assert!(shown.ends_with("x.toml:100:1: bad"), "{shown}");
+    let shown = e(MAX_LISTED_DIAGNOSTICS + 1).to_string();
+    assert!(shown.ends_with("x.toml:100:1: bad\nx.toml: ... and 1 more error"));
+    let shown = e(MAX_LISTED_DIAGNOSTICS + 1234).to_string();
+    assert!(shown.ends_with("\nx.toml: ... and 1,234 more errors"));
+    assert_eq!(thousands(0), "0");
+    assert_eq!(thousands(999), "999");
+    assert_eq!(thousands(1000), "1,000");
+    assert_eq!(thousands(119_900), "119,900");
+    assert_eq!(thousands(1_234_567), "1,234,567");
+}
+
+#[test]
+fn positions_match_a_scan_from_the_start() {
+    // What Checker::pos computed by scanning the text up to each offset.
+    fn scan(text: &str, offset: usize) -> (usize, usize) {
+        let mut offset = offset.min(text.len());
+        while !text.is_char_boundary(offset) {
+            offset -= 1;
+        }
+        let before = &text[..offset];
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        let line = before.matches('\n').count() + 1;
+        (line, before[line_start..].chars().count() + 1)
+    }
+    let long = format!(
+        "{}\n{}\r\n\n{}",
+        "é".repeat(100),
+        "a€b𝄞".repeat(40),
+        "x".repeat(130)
+    );
+    for text in [
+        "",
+        "\n",
+        "a",
+        "\n\n",
+        "ab\ncd",
+        "é\nü€\n",
+        "𝄞",
+        long.as_str(),
+    ] {
+        let positions = check::Positions::new(text);
+        for offset in 0..text.len() + 3 {
+            assert_eq!(
+                positions.pos(offset),
+                scan(text, offset),
+                "offset {offset} of {text:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn many_errors_on_one_long_line_are_placed_by_characters() {
+    // Columns on a line of a hundred thousand characters, with multibyte ones before each.
+    let mut text = String::from("command = [\"x\"]\nenvironment = { ");
+    let mut col = "environment = { ".len() + 1;
+    let mut expected = Vec::new();
+    for i in 0..5000 {
+        let entry = format!("\"é{i}\" = []");
+        let at = col + entry.chars().position(|c| c == '[').unwrap();
+        expected.push((2, at, format!("environment.é{i}: expected a string")));
+        text.push_str(&entry);
+        text.push_str(", ");
+        col += entry.chars().count() + 2;
+    }
+    text.push_str("B = 1 }\n");
+    let got = errors(&text);
+    assert_eq!(got.len(), expected.len());
+    for ((line, col, message), (l, c, m)) in got.iter().zip(&expected) {
+        assert_eq!((line, col), (l, c), "{message}");
+        assert!(message.starts_with(m.as_str()), "{message}");
+    }
+}
