@@ -132,6 +132,7 @@ impl Keeper {
             stderr: 2,
             directory: Some(Path::new("/")),
             die_with_parent: false,
+            nofile: None,
         };
         let pid = crate::spawn::spawn(&cmd).map_err(|e| io::Error::other(e.to_string()))?;
         drop(read);

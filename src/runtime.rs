@@ -84,6 +84,7 @@ pub fn run(opts: RunOptions) -> Result<i32, Error> {
         .map_err(|e| Error::io("cannot open /dev/null", e))?
         .into();
 
+    let worker_nofile = raise_nofile();
     // Orphans of a worker's tree (a process whose parent exited) are reparented here rather
     // than to init (prctl(2), PR_SET_CHILD_SUBREAPER): corral reaps them, and kills what is
     // left when it exits.
@@ -111,6 +112,7 @@ pub fn run(opts: RunOptions) -> Result<i32, Error> {
         let (loaded_tx, mut loaded_rx) = mpsc::channel(1);
         let mut lp = Loop {
             worker_io: HashMap::new(),
+            worker_nofile,
             loading: None,
             reloads_waiting: Default::default(),
             loaded_tx,
@@ -152,6 +154,21 @@ pub fn run(opts: RunOptions) -> Result<i32, Error> {
         flush.flush(Duration::from_secs(2));
         code
     })
+}
+
+/// Raises corral's own soft open-file limit to what it may need (units.rs: pipes for every
+/// worker, twice over in a reload, control connections), within the hard limit; returns the
+/// limit it was started with, for the workers, who should not notice corral's needs.
+fn raise_nofile() -> Option<(u64, u64)> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+    let want = crate::units::NOFILE_NEEDED.min(hard);
+    if want > soft {
+        if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, want, hard) {
+            warn!("cannot raise the open-file limit from {soft} to {want}: {e}");
+        }
+    }
+    Some((soft, hard))
 }
 
 /// `WATCHDOG_USEC` for this process (sd_watchdog_enabled(3)): ping at half of it.
@@ -208,6 +225,8 @@ struct WorkerIo {
 
 struct Loop {
     worker_io: HashMap<WorkerId, WorkerIo>,
+    /// The open-file limit corral was started with, which its workers get.
+    worker_nofile: Option<(u64, u64)>,
     /// A reload whose config is being read (with whom to answer), and those asked meanwhile.
     loading: Option<Option<Reply>>,
     reloads_waiting: std::collections::VecDeque<Option<Reply>>,
@@ -679,6 +698,7 @@ impl Loop {
             env: &env,
             listen_pid: !g.listeners.sockets.is_empty(),
             die_with_parent: true,
+            nofile: self.worker_nofile,
             watchdog_pid: g.config.watchdog.is_some(),
             fds: &fds,
             stdin: self.devnull.as_raw_fd(),

@@ -34,6 +34,9 @@ pub struct Command<'a> {
     /// `PR_SET_PDEATHSIG`: SIGKILL when the supervisor dies (workers). The keeper, whose job
     /// is to outlive it, runs without.
     pub die_with_parent: bool,
+    /// `RLIMIT_NOFILE` (soft, hard) for the child: corral raises its own soft limit for its
+    /// pipes and connections; the workers get back the one corral was started with.
+    pub nofile: Option<(u64, u64)>,
 }
 
 /// Which step of the child's set-up failed.
@@ -229,6 +232,7 @@ pub fn spawn(cmd: &Command<'_>) -> Result<i32, SpawnError> {
                 temps: temps_ptr,
                 n_targets,
                 die_with_parent: cmd.die_with_parent,
+                nofile: cmd.nofile,
                 listen_pid: (cmd.listen_pid, listen_pid_ptr, listen_pid_len),
                 watchdog_pid: (cmd.watchdog_pid, watchdog_pid_ptr, watchdog_pid_len),
                 directory: directory.as_ref().map(|d| d.as_ptr()),
@@ -290,6 +294,7 @@ struct ChildPlan<'a> {
     temps: *mut RawFd,
     n_targets: RawFd,
     die_with_parent: bool,
+    nofile: Option<(u64, u64)>,
     listen_pid: (bool, *mut u8, usize),
     watchdog_pid: (bool, *mut u8, usize),
     directory: Option<*const libc::c_char>,
@@ -340,6 +345,15 @@ unsafe fn child(plan: ChildPlan<'_>) -> ! {
     }
     if libc::getppid() != plan.parent {
         libc::_exit(1);
+    }
+    if let Some((soft, hard)) = plan.nofile {
+        let limit = libc::rlimit {
+            rlim_cur: soft as libc::rlim_t,
+            rlim_max: hard as libc::rlim_t,
+        };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) < 0 {
+            fail(plan.err_write, Step::Fds);
+        }
     }
 
     let me = libc::getpid() as u32;
@@ -447,6 +461,7 @@ mod tests {
             env: &[],
             listen_pid: true,
             die_with_parent: true,
+            nofile: None,
             watchdog_pid: false,
             fds: &[],
             stdin: fd,

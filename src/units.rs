@@ -42,17 +42,19 @@ const FDS_PER_WORKER: u32 = 3;
 const FDS_OWN: u32 = 128;
 /// What corral may have open at once: `MOST_WORKERS × FDS_PER_WORKER`, twice over while a
 /// roll has the new workers and the old (6144), plus the control connections
-/// (`MAX_CONNECTIONS` open and as many being closed: 128) and its own (128): 6400.
-const NOFILE_NEEDED: u32 =
-    2 * MOST_WORKERS * FDS_PER_WORKER + 2 * crate::control::MAX_CONNECTIONS as u32 + FDS_OWN;
-/// LimitNOFILE=, `SOFT:HARD`. The soft limit is [`NOFILE_NEEDED`] rounded up, 8192.
-/// systemd's default soft limit, 1024 (kept for select(2), systemd.exec(5)), runs out at
-/// about 160 workers, and then a worker cannot be started again (EMFILE). The hard limit
-/// stays systemd's default, 524288, so that a worker can raise its own soft limit as before;
-/// workers inherit the soft limit of 8192.
-const NOFILE_SOFT: u32 = NOFILE_NEEDED.next_power_of_two();
-const NOFILE_HARD: u32 = 524288;
-const _: () = assert!(NOFILE_NEEDED <= NOFILE_SOFT && NOFILE_SOFT <= NOFILE_HARD);
+/// (`MAX_CONNECTIONS` open and as many being closed: 128) and its own (128): 6400, rounded up
+/// to 8192. corral raises its own soft limit to this at start (runtime.rs), within the hard
+/// limit.
+pub const NOFILE_NEEDED: u64 =
+    (2 * MOST_WORKERS * FDS_PER_WORKER + 2 * crate::control::MAX_CONNECTIONS as u32 + FDS_OWN)
+        .next_power_of_two() as u64;
+/// LimitNOFILE=, `SOFT:HARD`: systemd's defaults, said where an operator looks. The workers get
+/// the soft limit, 1024 (kept for select(2), systemd.exec(5)), as they would as services of
+/// their own; an app that needs more sets it in a drop-in. corral raises its own soft limit to
+/// [`NOFILE_NEEDED`] within the hard limit, 524288, which a worker may raise its own to as well.
+const NOFILE_SOFT: u64 = 1024;
+const NOFILE_HARD: u64 = 524288;
+const _: () = assert!(NOFILE_NEEDED <= NOFILE_HARD);
 
 /// Sandboxing for the supervisor and its workers: `systemd-analyze security` rates it about 1.1
 /// ("OK"). No MemoryDenyWriteExecute=: V8 and other JITs need writable executable pages.
@@ -130,9 +132,8 @@ RestartSec=1s
 TimeoutStopSec=40s
 WatchdogSec={DEFAULT_WATCHDOG}
 RuntimeDirectory=corral/%i
-# Open files: 3 per worker (its output pipes, Node.js IPC), 1024 workers at most, twice over
-# during a reload, plus the control connections and corral's own: 6400. The hard limit stays
-# systemd's default, for workers that raise their own soft limit.
+# Open files: what the workers get (systemd's defaults; raise them for the app in a drop-in).
+# corral raises its own soft limit, within the hard one, for its pipes and connections.
 LimitNOFILE={NOFILE_SOFT}:{NOFILE_HARD}
 DynamicUser=yes
 ",
@@ -399,9 +400,8 @@ mod tests {
 
     #[test]
     fn the_open_file_limit_covers_the_most_workers_and_control_connections() {
-        assert_eq!(NOFILE_NEEDED, 6400, "the figure the comments give");
-        assert_eq!(NOFILE_SOFT, 8192);
-        let line = "LimitNOFILE=8192:524288\n";
+        assert_eq!(NOFILE_NEEDED, 8192, "6400 rounded up, as the comments give");
+        let line = "LimitNOFILE=1024:524288\n";
         assert!(template_service().contains(line));
         let standalone = render(
             &config("command = [\"x\"]\n"),

@@ -1023,3 +1023,33 @@ fn a_listener_a_worker_shut_down_is_put_back_in_listen() {
     }
     assert_eq!(c.status()["generation"], 1);
 }
+
+/// (soft, hard) "Max open files" of a process, from /proc/PID/limits.
+fn nofile(pid: i32) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let f: Vec<&str> = line.split_whitespace().collect();
+    (f[3].to_string(), f[4].to_string())
+}
+
+#[test]
+fn corral_raises_its_own_open_file_limit_and_workers_keep_theirs() {
+    let c = Corral::start(&config(1, ""));
+    c.wait_ready(1, 1);
+    let mine = nofile(std::process::id() as i32);
+    let worker = c.pids("ready")[0] as i32;
+    assert_eq!(
+        nofile(worker),
+        mine,
+        "the worker has what corral was started with"
+    );
+    let (soft, hard) = nofile(c.pid);
+    let want = 8192u64.min(hard.parse().unwrap_or(u64::MAX));
+    assert!(
+        soft.parse::<u64>().unwrap() >= want,
+        "corral's soft limit {soft}, hard {hard}"
+    );
+}

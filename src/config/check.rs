@@ -181,9 +181,11 @@ fn count_chars(bytes: &[u8]) -> usize {
 
 /// Names and addresses of the listeners so far, with their header lines.
 #[derive(Default)]
+/// The listeners' names and addresses so far, with the line of each: a duplicate is found in
+/// constant time (a file may hold tens of thousands of listeners).
 struct Seen {
-    names: Vec<(String, usize)>,
-    addresses: Vec<(Address, usize)>,
+    names: std::collections::HashMap<String, usize>,
+    addresses: std::collections::HashMap<Address, usize>,
 }
 
 /// Position of a value, falling back to its key (dotted tables have no span).
@@ -835,14 +837,14 @@ impl<'a> Checker<'a> {
             );
             return None;
         }
-        if let Some((_, first)) = seen.names.iter().find(|(n, _)| n == name) {
+        if let Some(first) = seen.names.get(name) {
             self.error(
                 loc(key, item),
                 format!("listen.name \"{name}\" is already used by the listener at line {first}"),
             );
             return None;
         }
-        seen.names.push((name.to_string(), line));
+        seen.names.insert(name.to_string(), line);
         Some(name.to_string())
     }
 
@@ -864,14 +866,14 @@ impl<'a> Checker<'a> {
                 return None;
             }
         };
-        if let Some((_, first)) = seen.addresses.iter().find(|(a, _)| *a == address) {
+        if let Some(first) = seen.addresses.get(&address) {
             self.error(
                 loc(key, item),
                 format!("listen.address {address} is already used by the listener at line {first}"),
             );
             return None;
         }
-        seen.addresses.push((address.clone(), line));
+        seen.addresses.insert(address.clone(), line);
         Some(address)
     }
 

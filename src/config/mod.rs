@@ -129,7 +129,7 @@ pub struct Listen {
 }
 
 /// Where a socket listens.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Address {
     Tcp(SocketAddr),
     Unix(PathBuf),
