@@ -1053,3 +1053,87 @@ fn corral_raises_its_own_open_file_limit_and_workers_keep_theirs() {
         "corral's soft limit {soft}, hard {hard}"
     );
 }
+
+/// A config of about 1 MiB with about 100k errors: every line of `[environment]` a type error.
+fn config_with_100k_errors() -> String {
+    let mut text = String::from("command = [\"x\"]\n[environment]\n");
+    let mut i = 0;
+    while text.len() < (1 << 20) - 32 {
+        text += &format!("V{i} = [{i}]\n");
+        i += 1;
+    }
+    text
+}
+
+#[test]
+fn a_huge_broken_config_is_refused_while_corral_answers_meanwhile() {
+    let c = Corral::start(&config(2, ""));
+    c.wait_ready(2, 1);
+    std::fs::write(&c.config, config_with_100k_errors()).unwrap();
+    let control = c.control.clone();
+    let reload = std::thread::spawn(move || {
+        let out = std::process::Command::new(CORRAL)
+            .args(["reload", "demo", "--control"])
+            .arg(&control)
+            .output()
+            .unwrap();
+        (out, std::time::Instant::now())
+    });
+    // While the file is read and checked (off the event loop; most of a second in a debug
+    // build), corral answers.
+    let mark = c.mark();
+    c.wait_for_after(mark, "reload: reading", SECS(10));
+    let out = c.ctl(&["status", "demo", "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    let answered = std::time::Instant::now();
+    let still_reading = !c.lines()[mark..]
+        .iter()
+        .any(|l| l.contains("reload refused"));
+    let (out, refused_at) = reload.join().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("more errors"),
+        "the list is capped: {}",
+        &err[..err.len().min(500)]
+    );
+    assert!(err.lines().count() < 120, "{} lines", err.lines().count());
+    assert!(
+        still_reading && answered < refused_at,
+        "status answered while the reload was being read"
+    );
+    assert_eq!(c.status()["generation"], 1);
+    c.get("/").unwrap();
+}
+
+#[test]
+fn a_fifo_or_dev_zero_as_the_config_is_refused_at_once() {
+    let c = Corral::start(&config(1, ""));
+    c.wait_ready(1, 1);
+    std::fs::remove_file(&c.config).unwrap();
+    nix::unistd::mkfifo(&c.config, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    // Bounded: a reload stuck on the FIFO would hang here.
+    let out = std::process::Command::new("timeout")
+        .args(["10", CORRAL, "reload", "demo", "--control"])
+        .arg(&c.control)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is a FIFO, not a regular file"),
+        "{out:?}"
+    );
+    std::fs::remove_file(&c.config).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &c.config).unwrap();
+    let out = std::process::Command::new("timeout")
+        .args(["10", CORRAL, "reload", "demo", "--control"])
+        .arg(&c.control)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("a character device"),
+        "{out:?}"
+    );
+    assert_eq!(c.status()["ready"], 1);
+}
