@@ -567,7 +567,7 @@ async fn send_line_within(
 
 /// Checks a request line: JSON, this protocol version, a known command. The error is the
 /// reply's text.
-fn parse(line: &str) -> Result<Command, String> {
+pub fn parse(line: &str) -> Result<Command, String> {
     let value: serde_json::Value =
         serde_json::from_str(line).map_err(|e| format!("malformed request: {e}"))?;
     match value.get("version").and_then(|v| v.as_u64()) {

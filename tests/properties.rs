@@ -124,3 +124,56 @@ fn notify_datagrams_never_panic_and_say_what_they_carry() {
         })
         .unwrap();
 }
+
+/// Control commands, all of them, with arbitrary arguments.
+fn command() -> impl Strategy<Value = corral::control::Command> {
+    use corral::control::Command;
+    prop_oneof![
+        Just(Command::Status),
+        Just(Command::Reload),
+        proptest::option::of(any::<u32>()).prop_map(|worker| Command::Restart { worker }),
+        "[ -~]{0,12}".prop_map(|workers| Command::Scale { workers }),
+        ("[ -~]{0,12}", proptest::option::of(any::<u32>()))
+            .prop_map(|(signal, worker)| Command::Signal { signal, worker }),
+    ]
+}
+
+#[test]
+fn control_requests_never_panic_and_round_trip() {
+    use corral::control::{parse, Request, PROTOCOL_VERSION};
+    // Whatever a client sends, the server answers with a command or an error text.
+    runner(3000)
+        .run(&"[ -~]{0,200}", |line| {
+            let _ = parse(&line);
+            Ok(())
+        })
+        .unwrap();
+    runner(2000)
+        .run(&prop::collection::vec(any::<u8>(), 0..300), |bytes| {
+            let _ = parse(&String::from_utf8_lossy(&bytes));
+            Ok(())
+        })
+        .unwrap();
+    // What this client sends, this server reads as sent; another version is an error that
+    // names both.
+    runner(2000)
+        .run(&(command(), any::<u32>()), |(command, other)| {
+            let line = serde_json::to_string(&Request {
+                version: PROTOCOL_VERSION,
+                command: command.clone(),
+            })
+            .unwrap();
+            prop_assert_eq!(parse(&line), Ok(command.clone()));
+            if other != PROTOCOL_VERSION {
+                let line = serde_json::to_string(&Request {
+                    version: other,
+                    command,
+                })
+                .unwrap();
+                let e = parse(&line).unwrap_err();
+                prop_assert!(e.contains(&format!("protocol version {other}")), "{e}");
+            }
+            Ok(())
+        })
+        .unwrap();
+}
