@@ -109,6 +109,9 @@ pub enum Cmd {
         #[arg(long, value_name = "PATH")]
         control: Option<PathBuf>,
     },
+    /// Write corral app configs from another tool's (PM2's ecosystem file or saved list).
+    #[command(subcommand)]
+    Import(Import),
     /// Change the number of workers now: N, +N or -N (until the next reload re-reads `workers`).
     Scale {
         app: String,
@@ -117,5 +120,26 @@ pub enum Cmd {
         /// Control socket path (default: found from APP, see corral(1)).
         #[arg(long, value_name = "PATH")]
         control: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum Import {
+    /// PM2's apps: an ecosystem file (.js, .cjs, .mjs, .json, .yaml) or `pm2 save`'s dump.pm2.
+    Pm2 {
+        /// The ecosystem file, or ~/.pm2/dump.pm2.
+        file: PathBuf,
+        /// Directory to write APP.toml files to (nothing is written if any app fails).
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        output: PathBuf,
+        /// Apply the app's env_NAME over env, as `pm2 start --env NAME`.
+        #[arg(long, value_name = "NAME")]
+        env: Option<String>,
+        /// The port the app listens on, when the ecosystem does not say (PORT in env).
+        #[arg(long, value_name = "PORT")]
+        port: Option<u16>,
+        /// Overwrite APP.toml files that exist.
+        #[arg(long)]
+        force: bool,
     },
 }

@@ -22,6 +22,7 @@ pub mod config;
 pub mod control;
 pub mod error;
 pub mod generator;
+pub mod import;
 pub mod journal;
 pub mod keeper;
 pub mod listen;

@@ -84,6 +84,23 @@ fn dispatch(cmd: Cmd) -> Result<i32, Error> {
             Ok(exit::OK)
         }
         Cmd::Generate { config, output } => generate(&config, &output),
+        Cmd::Import(corral::cli::Import::Pm2 {
+            file,
+            output,
+            env,
+            port,
+            force,
+        }) => {
+            let report = corral::import::run(&corral::import::Options {
+                file,
+                output,
+                env_name: env,
+                port,
+                force,
+            })?;
+            print!("{report}");
+            Ok(0)
+        }
         Cmd::Status { app, control, json } => status(app, control, json),
         Cmd::Reload { app, control } => remote(
             &control_path(&app, control),

@@ -1,0 +1,224 @@
+//! Writes an app config the way a person would: the top-level keys, then one table per
+//! concern, each setting with a comment saying where it came from.
+
+/// One `key = value` line with its comment.
+struct Line {
+    key: String,
+    value: String,
+    comment: String,
+}
+
+/// A config being written: the top level, then tables in the order they were first used.
+#[derive(Default)]
+pub struct Doc {
+    header: Vec<String>,
+    top: Vec<Line>,
+    tables: Vec<(String, Vec<Line>)>,
+    /// `[[listen]]` tables, each a list of lines.
+    listens: Vec<Vec<Line>>,
+    /// Comment lines at the end.
+    footer: Vec<String>,
+}
+
+impl Doc {
+    /// A comment line at the top of the file.
+    pub fn header(&mut self, text: &str) {
+        self.header.push(text.to_string());
+    }
+
+    /// A comment line at the end of the file.
+    pub fn footer(&mut self, text: &str) {
+        self.footer.push(text.to_string());
+    }
+
+    /// `key = value` in `table` ("" for the top level); `value` is TOML already.
+    pub fn set(&mut self, table: &str, key: &str, value: String, comment: &str) {
+        let line = Line {
+            key: key.to_string(),
+            value,
+            comment: comment.to_string(),
+        };
+        if table.is_empty() {
+            self.top.retain(|l| l.key != key);
+            self.top.push(line);
+            return;
+        }
+        match self.tables.iter_mut().find(|(t, _)| t == table) {
+            Some((_, lines)) => {
+                lines.retain(|l| l.key != key);
+                lines.push(line);
+            }
+            None => self.tables.push((table.to_string(), vec![line])),
+        }
+    }
+
+    /// Whether `key` is set in `table`.
+    pub fn has(&self, table: &str, key: &str) -> bool {
+        if table.is_empty() {
+            return self.top.iter().any(|l| l.key == key);
+        }
+        self.tables
+            .iter()
+            .any(|(t, lines)| t == table && lines.iter().any(|l| l.key == key))
+    }
+
+    /// A `[[listen]]` table.
+    pub fn listen(&mut self, lines: Vec<(&str, String, &str)>) {
+        self.listens.push(
+            lines
+                .into_iter()
+                .map(|(key, value, comment)| Line {
+                    key: key.to_string(),
+                    value,
+                    comment: comment.to_string(),
+                })
+                .collect(),
+        );
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        for h in &self.header {
+            out += &comment_line(h);
+        }
+        if !self.header.is_empty() {
+            out.push('\n');
+        }
+        render_lines(&mut out, &self.top);
+        for listen in &self.listens {
+            out += "\n[[listen]]\n";
+            render_lines(&mut out, listen);
+        }
+        for (table, lines) in &self.tables {
+            out += &format!("\n[{table}]\n");
+            render_lines(&mut out, lines);
+        }
+        if !self.footer.is_empty() {
+            out.push('\n');
+            for f in &self.footer {
+                out += &comment_line(f);
+            }
+        }
+        out
+    }
+}
+
+/// Comment lines are wrapped here, so that a file reads in a terminal.
+const WIDTH: usize = 96;
+
+/// A comment, wrapped at spaces; a `- ` item's later lines are indented under its text.
+fn comment_line(text: &str) -> String {
+    if text.is_empty() {
+        return "#\n".to_string();
+    }
+    let indent = if text.starts_with("- ") { "#   " } else { "# " };
+    let mut out = String::new();
+    let mut line = String::from("# ");
+    for word in text.split(' ') {
+        if line.len() + word.len() + 1 > WIDTH && line.trim_end() != "#" && line != indent {
+            out += line.trim_end();
+            out.push('\n');
+            line = indent.to_string();
+        }
+        line += word;
+        line.push(' ');
+    }
+    out += line.trim_end();
+    out.push('\n');
+    out
+}
+
+/// The lines of a table, their comments lined up after the longest setting (up to a point).
+fn render_lines(out: &mut String, lines: &[Line]) {
+    let width = lines
+        .iter()
+        .map(|l| l.key.len() + 3 + l.value.chars().count())
+        .filter(|&w| w <= 40)
+        .max()
+        .unwrap_or(0);
+    for l in lines {
+        let setting = format!("{} = {}", l.key, l.value);
+        if l.comment.is_empty() {
+            *out += &format!("{setting}\n");
+        } else {
+            let pad = width.saturating_sub(setting.chars().count());
+            *out += &format!("{setting}{}  # {}\n", " ".repeat(pad), l.comment);
+        }
+    }
+}
+
+/// A TOML basic string: quotes, backslashes and control characters escaped (TOML 1.0,
+/// "Basic strings").
+pub fn string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out += "\\\"",
+            '\\' => out += "\\\\",
+            '\n' => out += "\\n",
+            '\t' => out += "\\t",
+            '\r' => out += "\\r",
+            c if c.is_control() => out += &format!("\\u{:04X}", c as u32),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// A TOML array of strings on one line.
+pub fn strings(items: &[String]) -> String {
+    let parts: Vec<String> = items.iter().map(|s| string(s)).collect();
+    format!("[{}]", parts.join(", "))
+}
+
+/// A bare key when it can be one, else a quoted one.
+pub fn key(k: &str) -> String {
+    let bare = !k.is_empty()
+        && k.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if bare {
+        k.to_string()
+    } else {
+        string(k)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strings_and_keys_are_escaped_as_toml_says() {
+        assert_eq!(string("a\"b\\c\nd\u{1b}"), "\"a\\\"b\\\\c\\nd\\u001B\"");
+        assert_eq!(key("NODE_ENV"), "NODE_ENV");
+        assert_eq!(key("a.b"), "\"a.b\"");
+        assert_eq!(strings(&["x".into(), "y z".into()]), "[\"x\", \"y z\"]");
+    }
+
+    #[test]
+    fn a_document_has_its_tables_in_order_with_comments() {
+        let mut d = Doc::default();
+        d.header("from PM2");
+        d.set(
+            "",
+            "command",
+            strings(&["node".into(), "a.js".into()]),
+            "script",
+        );
+        d.set("stop", "timeout", string("3s"), "kill_timeout: 3000");
+        d.set("", "workers", "4".into(), "instances: 4");
+        d.listen(vec![
+            ("name", string("http"), ""),
+            ("address", string("3000"), "PORT"),
+        ]);
+        let text = d.render();
+        assert_eq!(
+            text,
+            "# from PM2\n\ncommand = [\"node\", \"a.js\"]  # script\nworkers = 4                  \
+             # instances: 4\n\n[[listen]]\nname = \"http\"\naddress = \"3000\"  # PORT\n\n[stop]\n\
+             timeout = \"3s\"  # kill_timeout: 3000\n"
+        );
+    }
+}

@@ -1,0 +1,328 @@
+//! `corral import pm2` over realistic PM2 files, as a person migrating would run it: each
+//! case's configs and report are compared with `tests/import/CASE/expected/`
+//! (`CORRAL_UPDATE_GOLDEN=1 cargo test --test import` rewrites them), every config written
+//! passes `corral check`, and a file that cannot be used is refused with the file and the
+//! cause, writing nothing.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::{scratch_dir, skipped, CORRAL};
+
+fn cases_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/import")
+}
+
+fn have_node() -> bool {
+    Command::new("node")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// `corral import pm2 FILE ARGS... --output OUT`, with only PATH (and `env`) from outside,
+/// so that what an ecosystem file reads from `process.env` is what the test gives it.
+fn import(file: &Path, out: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(CORRAL);
+    cmd.args(["import", "pm2"])
+        .arg(file)
+        .arg("--output")
+        .arg(out)
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Runs one case and compares what it wrote with the expected files.
+fn golden(case: &str, file: &str, args: &[&str], env: &[(&str, &str)]) {
+    let dir = cases_dir().join(case);
+    let input = dir.join(file);
+    let js = matches!(
+        input.extension().and_then(|e| e.to_str()),
+        Some("js" | "cjs" | "mjs")
+    );
+    if js && !have_node() {
+        skipped(&format!(
+            "{case}: node is not installed, and {file} is JavaScript"
+        ));
+        return;
+    }
+    let out = scratch_dir();
+    let o = import(&input, &out, args, env);
+    let report = text(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{case}: corral import failed\nstdout:\n{report}\nstderr:\n{}",
+        text(&o.stderr)
+    );
+    // Paths that depend on where the test runs, as placeholders.
+    let case_dir = std::fs::canonicalize(&dir).unwrap().display().to_string();
+    let place = |s: &str| {
+        s.replace(&out.display().to_string(), "$OUT")
+            .replace(&case_dir, "$CASE")
+    };
+    let mut got: Vec<(String, String)> = vec![("report.txt".into(), place(&report))];
+    let mut written: Vec<PathBuf> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    written.sort();
+    for p in &written {
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(
+            name.ends_with(".toml"),
+            "{case}: wrote {name}, not an APP.toml"
+        );
+        got.push((name, place(&std::fs::read_to_string(p).unwrap())));
+        // What a person does next: corral check on it.
+        let c = Command::new(CORRAL).arg("check").arg(p).output().unwrap();
+        assert!(
+            c.status.success(),
+            "{case}: {} does not pass corral check:\n{}{}",
+            p.display(),
+            text(&c.stdout),
+            text(&c.stderr)
+        );
+    }
+    let expected_dir = dir.join("expected");
+    if std::env::var_os("CORRAL_UPDATE_GOLDEN").is_some() {
+        let _ = std::fs::remove_dir_all(&expected_dir);
+        std::fs::create_dir_all(&expected_dir).unwrap();
+        for (name, body) in &got {
+            std::fs::write(expected_dir.join(name), body).unwrap();
+        }
+    }
+    let mut expected: Vec<String> = std::fs::read_dir(&expected_dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", expected_dir.display()))
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    expected.sort();
+    let mut names: Vec<String> = got.iter().map(|(n, _)| n.clone()).collect();
+    names.sort();
+    assert_eq!(names, expected, "{case}: the files written");
+    for (name, body) in &got {
+        let want = std::fs::read_to_string(expected_dir.join(name)).unwrap();
+        assert!(
+            *body == want,
+            "{case}/{name} differs from tests/import/{case}/expected/{name} \
+             (CORRAL_UPDATE_GOLDEN=1 rewrites it):\n--- got\n{body}\n--- expected\n{want}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn a_javascript_ecosystem_with_functions_require_and_profiles() {
+    // process.env is read by the file: what the shell that runs the import has.
+    golden(
+        "shop",
+        "ecosystem.config.js",
+        &["--env", "production"],
+        &[("SHOP_LOG_LEVEL", "warn")],
+    );
+}
+
+#[test]
+fn every_key_of_the_schema_is_mapped_or_reported() {
+    golden("every-key", "ecosystem.json", &[], &[]);
+}
+
+#[test]
+fn a_yaml_ecosystem() {
+    golden("yaml", "process.yml", &[], &[]);
+}
+
+#[test]
+fn an_es_module_ecosystem() {
+    golden("esm", "ecosystem.config.mjs", &["--env", "production"], &[]);
+}
+
+#[test]
+fn a_commonjs_app_without_a_port_given_one_on_the_command_line() {
+    golden("cjs", "ecosystem.config.cjs", &["--port", "7000"], &[]);
+}
+
+#[test]
+fn pm2_saved_process_list() {
+    // A dump written by `pm2 save` (PM2 7.0.4): one record per process, the shell's
+    // environment in each.
+    golden("dump", "dump.pm2", &[], &[]);
+}
+
+/// Runs an import that must fail, and returns its error; checks nothing was written.
+fn refused(file: &Path, args: &[&str], path_var: Option<&str>) -> String {
+    let out = scratch_dir();
+    let mut cmd = Command::new(CORRAL);
+    cmd.args(["import", "pm2"])
+        .arg(file)
+        .arg("--output")
+        .arg(&out)
+        .args(args)
+        .env_clear()
+        .env(
+            "PATH",
+            path_var
+                .map(Into::into)
+                .unwrap_or_else(|| std::env::var_os("PATH").unwrap_or_default()),
+        );
+    let o = cmd.output().unwrap();
+    let err = text(&o.stderr);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "expected a refusal for {}:\nstdout:\n{}\nstderr:\n{err}",
+        file.display(),
+        text(&o.stdout)
+    );
+    let left: Vec<_> = std::fs::read_dir(&out).unwrap().collect();
+    assert!(left.is_empty(), "a refused import wrote {left:?}");
+    let _ = std::fs::remove_dir_all(&out);
+    err
+}
+
+fn write(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, body).unwrap();
+    p
+}
+
+#[test]
+fn a_javascript_syntax_error_names_the_file_and_the_line() {
+    if !have_node() {
+        skipped("node is not installed");
+        return;
+    }
+    let d = scratch_dir();
+    let f = write(
+        &d,
+        "ecosystem.config.js",
+        "module.exports = {\n  apps: [\n    { name: 'api', script: 'a.js' }\n  ;\n};\n",
+    );
+    let err = refused(&f, &[], None);
+    assert!(err.contains(&f.display().to_string()), "{err}");
+    assert!(err.contains("SyntaxError"), "{err}");
+    assert!(
+        err.contains("ecosystem.config.js:4"),
+        "the line is named: {err}"
+    );
+}
+
+#[test]
+fn an_ecosystem_that_throws_shows_its_error() {
+    if !have_node() {
+        skipped("node is not installed");
+        return;
+    }
+    let d = scratch_dir();
+    let f = write(
+        &d,
+        "ecosystem.config.js",
+        "if (!process.env.DATABASE_URL) throw new Error('DATABASE_URL is not set');\n\
+         module.exports = { apps: [{ name: 'api', script: 'a.js' }] };\n",
+    );
+    let err = refused(&f, &[], None);
+    assert!(err.contains("DATABASE_URL is not set"), "{err}");
+    assert!(
+        !err.contains("    at "),
+        "no stack of node's internals: {err}"
+    );
+}
+
+#[test]
+fn a_missing_file_and_a_missing_node_are_said_plainly() {
+    let d = scratch_dir();
+    let missing = d.join("ecosystem.config.js");
+    let err = refused(&missing, &[], None);
+    assert!(
+        err.contains(&format!("cannot read {}", missing.display())) && err.contains("No such file"),
+        "{err}"
+    );
+    let f = write(
+        &d,
+        "ecosystem.config.js",
+        "module.exports = { apps: [{ name: 'api', script: 'a.js' }] };\n",
+    );
+    let err = refused(&f, &[], Some("/nonexistent"));
+    assert!(err.contains("node is not installed"), "{err}");
+    assert!(err.contains(&f.display().to_string()), "{err}");
+}
+
+#[test]
+fn bad_json_and_yaml_are_refused_with_where() {
+    let d = scratch_dir();
+    let f = write(
+        &d,
+        "ecosystem.json",
+        "{\n  \"apps\": [\n    { \"name\": \"api\", }\n  ]\n}\n",
+    );
+    let err = refused(&f, &[], None);
+    assert!(
+        err.contains("is not valid JSON") && err.contains("line 3"),
+        "{err}"
+    );
+    let f = write(&d, "process.yml", "apps:\n  - name: api\n   script: a.js\n");
+    let err = refused(&f, &[], None);
+    assert!(
+        err.contains("is not valid YAML") && err.contains("line 3"),
+        "{err}"
+    );
+    let f = write(&d, "apps.json", "{\"apps\": [{\"name\": \"api\"}]}");
+    let err = refused(&f, &[], None);
+    assert!(err.contains("no `script`"), "{err}");
+    let f = write(&d, "apps.json", "{\"apps\": 3}");
+    let err = refused(&f, &[], None);
+    assert!(err.contains("`apps` is a number"), "{err}");
+}
+
+#[test]
+fn an_env_profile_no_app_has_is_refused() {
+    let d = scratch_dir();
+    let f = write(
+        &d,
+        "ecosystem.json",
+        r#"{"apps": [{"name": "api", "script": "a.js", "env_production": {"A": "1"}, "env_staging": {}}]}"#,
+    );
+    let err = refused(&f, &["--env", "prod"], None);
+    assert!(
+        err.contains("--env prod") && err.contains("production, staging"),
+        "{err}"
+    );
+}
+
+#[test]
+fn existing_configs_are_kept_unless_forced() {
+    let d = scratch_dir();
+    let f = write(
+        &d,
+        "ecosystem.json",
+        r#"{"apps": [{"name": "api", "script": "a.js", "instances": 2, "env": {"PORT": 3000}}]}"#,
+    );
+    let out = d.join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let mine = write(&out, "api.toml", "command = [\"mine\"]\n");
+    let o = import(&f, &out, &[], &[]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("not overwriting") && err.contains("--force"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&mine).unwrap(),
+        "command = [\"mine\"]\n"
+    );
+    let o = import(&f, &out, &["--force"], &[]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let now = std::fs::read_to_string(&mine).unwrap();
+    assert!(now.contains("workers = 2"), "{now}");
+}
