@@ -214,11 +214,19 @@ mod tests {
             ("address", string("3000"), "PORT"),
         ]);
         let text = d.render();
-        assert_eq!(
-            text,
-            "# from PM2\n\ncommand = [\"node\", \"a.js\"]  # script\nworkers = 4                  \
-             # instances: 4\n\n[[listen]]\nname = \"http\"\naddress = \"3000\"  # PORT\n\n[stop]\n\
-             timeout = \"3s\"  # kill_timeout: 3000\n"
-        );
+        let want = [
+            "# from PM2",
+            "",
+            "command = [\"node\", \"a.js\"]  # script",
+            "workers = 4                 # instances: 4",
+            "",
+            "[[listen]]",
+            "name = \"http\"",
+            "address = \"3000\"  # PORT",
+            "",
+            "[stop]",
+            "timeout = \"3s\"  # kill_timeout: 3000",
+        ];
+        assert_eq!(text.lines().collect::<Vec<_>>(), want);
     }
 }
