@@ -326,3 +326,153 @@ fn existing_configs_are_kept_unless_forced() {
     let now = std::fs::read_to_string(&mine).unwrap();
     assert!(now.contains("workers = 2"), "{now}");
 }
+
+/// Every key of PM2 7's ecosystem schema (its `lib/API/schema.json`, with the aliases it
+/// lists), each with a value as a person writes it.
+const PM2_KEYS: &[(&str, &str)] = &[
+    ("script", r#""app.js""#),
+    ("exec", r#""app.js""#),
+    ("name", r#""x""#),
+    ("name_prefix", r#""shop""#),
+    ("filter_env", "true"),
+    ("namespace", r#""backend""#),
+    ("install_url", r#""https://example.com/m.tgz""#),
+    ("cwd", r#""/srv/app""#),
+    ("args", r#"["--verbose"]"#),
+    ("exec_interpreter", r#""node""#),
+    ("interpreter", r#""node""#),
+    ("node_args", r#"["--inspect"]"#),
+    ("interpreterArgs", r#""--inspect""#),
+    ("interpreter_args", r#""--inspect""#),
+    ("out_file", r#""/var/log/app/out.log""#),
+    ("out", r#""/var/log/app/out.log""#),
+    ("output", r#""/var/log/app/out.log""#),
+    ("out_log", r#""/var/log/app/out.log""#),
+    ("error_file", r#""/var/log/app/err.log""#),
+    ("error", r#""/var/log/app/err.log""#),
+    ("err", r#""/var/log/app/err.log""#),
+    ("err_file", r#""/var/log/app/err.log""#),
+    ("err_log", r#""/var/log/app/err.log""#),
+    ("log_file", r#""/var/log/app/all.log""#),
+    ("log", "true"),
+    ("disable_logs", "true"),
+    ("log_type", r#""json""#),
+    ("log_date_format", r#""YYYY-MM-DD HH:mm""#),
+    ("time", "true"),
+    ("env", r#"{"NODE_ENV": "production"}"#),
+    ("env_production", r#"{"NODE_ENV": "production"}"#),
+    ("max_memory_restart", r#""300M""#),
+    ("pid_file", r#""/run/app.pid""#),
+    ("pid", r#""/run/app.pid""#),
+    ("restart_delay", "3000"),
+    ("exp_backoff_restart_delay", "100"),
+    ("source_map_support", "true"),
+    ("disable_source_map_support", "true"),
+    ("wait_ready", "true"),
+    ("instances", "4"),
+    ("kill_timeout", "5000"),
+    ("shutdown_with_message", "true"),
+    ("listen_timeout", "8000"),
+    ("cron_restart", r#""0 4 * * *""#),
+    ("cron", r#""0 4 * * *""#),
+    ("merge_logs", "true"),
+    ("combine_logs", "true"),
+    ("vizion", "false"),
+    ("autostart", "false"),
+    ("autorestart", "false"),
+    ("stop_exit_codes", "[0]"),
+    ("watch_delay", "1000"),
+    ("watch", "true"),
+    ("ignore_watch", r#"["node_modules"]"#),
+    ("watch_options", r#"{"usePolling": true}"#),
+    ("min_uptime", r#""10s""#),
+    ("max_restarts", "10"),
+    ("execute_command", "true"),
+    ("exec_mode", r#""cluster""#),
+    ("force", "true"),
+    ("append_env_to_name", "true"),
+    ("post_update", r#"["npm install"]"#),
+    ("trace", "true"),
+    ("disable_trace", "true"),
+    ("v8", "true"),
+    ("event_loop_inspector", "true"),
+    ("deep_monitoring", "true"),
+    ("increment_var", r#""PORT""#),
+    ("instance_var", r#""INSTANCE_ID""#),
+    ("pmx", "false"),
+    ("automation", "false"),
+    ("treekill", "false"),
+    ("port", "3000"),
+    ("username", r#""deploy""#),
+    ("uid", r#""www-data""#),
+    ("user", r#""www-data""#),
+    ("gid", r#""www-data""#),
+    ("windowsHide", "true"),
+    ("kill_retry_time", "100"),
+    ("write", "true"),
+    ("io", "{}"),
+];
+
+/// Whether `text` has `word` as a whole word (`err` is not in `error`).
+fn has_word(text: &str, word: &str) -> bool {
+    text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .any(|w| w == word)
+}
+
+#[test]
+fn every_key_of_pm2s_schema_is_mapped_or_reported_never_dropped() {
+    // One app per key, named after it, so that the report's section for the app shows what
+    // became of that key.
+    let apps: Vec<String> = PM2_KEYS
+        .iter()
+        .map(|(key, value)| {
+            let mut app = format!(r#""name": "k-{key}""#);
+            if !matches!(*key, "script" | "exec") {
+                app += r#", "script": "app.js""#;
+            }
+            if *key != "name" {
+                app += &format!(r#", "{key}": {value}"#);
+            }
+            format!("{{{app}}}")
+        })
+        .collect();
+    let d = scratch_dir();
+    let f = write(
+        &d,
+        "ecosystem.json",
+        &format!("{{\"apps\": [\n{}\n]}}\n", apps.join(",\n")),
+    );
+    let out = d.join("out");
+    let o = import(&f, &out, &[], &[]);
+    let report = text(&o.stdout);
+    assert!(o.status.success(), "{}\n{report}", text(&o.stderr));
+    for (key, _) in PM2_KEYS {
+        let start = report
+            .find(&format!("\nk-{key} -> "))
+            .or_else(|| report.starts_with(&format!("k-{key} -> ")).then_some(0))
+            .unwrap_or_else(|| panic!("no section for k-{key} in:\n{report}"));
+        let body = &report[start + 1..];
+        let end = body[1..]
+            .find("\nk-")
+            .map_or(body.find("\n\n").unwrap_or(body.len()), |e| e + 1);
+        let section = &body[..end];
+        let said: String = section.lines().skip(1).collect::<Vec<_>>().join("\n");
+        assert!(
+            has_word(&said, key),
+            "{key} is neither mapped nor reported:\n{section}"
+        );
+    }
+    // And every config written passes corral check.
+    let mut configs: Vec<PathBuf> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    configs.sort();
+    assert_eq!(configs.len(), PM2_KEYS.len());
+    let c = Command::new(CORRAL)
+        .arg("check")
+        .args(&configs)
+        .output()
+        .unwrap();
+    assert!(c.status.success(), "{}", text(&c.stderr));
+}

@@ -309,6 +309,79 @@ message = "shutdown"
 }
 
 #[test]
+fn express_imported_from_its_pm2_ecosystem_file_runs_as_written() {
+    let Some(p) = programs() else { return };
+    // The app's ecosystem file, as its PM2 user has it; `corral import pm2` makes the config,
+    // which runs as written (only its port is the harness's free one).
+    let dir = scratch_dir();
+    let eco = dir.join("ecosystem.config.js");
+    std::fs::write(
+        &eco,
+        template(
+            r#"const path = require('path');
+module.exports = {
+  apps: [{
+    name: 'demo',
+    script: path.join('{real}', 'express', 'app.js'),
+    instances: 3,
+    exec_mode: 'cluster',
+    wait_ready: true,
+    listen_timeout: 10000,
+    shutdown_with_message: true,
+    kill_timeout: 5000,
+    env: { PORT: 12345, NODE_PATH: '{node_modules}' },
+  }],
+};
+"#,
+            &p,
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(CORRAL)
+        .args(["import", "pm2"])
+        .arg(&eco)
+        .arg("--output")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let imported = std::fs::read_to_string(dir.join("demo.toml")).unwrap();
+    assert!(imported.contains("address = \"12345\""), "{imported}");
+    let c = Corral::start(&imported.replace("\"12345\"", "\"{port}\""));
+    c.wait_ready(3, 1);
+    let slots: std::collections::HashMap<i64, String> = c.status()["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| (w["pid"].as_i64().unwrap(), w["slot"].to_string()))
+        .collect();
+    for _ in 0..6 {
+        let w = c.get("/").expect("an answer");
+        let pid = w["pid"].as_i64().unwrap();
+        assert_eq!(w["instance"].as_str(), Some(slots[&pid].as_str()), "{w}");
+    }
+    let old: Vec<i64> = slots.keys().copied().collect();
+    let r = c.ctl(&["reload", "demo"]);
+    assert!(
+        String::from_utf8_lossy(&r.stdout).contains("generation 2 serving: 3 worker(s) replaced"),
+        "{r:?}"
+    );
+    for pid in old {
+        assert!(wait_gone(pid as i32, SECS(10)), "old worker {pid} left");
+    }
+    c.get("/").expect("an answer from generation 2");
+    // PM2's shutdown_with_message stopped them, not the signal.
+    assert!(
+        !c.lines()
+            .iter()
+            .any(|l| l.contains("did not exit on stop.message")),
+        "{:#?}",
+        c.lines()
+    );
+    stopped_leaves_nothing(c);
+}
+
+#[test]
 fn express_listening_on_a_port_no_listener_provides_fails_loudly() {
     let Some(p) = programs() else { return };
     let c = Corral::start(&template(

@@ -296,21 +296,32 @@ pub fn convert(
         Some(Value::String(s)) if !s.is_empty() => s,
         _ => return Err("no `script`: PM2 requires one".into()),
     };
-    let name = match take(&mut keys, "name") {
-        Some(Value::String(n)) if !n.is_empty() => n,
-        _ => Path::new(&script)
+    let stem = || {
+        Path::new(&script)
             .file_stem()
             .and_then(|s| s.to_str())
             .unwrap_or("app")
-            .to_string(),
+            .to_string()
     };
-    if let Some(Value::String(ns)) = take(&mut keys, "namespace") {
-        if ns != "default" {
-            notes.push(format!(
-                "namespace \"{ns}\": corral has no namespaces; each app is a file in \
-                 /etc/corral and a unit corral@{name}"
-            ));
+    let name = match take(&mut keys, "name") {
+        Some(Value::String(n)) if !n.is_empty() => {
+            mapped.push("name".into());
+            n
         }
+        None => stem(),
+        Some(other) => {
+            attention.push(format!(
+                "name {other}: not a name; the app is named after its script"
+            ));
+            stem()
+        }
+    };
+    // A dump has PM2's "default" in every record; a file that says it means something by it.
+    if let Some(ns) = take(&mut keys, "namespace").filter(|ns| !(opts.dump && ns == "default")) {
+        notes.push(format!(
+            "namespace {ns}: corral has no namespaces; each app is a file in /etc/corral and \
+             a unit corral@{name}"
+        ));
     }
     let cwd = match (take(&mut keys, "pm_cwd"), take(&mut keys, "cwd")) {
         (Some(Value::String(c)), _) | (None, Some(Value::String(c))) => {
@@ -321,7 +332,11 @@ pub fn convert(
                 opts.base_dir.join(p)
             }))
         }
-        _ => None,
+        (None, None) => None,
+        (Some(other), _) | (None, Some(other)) => {
+            attention.push(format!("cwd {other}: not a directory name; not imported"));
+            None
+        }
     };
     let dir = cwd.clone().unwrap_or_else(|| opts.base_dir.clone());
     let script_path = {
@@ -428,7 +443,17 @@ pub fn convert(
     // ---- environment ----
     let mut env: BTreeMap<String, String> = BTreeMap::new();
     let mut left_out = Vec::new();
-    if let Some(Value::Object(e)) = take(&mut keys, "env") {
+    let env_value = match take(&mut keys, "env") {
+        Some(Value::Object(e)) => Some(e),
+        None => None,
+        Some(other) => {
+            attention.push(format!(
+                "env {other}: not an object of variables; not imported"
+            ));
+            None
+        }
+    };
+    if let Some(e) = env_value {
         for (k, v) in e {
             if opts.dump && k == name {
                 // PM2 passes each app its own settings under its name; not the app's.
@@ -460,12 +485,17 @@ pub fn convert(
             continue;
         }
         if opts.env_name.as_deref() == Some(pname) {
-            if let Value::Object(e) = v {
-                for (k, v) in e {
-                    env.insert(k, env_text(&v));
+            match v {
+                Value::Object(e) => {
+                    for (k, v) in e {
+                        env.insert(k, env_text(&v));
+                    }
+                    mapped.push(p.clone());
                 }
+                other => attention.push(format!(
+                    "{p} {other}: not an object of variables; not imported"
+                )),
             }
-            mapped.push(p.clone());
         } else {
             notes.push(format!(
                 "{p}: not applied (choose it with --env {pname}, as `pm2 start --env {pname}`)"
@@ -509,20 +539,26 @@ pub fn convert(
             );
         }
     }
-    if let Some(Value::Number(p)) = take(&mut keys, "port") {
-        env.insert("PORT".into(), p.to_string());
-        mapped.push("port".into());
+    if let Some(v) = take(&mut keys, "port") {
+        match env_text(&v).parse::<u16>() {
+            Ok(p) if p > 0 => {
+                env.insert("PORT".into(), p.to_string());
+                mapped.push("port".into());
+            }
+            _ => attention.push(format!("port {v}: not a port; not imported")),
+        }
     }
     if let Some(p) = opts.port {
         env.insert("PORT".into(), p.to_string());
     }
     let port: Option<u16> = env.get("PORT").and_then(|p| p.parse().ok());
     match take(&mut keys, "instance_var") {
-        Some(Value::String(v)) if v != "NODE_APP_INSTANCE" => attention.push(format!(
+        Some(Value::String(v)) if v == "NODE_APP_INSTANCE" => mapped.push("instance_var".into()),
+        Some(v) => attention.push(format!(
             "instance_var {v}: corral gives the instance number as CORRAL_WORKER (and \
              NODE_APP_INSTANCE with [node] preload), not under another name; read it there"
         )),
-        _ => {}
+        None => {}
     }
     if let Some(v) = take(&mut keys, "increment_var") {
         attention.push(format!(
@@ -560,9 +596,13 @@ pub fn convert(
     }
 
     // ---- listeners, readiness ----
-    let wait_ready = take(&mut keys, "wait_ready")
-        .and_then(|v| v.as_bool())
-        .unwrap_or(false);
+    let wait_ready = match take(&mut keys, "wait_ready") {
+        Some(v) => {
+            mapped.push("wait_ready".into());
+            v.as_bool() == Some(true)
+        }
+        None => false,
+    };
     if let Some(p) = port {
         doc.listen(vec![
             ("name", string("http"), ""),
@@ -588,7 +628,6 @@ pub fn convert(
         );
     }
     let mode = if wait_ready {
-        mapped.push("wait_ready".into());
         Some(("node-ipc", "wait_ready: process.send('ready')"))
     } else if port.is_some() {
         Some((
@@ -638,11 +677,14 @@ pub fn convert(
     }
 
     // ---- stopping ----
-    let with_message = take(&mut keys, "shutdown_with_message")
-        .and_then(|v| v.as_bool())
-        .unwrap_or(false);
+    let with_message = match take(&mut keys, "shutdown_with_message") {
+        Some(v) => {
+            mapped.push("shutdown_with_message".into());
+            v.as_bool() == Some(true)
+        }
+        None => false,
+    };
     if with_message {
-        mapped.push("shutdown_with_message".into());
         if node || wait_ready {
             doc.set(
                 "stop",
@@ -835,8 +877,9 @@ pub fn convert(
             None => attention.push(format!("max_memory_restart {v}: not a size PM2 takes")),
         }
     }
-    // PM2 runs an app as the user who ran `pm2` unless uid says otherwise; as a system
-    // service, corral would run it as root.
+    // PM2 runs an app as the user who ran `pm2` unless uid says otherwise; corral@.service
+    // runs it as a dynamic user unless [service] user names one (DynamicUser=,
+    // systemd.exec(5)).
     let ran_as = match take(&mut keys, "username") {
         Some(Value::String(u)) if !u.is_empty() => Some((u, "username: PM2 ran it as this user")),
         _ if !opts.dump => opts.current_user.clone().map(|u| {
@@ -862,6 +905,15 @@ pub fn convert(
         }
     }
 
+    if let Some((user, _)) = ran_as.as_ref().filter(|(u, _)| u == "root") {
+        if !doc.has("service", "user") {
+            notes.push(format!(
+                "username {user}: PM2 ran the app as root; corral@{name} runs it as a dynamic \
+                 user with no privileges, which is what most servers need; set [service] user \
+                 only if it must be an account"
+            ));
+        }
+    }
     if let Some((user, why)) = ran_as {
         if user != "root" && !doc.has("service", "user") {
             doc.set("service", "user", string(&user), why);
@@ -903,7 +955,11 @@ pub fn convert(
     let watch_keys: Vec<&str> = ["watch", "ignore_watch", "watch_options", "watch_delay"]
         .into_iter()
         .filter(|k| match take(&mut keys, k) {
-            Some(v) => !(*k == "watch" && v.as_bool() == Some(false)),
+            Some(v) if *k == "watch" && v.as_bool() == Some(false) => {
+                notes.push("watch false: corral does not watch files either".into());
+                false
+            }
+            Some(_) => true,
             None => false,
         })
         .collect();
