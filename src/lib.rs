@@ -2,6 +2,7 @@
 //!
 //! The crate is split by what each part is:
 //! - [`config`]: the app config file, validated with line:column diagnostics;
+//! - [`envfile`]: systemd's `EnvironmentFile=` format, for the config's `environment_file`;
 //! - [`supervisor`]: the pure decision core, `step(event, now) -> actions`;
 //! - [`runtime`]: the single event loop that performs those actions;
 //! - [`signals`]: what each signal sent to the supervisor does;
@@ -20,6 +21,7 @@ pub mod balance;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod envfile;
 pub mod error;
 pub mod generator;
 pub mod import;

@@ -1137,3 +1137,104 @@ fn a_fifo_or_dev_zero_as_the_config_is_refused_at_once() {
     );
     assert_eq!(c.status()["ready"], 1);
 }
+
+/// `environment_file` end to end: the workers see the file's values; a changed file is taken
+/// by a reload under load without a failed request; a malformed one refuses the reload with
+/// FILE:LINE and the old workers serve on with the old value; and no value ever shows in
+/// corral's answers or its log.
+#[test]
+fn environment_files_are_reread_at_each_reload_and_their_values_never_shown() {
+    const V1: &str = "s3cret-v1-7f3a9c";
+    const V2: &str = "s3cret-v2-51be04";
+    const V3: &str = "s3cret-v3-e88d12";
+    let files = scratch_dir();
+    let env_file = files.join("api.env");
+    std::fs::write(
+        &env_file,
+        format!("# the app's secrets\nWORKER_TAG=\"{V1}\"\n"),
+    )
+    .unwrap();
+    // The optional file is missing: no error.
+    let template = config(3, r#"WORKER_READY_DELAY = "0.3""#).replacen(
+        "[[listen]]",
+        &format!(
+            "environment_file = [\"{}\", \"-{}\"]\n\n[[listen]]",
+            env_file.display(),
+            files.join("api.local.env").display()
+        ),
+        1,
+    );
+    let c = Corral::start(&template);
+    c.wait_ready(3, 1);
+    for _ in 0..10 {
+        let w = c.get("/").unwrap();
+        assert_eq!(w["tag"], V1);
+        assert!(w["env"].as_array().unwrap().contains(&"WORKER_TAG".into()));
+    }
+
+    // The file changes; a reload under load takes it, and fails no request.
+    let load = Load::start(c.port);
+    c.get("/").unwrap();
+    std::fs::write(&env_file, format!("WORKER_TAG='{V2}'\n")).unwrap();
+    let out = c.ctl(&["reload", "demo"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    load.finish_without_failures(20);
+    let said = format!("{out:?}");
+    for _ in 0..30 {
+        let w = c.get("/").unwrap();
+        assert_eq!(w["tag"], V2);
+        assert_eq!(w["generation"], "2");
+    }
+
+    // A malformed file refuses the reload, naming the file and the line but not the value.
+    std::fs::write(&env_file, format!("# rotated\nWORKER_TAG={V3}\n{V3}\n")).unwrap();
+    let before = c.pids("ready");
+    let out = c.ctl(&["reload", "demo"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        err.contains(&format!("{}:3: no '=' on this line", env_file.display())),
+        "{err}"
+    );
+    // SIGHUP: refused the same way.
+    let mark = c.mark();
+    c.signal(Signal::SIGHUP);
+    c.wait_for_after(mark, "reload refused, nothing changed", SECS(10));
+    // `corral check` says the same.
+    let check = std::process::Command::new(CORRAL)
+        .arg("check")
+        .arg(&c.config)
+        .output()
+        .unwrap();
+    assert_eq!(check.status.code(), Some(1), "{check:?}");
+    let check_err = String::from_utf8_lossy(&check.stderr).to_string();
+    assert!(
+        check_err.contains(&format!("{}:3: ", env_file.display())),
+        "{check_err}"
+    );
+    // The old workers serve on, with the old value.
+    assert_eq!(c.status()["generation"], 2);
+    assert_eq!(c.pids("ready"), before);
+    for _ in 0..10 {
+        assert_eq!(c.get("/").unwrap()["tag"], V2);
+    }
+
+    // Nothing corral said shows a value: not its answers, not its status, not its log.
+    let table = c.ctl(&["status", "demo"]);
+    let json = c.ctl(&["status", "demo", "--json"]);
+    let shown = [
+        said,
+        err,
+        check_err,
+        format!("{check:?}"),
+        format!("{table:?}"),
+        format!("{json:?}"),
+        c.lines().join("\n"),
+    ];
+    for text in &shown {
+        for secret in [V1, V2, V3, "s3cret"] {
+            assert!(!text.contains(secret), "{secret} shown in:\n{text}");
+        }
+    }
+    std::fs::remove_dir_all(&files).unwrap();
+}

@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use toml_edit::{Item, Key, TableLike, Value};
 
+use super::environment_file::MAX_ENVIRONMENT_FILES;
 use super::values::{parse_address, parse_duration, parse_signal, parse_size};
 use super::{
-    Address, Batch, Config, Diagnostic, Limits, Listen, Logs, Node, Readiness, ReadinessMode,
-    Reload, Restart, RestartPolicy, Service, Stop, WorkerCount,
+    Address, Batch, Config, Diagnostic, EnvironmentFile, Limits, Listen, Logs, Node, Readiness,
+    ReadinessMode, Reload, Restart, RestartPolicy, Service, Stop, WorkerCount,
 };
 
 /// Environment variables corral sets itself; apps may not set them.
@@ -27,11 +28,17 @@ pub(super) const RESERVED_ENV: &[&str] = &[
 ];
 const RESERVED_ENV_PREFIX: &str = "CORRAL_";
 
+/// Whether corral sets the variable `name` itself, so that an app may not.
+pub(super) fn reserved_env(name: &str) -> bool {
+    RESERVED_ENV.contains(&name) || name.starts_with(RESERVED_ENV_PREFIX)
+}
+
 pub(super) const TOP_KEYS: &[&str] = &[
     "command",
     "directory",
     "workers",
     "environment",
+    "environment_file",
     "listen",
     "readiness",
     "watchdog",
@@ -397,6 +404,7 @@ impl<'a> Checker<'a> {
             directory: None,
             workers: WorkerCount::Count(1),
             environment: Vec::new(),
+            environment_files: Vec::new(),
             listen: Vec::new(),
             readiness: Readiness::default(),
             watchdog: None,
@@ -424,6 +432,7 @@ impl<'a> Checker<'a> {
                     }
                 }
                 "environment" => config.environment = self.environment(key, item),
+                "environment_file" => config.environment_files = self.environment_files(key, item),
                 "listen" => config.listen = self.listeners(key, item),
                 "readiness" => self.readiness(key, item, &mut config.readiness),
                 "watchdog" => {
@@ -628,7 +637,7 @@ impl<'a> Checker<'a> {
                 );
                 continue;
             }
-            if RESERVED_ENV.contains(&name) || name.starts_with(RESERVED_ENV_PREFIX) {
+            if reserved_env(name) {
                 self.error(
                     key_at,
                     format!("environment: `{name}` is reserved: corral sets it for the workers"),
@@ -655,6 +664,82 @@ impl<'a> Checker<'a> {
             env.push((name.to_string(), value));
         }
         env
+    }
+
+    /// `environment_file`: a path, or an array of them, each absolute and optionally after a
+    /// `-` (as systemd's `EnvironmentFile=`). The files are read later, by `Config::load`.
+    fn environment_files(&mut self, key: &Key, item: &Item) -> Vec<EnvironmentFile> {
+        const NAME: &str = "environment_file";
+        let values: Vec<&Value> = match item.as_value() {
+            Some(value @ Value::String(_)) => vec![value],
+            Some(Value::Array(array)) => array.iter().collect(),
+            _ => {
+                self.type_error(
+                    NAME,
+                    key,
+                    item,
+                    "a path or an array of paths like [\"/etc/corral/api.env\"]",
+                );
+                return Vec::new();
+            }
+        };
+        if values.len() > MAX_ENVIRONMENT_FILES {
+            self.error(
+                loc(key, item),
+                format!(
+                    "{NAME}: at most {MAX_ENVIRONMENT_FILES} files, found {}",
+                    values.len()
+                ),
+            );
+            return Vec::new();
+        }
+        let mut files = Vec::new();
+        for value in values {
+            let Some(s) = value.as_str() else {
+                self.error(
+                    value.span(),
+                    format!(
+                        "{NAME}: expected every element to be a string, found {}",
+                        describe_value(value)
+                    ),
+                );
+                continue;
+            };
+            let (optional, path) = match s.strip_prefix('-') {
+                Some(path) => (true, path),
+                None => (false, s),
+            };
+            // Absolute, as systemd requires: a relative path could be taken from the config's
+            // directory, corral's or the workers' (`directory`), and an operator reading it
+            // should not have to know which.
+            let problem = if path.contains('\0') {
+                Some("must not contain NUL")
+            } else if !path.starts_with('/') {
+                Some(
+                    "must be an absolute path, like \"/etc/corral/api.env\" (a leading '-' \
+                     makes it optional: \"-/etc/corral/api.env\")",
+                )
+            } else if path.contains(['*', '?', '[']) {
+                Some("wildcards are not supported: name each file")
+            } else {
+                None
+            };
+            if let Some(problem) = problem {
+                self.error(
+                    value.span(),
+                    format!("{NAME} \"{}\": {problem}", s.escape_debug()),
+                );
+                continue;
+            }
+            let (line, col) = value.span().map_or((1, 1), |span| self.pos(span.start));
+            files.push(EnvironmentFile {
+                path: PathBuf::from(path),
+                optional,
+                line,
+                col,
+            });
+        }
+        files
     }
 
     fn listeners(&mut self, key: &Key, item: &Item) -> Vec<Listen> {

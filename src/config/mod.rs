@@ -9,10 +9,12 @@
 //! [`MAX_CONFIG_SIZE`] bytes, and placing the diagnostics takes time linear in their number
 //! and the file's size, so no file can hold up corral for long.
 //!
-//! This file holds the schema (the types a valid file becomes) and `Config::load`/`parse`;
-//! `check` walks the document and collects the diagnostics, `values` parses the values
-//! inside strings (durations, sizes, signals, addresses) and `cpus` counts the CPUs for
-//! `workers = "auto"`.
+//! This file holds the schema (the types a valid file becomes), `Config::load`/`parse` and
+//! the bounded reading of files; `check` walks the document and collects the diagnostics,
+//! `values` parses the values inside strings (durations, sizes, signals, addresses), `cpus`
+//! counts the CPUs for `workers = "auto"`, and `environment_file` reads the files of
+//! `environment_file` into the workers' environment, which `Config::load` does each time (so a
+//! reload re-reads them).
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
@@ -27,6 +29,7 @@ use toml_edit::ImDocument;
 
 mod check;
 mod cpus;
+mod environment_file;
 mod values;
 
 use check::{
@@ -34,6 +37,7 @@ use check::{
     RESTART_KEYS, SERVICE_KEYS, STOP_KEYS, TOP_KEYS, WATCHDOG_KEYS,
 };
 pub use cpus::available_cpus;
+pub use environment_file::{MAX_ENVIRONMENT_FILES, MAX_ENVIRONMENT_FILE_SIZE};
 pub use values::{parse_duration, parse_signal, parse_size};
 
 /// The largest config file [`Config::load`] reads: 1 MiB, hundreds of times any real config.
@@ -64,8 +68,14 @@ pub struct Config {
     pub directory: Option<PathBuf>,
     /// How many workers to run.
     pub workers: WorkerCount,
-    /// Extra environment for the workers, in file order.
+    /// Extra environment for the workers, each name once. From [`Config::parse`], the
+    /// config's own `environment`, in file order; [`Config::load`] puts the variables of the
+    /// `environment_file` files before them, the config's own winning over the files' and a
+    /// later file's over an earlier one's. The values may be secrets: corral never shows them (its
+    /// `Debug` form would).
     pub environment: Vec<(String, String)>,
+    /// `environment_file`: the files [`Config::load`] reads into `environment`, in order.
+    pub environment_files: Vec<EnvironmentFile>,
     /// Listening sockets, in file order.
     pub listen: Vec<Listen>,
     /// How a worker tells it is ready.
@@ -86,6 +96,19 @@ pub struct Config {
     pub logs: Logs,
     /// Settings for the generated systemd service.
     pub service: Service,
+}
+
+/// One file of `environment_file`, in systemd's `EnvironmentFile=` format (see
+/// [`crate::envfile`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EnvironmentFile {
+    /// Always absolute.
+    pub path: PathBuf,
+    /// Given with a leading `-`: a file that does not exist is no error.
+    pub optional: bool,
+    /// Where the path is written in the config, for messages about the file as a whole.
+    pub line: usize,
+    pub col: usize,
 }
 
 /// Number of workers.
@@ -323,15 +346,20 @@ pub struct Service {
     pub watchdog: Option<Duration>,
 }
 
-/// Everything wrong with one config file.
+/// Everything wrong with one config file, and with the environment files it names.
 #[derive(Clone, Debug)]
 pub struct ConfigError {
     pub file: PathBuf,
     pub diagnostics: Vec<Diagnostic>,
+    /// What is wrong inside the files of `environment_file`, one error per file (whose `file`
+    /// is that file), shown after this file's own diagnostics. A file that cannot be read at
+    /// all is a diagnostic of the config, at the place it names the file.
+    pub environment_files: Vec<ConfigError>,
 }
 
 /// One problem. `line` and `col` are 1-based; a diagnostic about the file as
-/// a whole (it cannot be read) has `line == 0` and `col == 0`.
+/// a whole (it cannot be read) has `line == 0` and `col == 0`, and one about a line of an
+/// environment file, whose text is never quoted, has `col == 0`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Diagnostic {
     pub line: usize,
@@ -340,7 +368,8 @@ pub struct Diagnostic {
 }
 
 /// One line per diagnostic, in the order they are in (sorted by position), at most
-/// [`MAX_LISTED_DIAGNOSTICS`] of them, then `FILE: ... and N more errors` if there are more.
+/// [`MAX_LISTED_DIAGNOSTICS`] of them, then `FILE: ... and N more errors` if there are more;
+/// then the same for each environment file.
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let file = self.file.display();
@@ -349,16 +378,22 @@ impl fmt::Display for ConfigError {
             if i > 0 {
                 writeln!(f)?;
             }
-            if d.line == 0 {
-                write!(f, "{file}: {}", d.message)?;
-            } else {
-                write!(f, "{file}:{}:{}: {}", d.line, d.col, d.message)?;
+            match (d.line, d.col) {
+                (0, _) => write!(f, "{file}: {}", d.message)?,
+                (line, 0) => write!(f, "{file}:{line}: {}", d.message)?,
+                (line, col) => write!(f, "{file}:{line}:{col}: {}", d.message)?,
             }
         }
         let rest = self.diagnostics.len() - listed;
         if rest > 0 {
             let s = if rest == 1 { "" } else { "s" };
             write!(f, "\n{file}: ... and {} more error{s}", thousands(rest))?;
+        }
+        for (i, e) in self.environment_files.iter().enumerate() {
+            if i > 0 || !self.diagnostics.is_empty() {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
         }
         Ok(())
     }
@@ -423,9 +458,10 @@ impl Config {
     /// Reads and parses the config file at `path`, which must be a regular file (or a symlink
     /// to one) of at most [`MAX_CONFIG_SIZE`] bytes: anything else is refused at once, with
     /// one diagnostic saying why, without blocking on a FIFO or reading an endless device.
+    /// Then reads the files of `environment_file`, with the same care, into `environment`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         match read_config(path) {
-            Ok(text) => Config::parse(path, &text),
+            Ok(text) => Config::parse(path, &text)?.read_environment_files(),
             Err(message) => Err(ConfigError {
                 file: path.to_path_buf(),
                 diagnostics: vec![Diagnostic {
@@ -433,6 +469,7 @@ impl Config {
                     col: 0,
                     message,
                 }],
+                environment_files: Vec::new(),
             }),
         }
     }
@@ -474,8 +511,53 @@ impl Config {
                 Err(ConfigError {
                     file: path.to_path_buf(),
                     diagnostics,
+                    environment_files: Vec::new(),
                 })
             }
+        }
+    }
+}
+
+/// What kind of file is read, for the limit on its size and the words about it.
+#[derive(Clone, Copy)]
+struct Kind {
+    /// The most bytes it may have.
+    max: u64,
+    /// "a config file"
+    what: &'static str,
+}
+
+/// A config file: at most [`MAX_CONFIG_SIZE`] bytes.
+const CONFIG: Kind = Kind {
+    max: MAX_CONFIG_SIZE,
+    what: "a config file",
+};
+
+impl Kind {
+    /// "1048576 bytes, 1 MiB"
+    fn limit(&self) -> String {
+        const MIB: u64 = 1024 * 1024;
+        if self.max % MIB == 0 {
+            format!("{} bytes, {} MiB", self.max, self.max / MIB)
+        } else {
+            format!("{} bytes", self.max)
+        }
+    }
+}
+
+/// Why a file could not be read; `missing` when it does not exist (`ENOENT`, a dangling
+/// symlink among others), which an optional file may be.
+#[derive(Debug)]
+struct Unreadable {
+    missing: bool,
+    message: String,
+}
+
+impl From<String> for Unreadable {
+    fn from(message: String) -> Self {
+        Unreadable {
+            missing: false,
+            message,
         }
     }
 }
@@ -483,7 +565,19 @@ impl Config {
 /// The text of the config file at `path`, or why it cannot be had, in a few system calls
 /// whatever `path` is.
 fn read_config(path: &Path) -> Result<String, String> {
-    let cannot = |e: io::Error| format!("cannot read: {e}");
+    let bytes = read_file(path, CONFIG).map_err(|e| e.message)?;
+    // The words fs::read_to_string used.
+    String::from_utf8(bytes).map_err(|_| "cannot read: stream did not contain valid UTF-8".into())
+}
+
+/// The bytes of the file at `path`, a regular file (or a symlink to one) of at most
+/// `kind.max` bytes, or why it cannot be had, in a few system calls whatever `path` is: no
+/// wait on a FIFO, no endless read of a device.
+fn read_file(path: &Path, kind: Kind) -> Result<Vec<u8>, Unreadable> {
+    let cannot = |e: io::Error| Unreadable {
+        missing: e.kind() == io::ErrorKind::NotFound,
+        message: format!("cannot read: {e}"),
+    };
     // What `path` leads to is looked at before it is opened, as opening some devices does
     // something (a watchdog device arms the watchdog, a tape rewinds)...
     regular_file(&fs::metadata(path).map_err(cannot)?)?;
@@ -495,19 +589,21 @@ fn read_config(path: &Path) -> Result<String, String> {
         .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
         .open(path)
         .map_err(cannot)?;
-    read_open(file)
+    Ok(read_open(file, kind)?)
 }
 
-/// The text of an opened config file: refused unless it is a regular file of at most
-/// [`MAX_CONFIG_SIZE`] bytes by `fstat`, and read no further than that.
-fn read_open(file: File) -> Result<String, String> {
+/// The bytes of an opened file: refused unless it is a regular file of at most `kind.max`
+/// bytes by `fstat`, and read no further than that.
+fn read_open(file: File, kind: Kind) -> Result<Vec<u8>, String> {
     let cannot = |e: io::Error| format!("cannot read: {e}");
     let meta = file.metadata().map_err(cannot)?;
     regular_file(&meta)?;
-    if meta.len() > MAX_CONFIG_SIZE {
+    if meta.len() > kind.max {
         return Err(format!(
-            "is {} bytes, more than a config file may have ({MAX_CONFIG_SIZE} bytes, 1 MiB)",
-            meta.len()
+            "is {} bytes, more than {} may have ({})",
+            meta.len(),
+            kind.what,
+            kind.limit()
         ));
     }
     // A regular file never blocks, but some file systems (FUSE) could answer EAGAIN while
@@ -516,25 +612,26 @@ fn read_open(file: File) -> Result<String, String> {
         nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_GETFL).map_err(|e| cannot(e.into()))?;
     let flags = nix::fcntl::OFlag::from_bits_retain(flags) & !nix::fcntl::OFlag::O_NONBLOCK;
     nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_SETFL(flags)).map_err(|e| cannot(e.into()))?;
-    read_capped(file, meta.len())
+    read_capped(file, meta.len(), kind)
 }
 
-/// Reads `reader`, `size` bytes long when opened, as text of at most [`MAX_CONFIG_SIZE`]
-/// bytes: a file that grows meanwhile is read no further than one byte past the limit.
-fn read_capped(reader: impl Read, size: u64) -> Result<String, String> {
-    let mut bytes = Vec::with_capacity(size.min(MAX_CONFIG_SIZE) as usize + 1);
+/// Reads `reader`, `size` bytes long when opened, up to `kind.max` bytes: a file that grows
+/// meanwhile is read no further than one byte past the limit.
+fn read_capped(reader: impl Read, size: u64, kind: Kind) -> Result<Vec<u8>, String> {
+    let mut bytes = Vec::with_capacity(size.min(kind.max) as usize + 1);
     reader
-        .take(MAX_CONFIG_SIZE + 1)
+        .take(kind.max + 1)
         .read_to_end(&mut bytes)
         .map_err(|e| format!("cannot read: {e}"))?;
-    if bytes.len() as u64 > MAX_CONFIG_SIZE {
+    if bytes.len() as u64 > kind.max {
         return Err(format!(
-            "grew past the most a config file may have ({MAX_CONFIG_SIZE} bytes, 1 MiB) while \
-             being read (it was {size} bytes when opened)"
+            "grew past the most {} may have ({}) while being read (it was {size} bytes when \
+             opened)",
+            kind.what,
+            kind.limit()
         ));
     }
-    // The words fs::read_to_string used.
-    String::from_utf8(bytes).map_err(|_| "cannot read: stream did not contain valid UTF-8".into())
+    Ok(bytes)
 }
 
 /// Refuses what is not a regular file, saying what it is.

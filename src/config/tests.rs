@@ -1,4 +1,5 @@
-//! Tests of whole config files through [`Config::parse`], and of the schema types.
+//! Tests of whole config files through [`Config::parse`] and [`Config::load`] (with the
+//! environment files it reads), and of the schema types.
 
 use super::check::RESERVED_ENV;
 use super::*;
@@ -1214,10 +1215,41 @@ fn display_of_errors() {
                 message: "two".into(),
             },
         ],
+        environment_files: Vec::new(),
     };
     assert_eq!(e.to_string(), "x.toml:1:2: one\nx.toml:3:4: two");
-    let boxed: Box<dyn std::error::Error> = Box::new(e);
+    let boxed: Box<dyn std::error::Error> = Box::new(e.clone());
     assert!(boxed.to_string().starts_with("x.toml:1:2"));
+
+    // Environment files' problems: a line without a column, after the config's own.
+    let in_file = |line, col, message: &str| Diagnostic {
+        line,
+        col,
+        message: message.into(),
+    };
+    let env = ConfigError {
+        file: PathBuf::from("/etc/a.env"),
+        diagnostics: vec![in_file(3, 0, "three"), in_file(0, 0, "whole")],
+        environment_files: Vec::new(),
+    };
+    let both = ConfigError {
+        environment_files: vec![env.clone(), env.clone()],
+        ..e
+    };
+    assert_eq!(
+        both.to_string(),
+        "x.toml:1:2: one\nx.toml:3:4: two\n/etc/a.env:3: three\n/etc/a.env: whole\n\
+         /etc/a.env:3: three\n/etc/a.env: whole"
+    );
+    let files_only = ConfigError {
+        file: PathBuf::from("x.toml"),
+        diagnostics: Vec::new(),
+        environment_files: vec![env],
+    };
+    assert_eq!(
+        files_only.to_string(),
+        "/etc/a.env:3: three\n/etc/a.env: whole"
+    );
 }
 
 /// A fresh directory for one test's files, removed by `cleanup`.
@@ -1263,7 +1295,7 @@ fn load_refuses_a_fifo_at_once() {
         .open(&path)
         .unwrap();
     assert_eq!(
-        read_open(file).unwrap_err(),
+        read_open(file, CONFIG).unwrap_err(),
         "is a FIFO, not a regular file"
     );
     fs::remove_dir_all(&dir).unwrap();
@@ -1280,7 +1312,7 @@ fn load_refuses_devices_and_directories_even_through_symlinks() {
     );
     // by its descriptor too
     assert_eq!(
-        read_open(File::open("/dev/zero").unwrap()).unwrap_err(),
+        read_open(File::open("/dev/zero").unwrap(), CONFIG).unwrap_err(),
         "is a character device, not a regular file"
     );
     let sub = dir.join("sub.toml");
@@ -1326,14 +1358,14 @@ fn load_refuses_a_file_over_the_cap() {
 fn reading_stops_past_the_cap() {
     // A file that grows while read, or claims a size of 0 like those in /proc: no more than
     // the cap and one byte are read, whatever follows.
-    let message = read_capped(std::io::repeat(b'#'), 0).unwrap_err();
+    let message = read_capped(std::io::repeat(b'#'), 0, CONFIG).unwrap_err();
     assert_eq!(
         message,
         "grew past the most a config file may have (1048576 bytes, 1 MiB) while being read \
          (it was 0 bytes when opened)"
     );
-    let text = read_capped(&b"command = [\"x\"]\n"[..], 16).unwrap();
-    assert_eq!(text, "command = [\"x\"]\n");
+    let text = read_capped(&b"command = [\"x\"]\n"[..], 16, CONFIG).unwrap();
+    assert_eq!(text, b"command = [\"x\"]\n");
 }
 
 #[test]
@@ -1407,6 +1439,7 @@ fn errors_beyond_the_listed_are_counted() {
     let e = |n: usize| ConfigError {
         file: PathBuf::from("x.toml"),
         diagnostics: (1..=n).map(diagnostic).collect(),
+        environment_files: Vec::new(),
     };
     let shown = e(MAX_LISTED_DIAGNOSTICS).to_string();
     assert_eq!(shown.lines().count(), MAX_LISTED_DIAGNOSTICS);
@@ -1483,4 +1516,363 @@ fn many_errors_on_one_long_line_are_placed_by_characters() {
         assert_eq!((line, col), (l, c), "{message}");
         assert!(message.starts_with(m.as_str()), "{message}");
     }
+}
+
+#[test]
+fn environment_file_takes_a_path_or_an_array_of_them() {
+    let c = ok("command = [\"x\"]\nenvironment_file = \"/etc/corral/api.env\"\n");
+    assert_eq!(
+        c.environment_files,
+        [EnvironmentFile {
+            path: PathBuf::from("/etc/corral/api.env"),
+            optional: false,
+            line: 2,
+            col: 20,
+        }]
+    );
+    let c = ok(r#"command = ["x"]
+environment_file = [
+  "/etc/corral/api.env",
+  "-/etc/corral/api.local.env",
+]
+"#);
+    let got: Vec<(&str, bool, usize, usize)> = c
+        .environment_files
+        .iter()
+        .map(|f| (f.path.to_str().unwrap(), f.optional, f.line, f.col))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("/etc/corral/api.env", false, 3, 3),
+            ("/etc/corral/api.local.env", true, 4, 3)
+        ]
+    );
+    // Parsing reads no file: the environment is the config's own.
+    assert!(c.environment.is_empty());
+    assert!(ok("command = [\"x\"]\nenvironment_file = []\n")
+        .environment_files
+        .is_empty());
+    assert!(ok("command = [\"x\"]\n").environment_files.is_empty());
+}
+
+#[test]
+fn environment_file_errors() {
+    assert_error_after_command(
+        "environment_file = \"api.env\"\n",
+        2,
+        20,
+        "environment_file \"api.env\": must be an absolute path, like \"/etc/corral/api.env\"",
+    );
+    assert_error_after_command(
+        "environment_file = [\"-api.env\"]\n",
+        2,
+        21,
+        "environment_file \"-api.env\": must be an absolute path",
+    );
+    assert_error_after_command(
+        "environment_file = [\"-\"]\n",
+        2,
+        21,
+        "must be an absolute path",
+    );
+    assert_error_after_command(
+        "environment_file = [\"\"]\n",
+        2,
+        21,
+        "must be an absolute path",
+    );
+    assert_error_after_command(
+        "environment_file = [\"/etc/corral/*.env\"]\n",
+        2,
+        21,
+        "wildcards are not supported: name each file",
+    );
+    assert_error_after_command(
+        "environment_file = [\"/a.env\", 3]\n",
+        2,
+        31,
+        "environment_file: expected every element to be a string, found an integer",
+    );
+    assert_error_after_command(
+        "environment_file = { a = \"/a.env\" }\n",
+        2,
+        20,
+        "environment_file: expected a path or an array of paths",
+    );
+    let many: Vec<String> = (0..=MAX_ENVIRONMENT_FILES)
+        .map(|i| format!("\"/{i}.env\""))
+        .collect();
+    assert_error_after_command(
+        &format!("environment_file = [{}]\n", many.join(", ")),
+        2,
+        20,
+        "environment_file: at most 16 files, found 17",
+    );
+    // Typos get a hint.
+    let (_, _, m) = error_with_command("environment_files = [\"/a.env\"]\n");
+    assert!(m.contains("did you mean `environment_file`?"), "{m}");
+}
+
+/// Writes `files` (name, contents) in a scratch directory and a config naming them in
+/// `environment_file` (each `name`, or `-name` for an optional one, made absolute) after
+/// `rest`; loads it.
+fn load_with_files(
+    test: &str,
+    rest: &str,
+    files: &[(&str, &[u8])],
+    listed: &[&str],
+) -> (PathBuf, Result<Config, ConfigError>) {
+    let dir = scratch_dir(test);
+    for (name, contents) in files {
+        fs::write(dir.join(name), contents).unwrap();
+    }
+    let listed: Vec<String> = listed
+        .iter()
+        .map(|name| match name.strip_prefix('-') {
+            Some(name) => format!("\"-{}\"", dir.join(name).display()),
+            None => format!("\"{}\"", dir.join(name).display()),
+        })
+        .collect();
+    let config = dir.join("api.toml");
+    fs::write(
+        &config,
+        format!(
+            "command = [\"x\"]\n{rest}\nenvironment_file = [{}]\n",
+            listed.join(", ")
+        ),
+    )
+    .unwrap();
+    let loaded = Config::load(&config);
+    (dir, loaded)
+}
+
+fn env_of(c: &Config) -> Vec<(&str, &str)> {
+    c.environment
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect()
+}
+
+#[test]
+fn environment_files_merge_under_the_configs_own_environment() {
+    let (dir, loaded) = load_with_files(
+        "env-merge",
+        "environment = { B = \"config\", Z = \"own\" }",
+        &[
+            ("first.env", b"A=first\nB=first\nC=first\n"),
+            (
+                "second.env",
+                b"# later files win\nC=second\nD='second'\nA=\"second\"\nD=last\n",
+            ),
+        ],
+        &["first.env", "second.env"],
+    );
+    let c = loaded.unwrap();
+    // The files' names in the order they first appear, with their last value (in a file as
+    // across files); the config's own after them, winning over the files.
+    assert_eq!(
+        env_of(&c),
+        [
+            ("A", "second"),
+            ("C", "second"),
+            ("D", "last"),
+            ("B", "config"),
+            ("Z", "own"),
+        ]
+    );
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_missing_optional_file_is_fine_and_a_missing_required_one_is_an_error() {
+    let (dir, loaded) = load_with_files(
+        "env-missing",
+        "",
+        &[("api.env", b"A=1\n")],
+        &["api.env", "-api.local.env"],
+    );
+    assert_eq!(env_of(&loaded.unwrap()), [("A", "1")]);
+    let _ = fs::remove_dir_all(&dir);
+
+    let (dir, loaded) = load_with_files("env-required", "", &[], &["api.env", "-other.env"]);
+    let e = loaded.unwrap_err();
+    let missing = dir.join("api.env");
+    // At the place in the config that names it, and naming it.
+    assert_eq!(e.file, dir.join("api.toml"));
+    assert_eq!(e.diagnostics.len(), 1, "{e}");
+    let d = &e.diagnostics[0];
+    assert_eq!((d.line, d.col), (3, 21), "{e}");
+    assert!(
+        d.message.starts_with(&format!(
+            "environment_file {}: cannot read: No such file or directory",
+            missing.display()
+        )),
+        "{e}"
+    );
+    assert!(
+        d.message
+            .ends_with("(os error 2); a leading '-' makes a file optional"),
+        "{e}"
+    );
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn an_optional_file_that_exists_but_cannot_be_used_is_still_an_error() {
+    let dir = scratch_dir("env-optional-bad");
+    fs::create_dir(dir.join("api.env")).unwrap();
+    let (dir2, loaded) = load_with_files(
+        "env-optional-bad-2",
+        "",
+        &[("bad.env", b"A=1\nnonsense\n")],
+        &["-bad.env"],
+    );
+    let e = loaded.unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "{}:2: no '=' on this line: an assignment is NAME=value, and a comment starts with \
+             '#' or ';' (systemd would ignore this line)",
+            dir2.join("bad.env").display()
+        )
+    );
+    fs::remove_dir_all(&dir2).unwrap();
+    // A directory where the file should be.
+    let config = dir.join("api.toml");
+    fs::write(
+        &config,
+        format!(
+            "command = [\"x\"]\nenvironment_file = \"-{}\"\n",
+            dir.join("api.env").display()
+        ),
+    )
+    .unwrap();
+    let e = Config::load(&config).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "{}:2:20: environment_file {}: is a directory, not a regular file",
+            config.display(),
+            dir.join("api.env").display()
+        )
+    );
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_malformed_file_is_refused_with_file_and_line_and_never_its_values() {
+    const SECRET: &str = "pa55-w0rd-do-not-show";
+    let bad = format!("# secrets\nDB_USER=api\nDB_PASSWORD {SECRET}\nTOKEN=\"{SECRET}\nOTHER=1\n");
+    let (dir, loaded) = load_with_files(
+        "env-malformed",
+        "",
+        &[
+            ("good.env", format!("KEY={SECRET}\n").as_bytes()),
+            ("bad.env", bad.as_bytes()),
+            ("reserved.env", b"A=1\nLISTEN_FDS=3\nCORRAL_APP=x\n"),
+        ],
+        &["good.env", "bad.env", "reserved.env"],
+    );
+    let e = loaded.unwrap_err();
+    let shown = e.to_string();
+    let bad_path = dir.join("bad.env").display().to_string();
+    let reserved_path = dir.join("reserved.env").display().to_string();
+    let lines: Vec<&str> = shown.lines().collect();
+    assert_eq!(lines.len(), 4, "{shown}");
+    assert!(
+        lines[0].starts_with(&format!("{bad_path}:3: no '=' on this line")),
+        "{shown}"
+    );
+    assert!(
+        lines[1].starts_with(&format!(
+            "{bad_path}:4: the double quote opened on this line is never closed"
+        )),
+        "{shown}"
+    );
+    assert_eq!(
+        lines[2],
+        format!("{reserved_path}:2: `LISTEN_FDS` is reserved: corral sets it for the workers")
+    );
+    assert_eq!(
+        lines[3],
+        format!("{reserved_path}:3: `CORRAL_APP` is reserved: corral sets it for the workers")
+    );
+    assert!(!shown.contains(SECRET), "{shown}");
+    // Nor in the error's Debug form.
+    assert!(!format!("{e:?}").contains(SECRET));
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_file_of_nothing_but_errors_lists_the_first_and_counts_the_rest() {
+    let text = "no equals here\n".repeat(5000);
+    let (dir, loaded) = load_with_files("env-many", "", &[("a.env", text.as_bytes())], &["a.env"]);
+    let shown = loaded.unwrap_err().to_string();
+    let lines: Vec<&str> = shown.lines().collect();
+    assert_eq!(lines.len(), MAX_LISTED_DIAGNOSTICS, "{shown}");
+    let path = dir.join("a.env").display().to_string();
+    assert!(lines[98].starts_with(&format!("{path}:99: ")), "{shown}");
+    assert_eq!(lines[99], format!("{path}: ... and 4,901 more errors"));
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn environment_files_are_read_with_the_configs_care() {
+    use nix::sys::stat::Mode;
+    assert_eq!(MAX_ENVIRONMENT_FILE_SIZE, 1024 * 1024);
+    let dir = scratch_dir("env-care");
+    let fifo = dir.join("fifo.env");
+    nix::unistd::mkfifo(&fifo, Mode::S_IRUSR | Mode::S_IWUSR).unwrap();
+    let big = dir.join("big.env");
+    let mut text = String::from("A=1\n#");
+    text.push_str(&"x".repeat(MAX_ENVIRONMENT_FILE_SIZE as usize - text.len() - 1));
+    text.push('\n');
+    fs::write(&big, &text).unwrap();
+    let config = dir.join("api.toml");
+    let write = |files: &[&Path]| {
+        let listed: Vec<String> = files
+            .iter()
+            .map(|f| format!("\"{}\"", f.display()))
+            .collect();
+        fs::write(
+            &config,
+            format!(
+                "command = [\"x\"]\nenvironment_file = [{}]\n",
+                listed.join(", ")
+            ),
+        )
+        .unwrap();
+    };
+    // At the cap: read.
+    write(&[&big]);
+    assert_eq!(env_of(&Config::load(&config).unwrap()), [("A", "1")]);
+    // A byte more, a FIFO (on a thread, so that a load that blocks fails instead of hanging)
+    // and /dev/zero: each refused, all at once.
+    text.push('\n');
+    fs::write(&big, &text).unwrap();
+    write(&[&big, &fifo, Path::new("/dev/zero")]);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let c = config.clone();
+    std::thread::spawn(move || tx.send(Config::load(&c).unwrap_err()).unwrap());
+    let e = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("Config::load blocked on a FIFO");
+    let messages: Vec<&str> = e.diagnostics.iter().map(|d| d.message.as_str()).collect();
+    assert_eq!(
+        messages,
+        [
+            format!(
+                "environment_file {}: is 1048577 bytes, more than an environment file may have \
+                 (1048576 bytes, 1 MiB)",
+                big.display()
+            ),
+            format!(
+                "environment_file {}: is a FIFO, not a regular file",
+                fifo.display()
+            ),
+            "environment_file /dev/zero: is a character device, not a regular file".to_string(),
+        ]
+    );
+    fs::remove_dir_all(&dir).unwrap();
 }
