@@ -34,7 +34,7 @@ pub fn generate(config_dir: &Path, out: &Path) -> Report {
     };
     configs.sort();
     for path in configs {
-        let config = match Config::load(&path) {
+        let config = match Config::load_settings(&path) {
             Ok(c) => c,
             Err(e) => {
                 report
@@ -113,6 +113,30 @@ mod tests {
         assert!(out.join("corral@good.service.d/50-corral.conf").is_file());
         assert!(out.join("corral@good.socket.d/50-corral.conf").is_file());
         assert!(!out.join("corral@bad.service.d").exists());
+        let _ = std::fs::remove_dir_all(base);
+    }
+
+    #[test]
+    fn an_environment_file_not_there_at_boot_does_not_skip_the_app() {
+        // The files are the app's to read when it starts (a secret store may put them there
+        // after the generators ran); the units do not depend on them.
+        let base = std::env::temp_dir().join(format!("corral-gen-env-{}", std::process::id()));
+        let (etc, out) = (base.join("etc"), base.join("out"));
+        std::fs::create_dir_all(&etc).unwrap();
+        std::fs::create_dir_all(&out).unwrap();
+        let missing = base.join("not-yet.env");
+        std::fs::write(
+            etc.join("api.toml"),
+            format!(
+                "command = [\"x\"]\nenvironment_file = \"{}\"\n",
+                missing.display()
+            ),
+        )
+        .unwrap();
+        assert!(Config::load(&etc.join("api.toml")).is_err());
+        let r = generate(&etc, &out);
+        assert!(r.skipped.is_empty(), "{:?}", r.skipped);
+        assert!(out.join("corral@api.service.d/50-corral.conf").is_file());
         let _ = std::fs::remove_dir_all(base);
     }
 }

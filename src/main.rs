@@ -231,7 +231,7 @@ fn check(paths: &[PathBuf]) -> Result<i32, Error> {
 }
 
 fn generate(config: &Path, output: &Path) -> Result<i32, Error> {
-    let c = Config::load(config)?;
+    let c = Config::load_settings(config)?;
     let abs = std::path::absolute(config)
         .map_err(|e| Error::io(format!("cannot resolve {}", config.display()), e))?;
     let binary =

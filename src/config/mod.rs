@@ -460,8 +460,14 @@ impl Config {
     /// one diagnostic saying why, without blocking on a FIFO or reading an endless device.
     /// Then reads the files of `environment_file`, with the same care, into `environment`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::load_settings(path)?.read_environment_files()
+    }
+
+    /// [`Config::load`] without reading the files of `environment_file`: what the generator
+    /// needs, at boot, before those files may exist (they are read when the app starts).
+    pub fn load_settings(path: &Path) -> Result<Config, ConfigError> {
         match read_config(path) {
-            Ok(text) => Config::parse(path, &text)?.read_environment_files(),
+            Ok(text) => Config::parse(path, &text),
             Err(message) => Err(ConfigError {
                 file: path.to_path_buf(),
                 diagnostics: vec![Diagnostic {

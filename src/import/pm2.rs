@@ -579,8 +579,28 @@ pub fn convert(
                 }
             })
             .collect();
-        doc.set("", "environment_file", strings(&files), "env_file");
+        doc.set(
+            "",
+            "environment_file",
+            strings(&files),
+            "env_file: read at every start and reload",
+        );
         mapped.push("env_file".into());
+        // PM2 7's schema has no env_file: where a file has it, the app reads it (dotenv);
+        // corral reads it in systemd's EnvironmentFile= syntax, which most .env files are.
+        attention.push(
+            "env_file: corral reads the file itself, as systemd's EnvironmentFile= does \
+             (KEY=value, quotes, # comments; no `export`); `corral check` says if a line is not"
+                .into(),
+        );
+        for f in &files {
+            if !Path::new(f).exists() {
+                attention.push(format!(
+                    "env_file {f}: not found here; the app does not start without it (a \
+                     leading '-' makes it optional)"
+                ));
+            }
+        }
     }
     if !env.is_empty() {
         let body: Vec<String> = env

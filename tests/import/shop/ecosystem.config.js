@@ -31,6 +31,7 @@ function web(name, port, extra = {}) {
     listen_timeout: 8000,
     kill_timeout: 5000,
     max_memory_restart: '400M',
+    env_file: path.join(__dirname, 'shop.env'),
     ...logs(name),
     ...extra,
   };
