@@ -26,11 +26,13 @@ fn have_node() -> bool {
 /// so that what an ecosystem file reads from `process.env` is what the test gives it.
 fn import(file: &Path, out: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(CORRAL);
+    // Run from the file's directory, as `pm2 start` is.
     cmd.args(["import", "pm2"])
         .arg(file)
         .arg("--output")
         .arg(out)
         .args(args)
+        .current_dir(file.parent().unwrap())
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default());
     for (k, v) in env {
@@ -475,4 +477,167 @@ fn every_key_of_pm2s_schema_is_mapped_or_reported_never_dropped() {
         .output()
         .unwrap();
     assert!(c.status.success(), "{}", text(&c.stderr));
+}
+
+#[test]
+fn values_pm2_takes_and_corral_does_not_are_reported_not_refused() {
+    let d = scratch_dir();
+    for f in ["a.js", "b.js", "serve.py"] {
+        write(&d, f, "// a stand-in\n");
+    }
+    let f = write(
+        &d,
+        "ecosystem.json",
+        r#"{"apps": [
+  {"name": "zero", "script": "a.js", "kill_timeout": 0, "listen_timeout": 0,
+   "max_memory_restart": 0, "instances": 5000,
+   "env": {"PORT": 3000, "CORRAL_X": "1", "NODE_CHANNEL_FD": "3"}},
+  {"name": "huge", "script": "a.js", "max_restarts": 1e12, "min_uptime": 1e11,
+   "restart_delay": 1e15},
+  {"name": "py", "script": "serve.py", "interpreter": "python3", "wait_ready": true,
+   "shutdown_with_message": true, "env": {"PORT": 8000}},
+  {"name": "codes", "script": "a.js", "stop_exit_codes": ["0", "7", 300]},
+  {"name": "local", "script": "a.js", "env": {"PORT": 3000, "HOST": "127.0.0.1"}},
+  {"name": "api:prod", "script": "a.js", "watch": true},
+  {"name": "api:prod", "script": "b.js"},
+  {"name": "camel", "script": "a.js", "killTimeout": 4000, "waitReady": true,
+   "maxMemoryRestart": "200M", "env": {"PORT": 3001}}
+]}"#,
+    );
+    let out = d.join("out");
+    let o = import(&f, &out, &[], &[]);
+    let report = text(&o.stdout);
+    assert!(o.status.success(), "{}\n{report}", text(&o.stderr));
+    let read = |name: &str| std::fs::read_to_string(out.join(name)).unwrap();
+    let configs: Vec<PathBuf> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(configs.len(), 8, "{configs:?}");
+    let c = Command::new(CORRAL)
+        .arg("check")
+        .args(&configs)
+        .output()
+        .unwrap();
+    assert!(c.status.success(), "{}", text(&c.stderr));
+
+    // 5000 workers, a 0 timeout, corral's own variables: left out, each said.
+    let zero = read("zero.toml");
+    assert!(
+        !zero.contains("workers =")
+            && !zero.contains("CORRAL_X =")
+            && !zero.contains("NODE_CHANNEL_FD ="),
+        "{zero}"
+    );
+    assert!(
+        report.contains("workers 5000: corral does not take this value"),
+        "{report}"
+    );
+    assert!(
+        report.contains("env CORRAL_X: corral sets this variable itself"),
+        "{report}"
+    );
+    assert!(
+        report.contains("listen_timeout 0: PM2 uses its default"),
+        "{report}"
+    );
+    // Numbers too big for anything: no overflow, reported.
+    assert!(report.contains("huge -> "), "{report}");
+    // A Python server with PORT binds it itself: no listener, no IPC message, told why.
+    let py = read("py.toml");
+    assert!(
+        !py.contains("\n[[listen]]\n") && !py.contains("message ="),
+        "{py}"
+    );
+    assert!(py.contains("mode = \"notify\""), "{py}");
+    assert!(
+        report.contains("PORT 8000: python3 binds it itself"),
+        "{report}"
+    );
+    // PM2 reads exit codes with parseInt.
+    assert!(read("codes.toml").contains("stop_exit_codes = [0, 7]"));
+    assert!(
+        report.contains("stop_exit_codes 300: not an exit status"),
+        "{report}"
+    );
+    // HOST says where listen() was bound.
+    assert!(read("local.toml").contains("address = \"127.0.0.1:3000\""));
+    // Names corral cannot take, and twice the same: each its own file, commands for those.
+    assert!(read("api-prod.toml").contains("a.js"));
+    assert!(read("api-prod-2.toml").contains("b.js"));
+    assert!(
+        report.contains("systemctl reload corral@api-prod`"),
+        "{report}"
+    );
+    assert_eq!(
+        report.matches("pm2 delete api:prod\n").count(),
+        1,
+        "{report}"
+    );
+    assert!(report.contains("corral@api-prod-2.service"), "{report}");
+    // PM2's camelCase forms are its keys.
+    let camel = read("camel.toml");
+    for want in [
+        "timeout = \"4s\"",
+        "mode = \"node-ipc\"",
+        "max_memory = \"200M\"",
+    ] {
+        assert!(camel.contains(want), "{want} in {camel}");
+    }
+}
+
+#[test]
+fn an_ecosystem_that_prints_and_leaves_timers_is_read_at_once() {
+    if !have_node() {
+        skipped("node is not installed");
+        return;
+    }
+    // dotenv prints a line when it loads; a file may open a connection it never closes.
+    let d = scratch_dir();
+    write(&d, "server.js", "// a stand-in\n");
+    let f = write(
+        &d,
+        "ecosystem.config.js",
+        "console.log('[dotenv] injecting env (2) from .env');\n\
+         setInterval(() => {}, 1000);\n\
+         module.exports = { apps: [{ name: 'api', script: 'server.js', instances: 2 }] };\n",
+    );
+    let out = d.join("out");
+    let o = import(&f, &out, &[], &[]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(std::fs::read_to_string(out.join("api.toml"))
+        .unwrap()
+        .contains("workers = 2"));
+}
+
+#[test]
+fn a_dumps_apps_are_told_apart_by_script_not_name_alone() {
+    let d = scratch_dir();
+    let record = |script: &str, port: u16| {
+        format!(
+            r#"{{"name": "web", "namespace": "default", "pm_exec_path": "{script}",
+                "pm_cwd": "/srv/web", "exec_interpreter": "node", "exec_mode": "fork_mode",
+                "env": {{"PORT": {port}}}}}"#
+        )
+    };
+    let f = write(
+        &d,
+        "dump.pm2",
+        &format!(
+            "[{}, {}, {}]",
+            record("/srv/web/a.js", 3000),
+            record("/srv/web/a.js", 3001),
+            record("/srv/web/b.js", 4000)
+        ),
+    );
+    let out = d.join("out");
+    let o = import(&f, &out, &[], &[]);
+    let report = text(&o.stdout);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let a = std::fs::read_to_string(out.join("web.toml")).unwrap();
+    let b = std::fs::read_to_string(out.join("web-2.toml")).unwrap();
+    assert!(a.contains("a.js") && a.contains("workers = 2"), "{a}");
+    assert!(b.contains("b.js") && b.contains("workers = 1"), "{b}");
+    // Fork-mode processes that each had a port now share one: said, by variable name.
+    assert!(report.contains("had different values of PORT"), "{report}");
 }

@@ -177,3 +177,131 @@ fn control_requests_never_panic_and_round_trip() {
         })
         .unwrap();
 }
+
+/// A PM2 app as JSON: keys of PM2's schema (snake_case, camelCase, aliases) and others, with
+/// values of every JSON type, in range and far out of it.
+fn pm2_app() -> impl Strategy<Value = String> {
+    let key = prop_oneof![
+        Just("name"),
+        Just("script"),
+        Just("exec"),
+        Just("cwd"),
+        Just("args"),
+        Just("interpreter"),
+        Just("interpreter_args"),
+        Just("instances"),
+        Just("exec_mode"),
+        Just("env"),
+        Just("env_production"),
+        Just("env_file"),
+        Just("port"),
+        Just("wait_ready"),
+        Just("listen_timeout"),
+        Just("kill_timeout"),
+        Just("killTimeout"),
+        Just("shutdown_with_message"),
+        Just("max_memory_restart"),
+        Just("autorestart"),
+        Just("restart_delay"),
+        Just("exp_backoff_restart_delay"),
+        Just("max_restarts"),
+        Just("min_uptime"),
+        Just("stop_exit_codes"),
+        Just("instance_var"),
+        Just("increment_var"),
+        Just("uid"),
+        Just("gid"),
+        Just("username"),
+        Just("namespace"),
+        Just("watch"),
+        Just("cron_restart"),
+        Just("out_file"),
+        Just("vizion"),
+        Just("unknown_key"),
+    ];
+    let value = prop_oneof![
+        "\"[ -~]{0,16}\"".prop_map(|s| s),
+        any::<i64>().prop_map(|n| n.to_string()),
+        any::<f64>()
+            .prop_filter("JSON has no NaN or infinity", |f| f.is_finite())
+            .prop_map(|f| format!("{f:e}")),
+        Just("true".to_string()),
+        Just("false".to_string()),
+        Just("null".to_string()),
+        Just("\"max\"".to_string()),
+        Just("\"300M\"".to_string()),
+        Just("\"app.js\"".to_string()),
+        Just("[0, \"3\", 300, -1]".to_string()),
+        Just("{\"PORT\": 3000, \"HOST\": \"::1\", \"CORRAL_X\": \"1\", \"A=B\": 2}".to_string()),
+        Just("{\"PORT\": \"x\", \"NODE_ENV\": {\"nested\": [1]}}".to_string()),
+        Just("[]".to_string()),
+        Just("{}".to_string()),
+    ];
+    (
+        prop::collection::btree_map(key, value, 0..10),
+        prop::bool::ANY,
+    )
+        .prop_map(|(kvs, with_script)| {
+            let mut fields: Vec<String> = kvs
+                .into_iter()
+                .map(|(k, v)| format!("\"{k}\": {v}"))
+                .collect();
+            if with_script {
+                fields.push("\"script\": \"server.js\"".into());
+            }
+            format!("{{{}}}", fields.join(", "))
+        })
+}
+
+#[test]
+fn any_pm2_app_imports_to_configs_corral_takes_or_is_refused_cleanly() {
+    let dir = std::env::temp_dir().join(format!("corral-prop-import-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("server.js"), "// a stand-in\n").unwrap();
+    let corral = env!("CARGO_BIN_EXE_corral");
+    runner(64)
+        .run(&prop::collection::vec(pm2_app(), 1..4), |apps| {
+            let file = dir.join("ecosystem.json");
+            std::fs::write(&file, format!("{{\"apps\": [{}]}}", apps.join(", "))).unwrap();
+            let out = dir.join("out");
+            let _ = std::fs::remove_dir_all(&out);
+            let o = std::process::Command::new(corral)
+                .args(["import", "pm2"])
+                .arg(&file)
+                .arg("--output")
+                .arg(&out)
+                .current_dir(&dir)
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&o.stderr);
+            // Either configs, or a refusal that says why (no script, ...): never a panic.
+            prop_assert!(
+                matches!(o.status.code(), Some(0 | 1)) && !err.contains("panicked"),
+                "{apps:?}: {:?} {err}",
+                o.status
+            );
+            if o.status.code() == Some(1) {
+                prop_assert!(err.contains("ecosystem.json"), "{err}");
+                prop_assert!(!err.contains("a bug in corral import"), "{apps:?}: {err}");
+                return Ok(());
+            }
+            let configs: Vec<_> = std::fs::read_dir(&out)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .collect();
+            prop_assert_eq!(configs.len(), apps.len());
+            let check = std::process::Command::new(corral)
+                .arg("check")
+                .args(&configs)
+                .output()
+                .unwrap();
+            prop_assert!(
+                check.status.success(),
+                "{apps:?}: {}",
+                String::from_utf8_lossy(&check.stderr)
+            );
+            Ok(())
+        })
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}

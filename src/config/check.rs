@@ -29,7 +29,7 @@ pub(super) const RESERVED_ENV: &[&str] = &[
 const RESERVED_ENV_PREFIX: &str = "CORRAL_";
 
 /// Whether corral sets the variable `name` itself, so that an app may not.
-pub(super) fn reserved_env(name: &str) -> bool {
+pub fn reserved_env(name: &str) -> bool {
     RESERVED_ENV.contains(&name) || name.starts_with(RESERVED_ENV_PREFIX)
 }
 

@@ -32,6 +32,7 @@ mod cpus;
 mod environment_file;
 mod values;
 
+pub use check::reserved_env;
 use check::{
     Checker, LIMITS_KEYS, LISTEN_KEYS, LOGS_KEYS, NODE_KEYS, READINESS_KEYS, RELOAD_KEYS,
     RESTART_KEYS, SERVICE_KEYS, STOP_KEYS, TOP_KEYS, WATCHDOG_KEYS,

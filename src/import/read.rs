@@ -20,11 +20,12 @@ pub struct Source {
     pub apps: Vec<App>,
     /// PM2's saved process list: one entry per process, flattened environment.
     pub dump: bool,
-    /// Relative paths in the file are relative to this (PM2 resolves them against the
-    /// ecosystem file's directory).
-    pub base_dir: PathBuf,
+    /// The file's directory.
+    pub file_dir: PathBuf,
     /// Top-level keys beside `apps` (`deploy`, ...), for the report.
     pub other_keys: Vec<String>,
+    /// The file's `deploy` section, whose `deploy.NAME.env` PM2 applies with `--env NAME`.
+    pub deploy: Option<Value>,
 }
 
 pub fn read(path: &Path) -> Result<Source, String> {
@@ -39,7 +40,7 @@ pub fn read(path: &Path) -> Result<Source, String> {
             meta.len()
         ));
     }
-    let base_dir = std::fs::canonicalize(path)
+    let file_dir = std::fs::canonicalize(path)
         .ok()
         .and_then(|p| p.parent().map(Path::to_path_buf))
         .unwrap_or_else(|| PathBuf::from("."));
@@ -58,12 +59,14 @@ pub fn read(path: &Path) -> Result<Source, String> {
         }
     };
     let dump = ext == "pm2" || looks_like_dump(&value);
+    let deploy = value.get("deploy").cloned();
     let (apps, other_keys) = apps_of(value).map_err(|e| format!("{name}: {e}"))?;
     Ok(Source {
         apps,
         dump,
-        base_dir,
+        file_dir,
         other_keys,
+        deploy,
     })
 }
 
@@ -113,12 +116,14 @@ fn kind(v: &Value) -> &'static str {
 }
 
 /// The module an ecosystem file exports, as JSON: required (CommonJS) or imported (ES
-/// module), as PM2 loads it, from the file's directory. It is JavaScript: it may compute
-/// values, `require` things and read `process.env`, which is this command's environment.
+/// module), as PM2 loads it, in this command's directory and environment. It is JavaScript:
+/// it may compute values, `require` things, read `process.env`, print (dotenv does), and leave
+/// timers or connections open. So the JSON goes between two copies of a mark no file can
+/// guess, and node exits once it is written.
 const EVALUATE: &str = r#"
 import { createRequire } from 'node:module';
 import { pathToFileURL } from 'node:url';
-const file = process.argv[1];
+const [file, mark] = process.argv.slice(1);
 let config;
 try {
   if (file.endsWith('.mjs')) throw Object.assign(new Error(), { code: 'ERR_REQUIRE_ESM' });
@@ -127,17 +132,27 @@ try {
   if (e.code !== 'ERR_REQUIRE_ESM' && e.code !== 'ERR_REQUIRE_ASYNC_MODULE') throw e;
   config = (await import(pathToFileURL(file).href)).default;
 }
-process.stdout.write(JSON.stringify(config ?? null));
+const json = JSON.stringify(config ?? null);
+process.stdout.write('\n' + mark + json + mark + '\n', () => process.exit(0));
 "#;
+
+/// A mark no ecosystem file can know in advance: from the seed std draws for each
+/// `RandomState`.
+fn mark() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    format!("corral-import-{:016x}", h.finish())
+}
 
 fn evaluate_js(path: &Path) -> Result<Value, String> {
     let name = path.display();
     let file = std::fs::canonicalize(path).map_err(|e| format!("cannot read {name}: {e}"))?;
-    let dir = file.parent().unwrap_or(Path::new("/"));
+    let mark = mark();
     let mut child = Command::new("node")
         .args(["--input-type=module", "-e", EVALUATE])
         .arg(&file)
-        .current_dir(dir)
+        .arg(&mark)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -200,7 +215,15 @@ fn evaluate_js(path: &Path) -> Result<Value, String> {
             "{name} evaluates to more than {MAX_OUTPUT} bytes of JSON"
         ));
     }
-    serde_json::from_slice(&out).map_err(|e| format!("{name} does not evaluate to JSON data: {e}"))
+    let out = String::from_utf8_lossy(&out);
+    let json = out
+        .rfind(&mark)
+        .and_then(|end| Some((out[..end].rfind(&mark)?, end)))
+        .map(|(start, end)| &out[start + mark.len()..end])
+        .ok_or_else(|| {
+            format!("evaluating {name} with node gave no result (does it call process.exit?)")
+        })?;
+    serde_json::from_str(json).map_err(|e| format!("{name} does not evaluate to JSON data: {e}"))
 }
 
 fn yaml(path: &Path) -> Result<Value, String> {

@@ -26,6 +26,11 @@ impl Doc {
         self.header.push(text.to_string());
     }
 
+    /// Removes the comment lines at the end.
+    pub fn clear_footer(&mut self) {
+        self.footer.clear();
+    }
+
     /// A comment line at the end of the file.
     pub fn footer(&mut self, text: &str) {
         self.footer.push(text.to_string());
@@ -76,22 +81,53 @@ impl Doc {
         );
     }
 
+    /// Removes `key` from `table` ("" for the top level), and returns its value.
+    pub fn remove(&mut self, table: &str, key: &str) -> Option<String> {
+        let lines = if table.is_empty() {
+            &mut self.top
+        } else {
+            &mut self.tables.iter_mut().find(|(t, _)| t == table)?.1
+        };
+        let at = lines.iter().position(|l| l.key == key)?;
+        Some(lines.remove(at).value)
+    }
+
+    /// Removes every `[[listen]]` table.
+    pub fn remove_listens(&mut self) {
+        self.listens.clear();
+    }
+
+    #[cfg(test)]
     pub fn render(&self) -> String {
+        self.render_mapped().0
+    }
+
+    /// The text, and for each setting its line (1-based) with its table ("listen" for a
+    /// `[[listen]]`) and key: what a diagnostic of the checker points at.
+    pub fn render_mapped(&self) -> (String, Vec<(usize, String, String)>) {
         let mut out = String::new();
+        let mut at = Vec::new();
         for h in &self.header {
             out += &comment_line(h);
         }
         if !self.header.is_empty() {
             out.push('\n');
         }
-        render_lines(&mut out, &self.top);
+        render_lines(&mut out, &mut at, "", &self.top);
+        // The environment reads best next to the command, before the listeners.
+        let (env, rest): (Vec<_>, Vec<_>) =
+            self.tables.iter().partition(|(t, _)| t == "environment");
+        for (table, lines) in env.into_iter().filter(|(_, l)| !l.is_empty()) {
+            out += &format!("\n[{table}]\n");
+            render_lines(&mut out, &mut at, table, lines);
+        }
         for listen in &self.listens {
             out += "\n[[listen]]\n";
-            render_lines(&mut out, listen);
+            render_lines(&mut out, &mut at, "listen", listen);
         }
-        for (table, lines) in &self.tables {
+        for (table, lines) in rest.into_iter().filter(|(_, l)| !l.is_empty()) {
             out += &format!("\n[{table}]\n");
-            render_lines(&mut out, lines);
+            render_lines(&mut out, &mut at, table, lines);
         }
         if !self.footer.is_empty() {
             out.push('\n');
@@ -99,7 +135,7 @@ impl Doc {
                 out += &comment_line(f);
             }
         }
-        out
+        (out, at)
     }
 }
 
@@ -129,15 +165,21 @@ fn comment_line(text: &str) -> String {
 }
 
 /// The lines of a table, their comments lined up after the longest setting (up to a point).
-fn render_lines(out: &mut String, lines: &[Line]) {
+fn render_lines(
+    out: &mut String,
+    at: &mut Vec<(usize, String, String)>,
+    table: &str,
+    lines: &[Line],
+) {
     let width = lines
         .iter()
-        .map(|l| l.key.len() + 3 + l.value.chars().count())
+        .map(|l| key(&l.key).len() + 3 + l.value.chars().count())
         .filter(|&w| w <= 40)
         .max()
         .unwrap_or(0);
     for l in lines {
-        let setting = format!("{} = {}", l.key, l.value);
+        let setting = format!("{} = {}", key(&l.key), l.value);
+        at.push((out.lines().count() + 1, table.to_string(), l.key.clone()));
         if l.comment.is_empty() {
             *out += &format!("{setting}\n");
         } else {

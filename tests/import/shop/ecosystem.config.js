@@ -63,6 +63,7 @@ module.exports = {
       ref: 'origin/main',
       repo: 'git@git.example:shop.git',
       path: '/srv/shop',
+      env: { SHOP_REGION: 'eu-west' },
       'post-deploy': 'npm ci && pm2 reload ecosystem.config.js --env production',
     },
   },

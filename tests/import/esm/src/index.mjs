@@ -1,0 +1,1 @@
+// The chat server (a stand-in).

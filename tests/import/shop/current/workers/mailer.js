@@ -1,0 +1,1 @@
+// The mail queue worker (a stand-in).

@@ -1,0 +1,1 @@
+// The blog (a stand-in).

@@ -1,0 +1,1 @@
+// The blog's worker (a stand-in).
