@@ -6,6 +6,7 @@
 //! - [`supervisor`]: the pure decision core, `step(event, now) -> actions`;
 //! - [`runtime`]: the single event loop that performs those actions;
 //! - [`signals`]: what each signal sent to the supervisor does;
+//! - [`terminal`]: the terminal corral runs in, and whether a SIGHUP is its hangup;
 //! - [`spawn`]: fork/exec of workers (the only `unsafe` in corral);
 //! - [`notify`]: the sd_notify protocol, both as a receiver for workers and a sender to systemd;
 //! - [`listen`]: listening sockets, inherited from systemd or bound here;
@@ -39,4 +40,5 @@ pub mod runtime;
 pub mod signals;
 pub mod spawn;
 pub mod supervisor;
+pub mod terminal;
 pub mod units;

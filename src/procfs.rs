@@ -177,6 +177,28 @@ pub fn children(pid: i32) -> Option<Vec<i32>> {
     any.then_some(out)
 }
 
+/// A signal mask line of `/proc/PID/status` (`SigIgn:`, `SigCgt:`, `SigBlk:`; proc(5)): bit
+/// `n - 1` is signal `n`.
+pub fn parse_sig_mask(status: &str, field: &str) -> Option<u64> {
+    status.lines().find_map(|l| {
+        let v = l.strip_prefix(field)?.strip_prefix(':')?;
+        u64::from_str_radix(v.trim(), 16).ok()
+    })
+}
+
+/// The signals this process ignores now (`SigIgn` in `/proc/self/status`).
+pub fn own_ignored_signals() -> Option<u64> {
+    use std::io::Read;
+    // A pseudo-file of a few kilobytes; read at most 64 KiB of it.
+    let mut text = String::new();
+    std::fs::File::open("/proc/self/status")
+        .ok()?
+        .take(64 << 10)
+        .read_to_string(&mut text)
+        .ok()?;
+    parse_sig_mask(&text, "SigIgn")
+}
+
 /// Whether this kernel has the `children` files (CONFIG_PROC_CHILDREN).
 fn children_files() -> bool {
     static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -248,6 +270,22 @@ mod tests {
         assert!(parse_stat(&zombie).unwrap().zombie);
         assert_eq!(parse_stat("12 (x) S 1"), None, "truncated");
         assert_eq!(parse_stat(""), None);
+    }
+
+    #[test]
+    fn signal_masks_are_read_by_their_field_name() {
+        let status = "Name:\tcorral\nSigPnd:\t0000000000000000\nSigBlk:\t0000000000000000\n\
+                      SigIgn:\t0000000180001001\nSigCgt:\t0000000000000440\n";
+        let ign = parse_sig_mask(status, "SigIgn").unwrap();
+        // SIGHUP (1), SIGPIPE (13), 32 and 33.
+        let bits: Vec<u32> = (0..64)
+            .filter(|b| ign >> b & 1 == 1)
+            .map(|b| b + 1)
+            .collect();
+        assert_eq!(bits, [1, 13, 32, 33]);
+        assert_eq!(parse_sig_mask(status, "SigCgt"), Some(0x440));
+        assert_eq!(parse_sig_mask(status, "Sig"), None, "a whole field name");
+        assert_eq!(parse_sig_mask("", "SigIgn"), None);
     }
 
     #[test]

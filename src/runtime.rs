@@ -30,6 +30,7 @@ use crate::spawn;
 use crate::supervisor::{
     self, Action, Event, ExitStatus, Level, Params, RequestId, Scope, Supervisor, WorkerId,
 };
+use crate::terminal::{Hup, Note};
 
 /// Variables meant for corral itself, never passed on to workers (corral-worker(7): nothing of
 /// the supervisor's own). `JOURNAL_STREAM` too: a worker's stdout is corral's pipe, not the journal.
@@ -116,7 +117,6 @@ pub fn run(opts: RunOptions) -> Result<i32, Error> {
             loading: None,
             reloads_waiting: Default::default(),
             loaded_tx,
-            terminal_gone: false,
             keeper,
             keeper_starts: 1,
             app: config.app.clone(),
@@ -231,8 +231,6 @@ struct Loop {
     loading: Option<Option<Reply>>,
     reloads_waiting: std::collections::VecDeque<Option<Reply>>,
     loaded_tx: mpsc::Sender<Result<Config, crate::config::ConfigError>>,
-    /// The terminal corral ran in went away; later SIGHUPs are its echoes.
-    terminal_gone: bool,
     /// Kills the workers' process groups if corral dies (keeper.rs).
     keeper: Option<crate::keeper::Keeper>,
     keeper_starts: u32,
@@ -272,7 +270,8 @@ impl Loop {
     ) -> Result<i32, Error> {
         let mut signals = crate::signals::Signals::install()
             .map_err(|e| Error::io("cannot handle signals", e))?;
-        let terminal = crate::signals::Terminal::at_start();
+        let mut terminal =
+            crate::terminal::Terminal::new(crate::terminal::probe(), signals.hup_ignored_at_start);
         let [term, int, quit] = &mut signals.stop;
         let [usr1, usr2] = &mut signals.usr;
         let notify_io = self
@@ -330,19 +329,49 @@ impl Loop {
                     self.reap();
                     self.relisten();
                 }
-                _ = listeners_check.tick() => self.relisten(),
+                _ = listeners_check.tick() => {
+                    self.relisten();
+                    if let Some(Note::WentWithoutHangup) =
+                        terminal.check(Instant::now(), crate::terminal::probe)
+                    {
+                        info!(
+                            "the terminal went away without a SIGHUP: corral runs on, and a \
+                             SIGHUP still means reload"
+                        );
+                    }
+                }
                 Some(config) = loaded.recv() => self.loaded(config),
                 _ = term.recv() => self.step(Event::Stop),
                 _ = int.recv() => self.step(Event::Stop),
                 _ = quit.recv() => self.step(Event::Stop),
                 _ = signals.hup.recv() => {
-                    if !terminal.gone() {
-                        self.reload(None);
-                    } else if !self.terminal_gone {
-                        // A closed terminal window, not an operator: stop, once.
-                        self.terminal_gone = true;
-                        info!("the terminal went away (SIGHUP): stopping");
-                        self.step(Event::Stop);
+                    match terminal.hup(Instant::now(), crate::terminal::probe) {
+                        Hup::Reload => self.reload(None),
+                        Hup::Stop => {
+                            info!("the terminal went away (SIGHUP): stopping");
+                            self.step(Event::Stop);
+                        }
+                        Hup::Ignore => info!(
+                            "the terminal went away (SIGHUP): ignored, as corral was started \
+                             with SIGHUP ignored (nohup); a later SIGHUP means reload"
+                        ),
+                        // Its stop is under way: a second Stop would kill the workers at once.
+                        Hup::Echo => {}
+                    }
+                }
+                _ = signals.tstp.recv() => {
+                    if crate::terminal::in_foreground() {
+                        // Ctrl-Z: stop, as SIGTSTP's default action would (signal(7)); with
+                        // corral's handler in place, by SIGSTOP, which cannot be caught. SIGCONT
+                        // (`fg`, `bg`) resumes. The workers, in process groups of their own, go
+                        // on serving.
+                        info!("SIGTSTP in the foreground of the terminal: stopping until SIGCONT");
+                        // The line is on the terminal before the output thread stops too; a
+                        // terminal that takes no output (Ctrl-S) holds the loop 200 ms at most.
+                        self.output.flush(Duration::from_millis(200));
+                        let _ = kill(nix::unistd::getpid(), Signal::SIGSTOP);
+                    } else {
+                        info!("SIGTSTP ignored: corral is not in the foreground of a terminal");
                     }
                 }
                 _ = usr1.recv() => info!(

@@ -2,17 +2,22 @@
 //!
 //! No signal but SIGKILL and SIGSTOP takes the app down unless that is what it means: a signal
 //! whose default action would end corral (and with it, through `PR_SET_PDEATHSIG`, every
-//! worker mid-request) is either given a meaning or handled and ignored.
+//! worker mid-request) or stop it (and with it the event loop: no reaping, no answers, and under
+//! systemd the watchdog's kill) is either given a meaning or ignored. Default actions are
+//! signal(7)'s table.
 //! - SIGTERM, SIGINT, SIGQUIT: a graceful stop; a second one kills the workers at once.
-//! - SIGHUP: a rolling reload, unless the terminal corral runs in has gone away (a closed
-//!   terminal window sends it), which stops corral gracefully instead: nobody is there to see
-//!   its output any more.
+//! - SIGHUP: a rolling reload, unless it is the hangup of the terminal corral runs in
+//!   (terminal.rs decides).
 //! - SIGUSR1, SIGUSR2: ignored, with a line saying how to send them to the workers (`corral
 //!   signal`). Node.js opens its inspector on SIGUSR1, and `systemctl kill` sends a signal to
 //!   every process of the unit already: passing it on would deliver it twice, or where it was
 //!   not meant to go.
+//! - SIGTSTP: stops corral (SIGSTOP) only while it runs in the foreground of its terminal, where
+//!   Ctrl-Z sends it; ignored anywhere else.
 //! - SIGALRM, SIGVTALRM, SIGPROF, SIGIO, SIGPWR, SIGXCPU, SIGXFSZ, SIGSTKFLT and the real-time
-//!   signals: ignored.
+//!   signals from `SIGRTMIN()`: handled, and dropped.
+//! - SIGILL, SIGTRAP, SIGABRT, SIGBUS, SIGFPE, SIGSEGV, SIGSYS, SIGTTIN, SIGTTOU, and 32 and 33
+//!   (below glibc's `SIGRTMIN()`): ignored ([`FAULTS`], [`TERMINAL_STOPS`], [`reserved`]).
 //!
 //! Workers start with every signal at its default (spawn.rs).
 
@@ -28,11 +33,15 @@ pub struct Signals {
     pub stop: [Signal; 3],
     pub hup: Signal,
     pub usr: [Signal; 2],
-    _ignored: Vec<Signal>,
+    pub tstp: Signal,
+    /// SIGHUP was ignored when corral was started (nohup(1)): ignored dispositions survive
+    /// execve(2) (signal(7)), and corral's own handler replaces it.
+    pub hup_ignored_at_start: bool,
+    _dropped: Vec<Signal>,
 }
 
-/// Signals that end a process by default and mean nothing to corral.
-const IGNORED: &[libc::c_int] = &[
+/// Signals that end a process by default and mean nothing to corral: handled, and dropped.
+const DROPPED: &[libc::c_int] = &[
     libc::SIGALRM,
     libc::SIGVTALRM,
     libc::SIGPROF,
@@ -43,15 +52,67 @@ const IGNORED: &[libc::c_int] = &[
     libc::SIGSTKFLT,
 ];
 
+/// The signals a fault raises: ignored (SIG_IGN), so that one sent with kill(2) is discarded
+/// by the kernel. A real fault still ends corral. POSIX leaves a process that ignores a real
+/// SIGFPE, SIGILL or SIGSEGV undefined (sigaction(2), NOTES), but Linux sends a fault's signal
+/// with force_sig_info_to_task() (kernel/signal.c), which sets an ignored (or blocked) signal
+/// back to SIG_DFL first: a bad access, a division by zero, an illegal instruction, a breakpoint
+/// or a seccomp(2) trap kills corral as before (checked on Linux 6.18 with a C program that
+/// ignores them all). abort(3) still aborts: when SIGABRT is ignored, it restores the default and
+/// raises it again. What is lost is the Rust runtime's handler for SIGSEGV and SIGBUS, which
+/// says "has overflowed its stack" before aborting on a stack overflow: corral then dies of
+/// SIGSEGV without that line. Before, the first SIGSEGV or SIGBUS sent with kill(2) went to that
+/// handler, which set the default back, and the second killed corral.
+pub const FAULTS: &[libc::c_int] = &[
+    libc::SIGILL,
+    libc::SIGTRAP,
+    libc::SIGABRT,
+    libc::SIGBUS,
+    libc::SIGFPE,
+    libc::SIGSEGV,
+    libc::SIGSYS,
+];
+
+/// Job-control stops for a background job's use of its terminal (credentials(7)): ignored.
+/// corral never reads the terminal (SIGTTIN). It writes its log there, and with TOSTOP set
+/// (termios(3)) a background job's write raises SIGTTOU: ignored, the write goes through
+/// (a handler would not do: the kernel restarts the write, which raises it again).
+pub const TERMINAL_STOPS: &[libc::c_int] = &[libc::SIGTTIN, libc::SIGTTOU];
+
+/// The kernel's first real-time signal (signal(7): Linux has 33, from 32 to 64).
+const KERNEL_SIGRTMIN: libc::c_int = 32;
+
+/// The real-time signals glibc keeps for its threads (nptl(7): 32 and 33, which is why its
+/// `SIGRTMIN()` is 34). glibc's sigaction refuses them, so the handlers above cannot reach
+/// them, yet the kernel delivers them, by default fatally.
+pub fn reserved() -> std::ops::Range<libc::c_int> {
+    KERNEL_SIGRTMIN..libc::SIGRTMIN()
+}
+
 impl Signals {
     pub fn install() -> io::Result<Signals> {
+        // Read before corral's own SIGHUP handler replaces the disposition it was started with.
+        let hup_ignored_at_start = crate::procfs::own_ignored_signals()
+            .is_some_and(|mask| mask >> (libc::SIGHUP - 1) & 1 == 1);
+        for &n in FAULTS.iter().chain(TERMINAL_STOPS) {
+            crate::spawn::ignore_signal(n)?;
+        }
+        for n in reserved() {
+            // Where glibc installed its handler (it does for 33 with the first thread), the
+            // handler stays: it does nothing with a signal another process sent.
+            let ignored = crate::spawn::signal_is_default(n)
+                .and_then(|default| default.then(|| crate::spawn::ignore_signal(n)).transpose());
+            if let Err(e) = ignored {
+                tracing::warn!("cannot ignore signal {n} ({e}): `kill -{n}` would end corral");
+            }
+        }
         let raw = |n: libc::c_int| signal(SignalKind::from_raw(n));
-        let mut ignored = Vec::new();
-        for &n in IGNORED {
-            ignored.push(raw(n)?);
+        let mut dropped = Vec::new();
+        for &n in DROPPED {
+            dropped.push(raw(n)?);
         }
         for n in libc::SIGRTMIN()..=libc::SIGRTMAX() {
-            ignored.push(raw(n)?);
+            dropped.push(raw(n)?);
         }
         Ok(Signals {
             chld: signal(SignalKind::child())?,
@@ -65,33 +126,9 @@ impl Signals {
                 signal(SignalKind::user_defined1())?,
                 signal(SignalKind::user_defined2())?,
             ],
-            _ignored: ignored,
+            tstp: raw(libc::SIGTSTP)?,
+            hup_ignored_at_start,
+            _dropped: dropped,
         })
     }
-}
-
-/// The terminal corral was started in, if any: a SIGHUP while it is gone means the terminal
-/// went away, not "reload".
-pub struct Terminal {
-    had: bool,
-}
-
-impl Terminal {
-    pub fn at_start() -> Terminal {
-        Terminal { had: open_tty() }
-    }
-
-    /// Whether corral had a controlling terminal and no longer has it (after a hangup,
-    /// opening `/dev/tty` fails with ENXIO).
-    pub fn gone(&self) -> bool {
-        self.had && !open_tty()
-    }
-}
-
-fn open_tty() -> bool {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/tty")
-        .is_ok()
 }

@@ -1,8 +1,10 @@
-//! fork + exec of a worker. The only `unsafe` code in corral lives here.
+//! fork + exec of a worker. The only `unsafe` code in corral lives here: besides fork and exec,
+//! the two signal-disposition calls signals.rs decides on ([`ignore_signal`],
+//! [`signal_is_default`]).
 //!
 //! Everything the child needs is allocated before `fork()`: argv, envp (with `LISTEN_PID=` and
 //! `WATCHDOG_PID=` buffers that the child fills with its own pid), the fd plan. Between fork and
-//! exec the child makes only async-signal-safe calls (signal-safety(7)): sigaction, sigprocmask,
+//! exec the child makes only async-signal-safe calls (signal-safety(7)): rt_sigaction, sigprocmask,
 //! setpgid, prctl, getpid, getppid, fcntl, dup2, close_range, chdir, execve, write, _exit.
 //! A close-on-exec pipe carries an exec failure (which step, which errno) back to the parent: the
 //! parent reads EOF when exec succeeded, or 8 bytes when it did not — no exit code 127 guessing.
@@ -314,13 +316,13 @@ unsafe fn fail(err_write: RawFd, step: Step) -> ! {
 }
 
 unsafe fn child(plan: ChildPlan<'_>) -> ! {
-    // Signal dispositions: handlers are reset by exec, but "ignored" survives it, and the Rust
-    // runtime ignores SIGPIPE. A worker must start with every signal at its default, unblocked.
-    let mut dfl: libc::sigaction = std::mem::zeroed();
-    dfl.sa_sigaction = libc::SIG_DFL;
+    // Signal dispositions: handlers are reset by exec, but "ignored" survives it (signal(7)),
+    // and the Rust runtime ignores SIGPIPE, corral many more (signals.rs). A worker must start
+    // with every signal at its default, unblocked; through the system call, which also reaches
+    // the two glibc keeps to itself.
     for sig in 1..=plan.sigmax {
         if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-            libc::sigaction(sig, &dfl, std::ptr::null_mut());
+            set_disposition(sig, libc::SIG_DFL);
         }
     }
     // Its own process group, so a kill of the group reaches the worker's children too, and a
@@ -402,6 +404,89 @@ unsafe fn child(plan: ChildPlan<'_>) -> ! {
     }
     libc::execve(plan.program, plan.argv, plan.envp);
     fail(err_fd, Step::Exec)
+}
+
+/// The kernel's `struct sigaction` for rt_sigaction(2) on the architectures where it is
+/// handler, flags, restorer, mask (asm/signal.h); glibc's own `struct sigaction` is laid out
+/// differently. SIG_DFL and SIG_IGN run no code, so flags, restorer and mask stay zero.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+#[repr(C)]
+struct KernelSigaction {
+    handler: libc::sighandler_t,
+    flags: libc::c_ulong,
+    restorer: libc::sighandler_t,
+    mask: u64,
+}
+
+/// Sets `sig`'s disposition to SIG_DFL or SIG_IGN through the system call, not glibc's
+/// sigaction(3), which refuses signals 32 and 33 with EINVAL: glibc keeps them below
+/// `SIGRTMIN()` for its threads (nptl(7)), yet the kernel delivers them, by default fatally.
+/// Returns the raw result (0, or -1 with errno set). Async-signal-safe: one system call.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+unsafe fn set_disposition(sig: libc::c_int, handler: libc::sighandler_t) -> libc::c_long {
+    let act = KernelSigaction {
+        handler,
+        flags: 0,
+        restorer: 0,
+        mask: 0,
+    };
+    let sigset_size = std::mem::size_of::<u64>();
+    libc::syscall(
+        libc::SYS_rt_sigaction,
+        sig,
+        &act as *const KernelSigaction,
+        std::ptr::null_mut::<KernelSigaction>(),
+        sigset_size,
+    )
+}
+
+/// Elsewhere, glibc's sigaction(3): signals 32 and 33 stay as they are.
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+unsafe fn set_disposition(sig: libc::c_int, handler: libc::sighandler_t) -> libc::c_long {
+    let mut act: libc::sigaction = std::mem::zeroed();
+    act.sa_sigaction = handler;
+    libc::sigaction(sig, &act, std::ptr::null_mut()) as libc::c_long
+}
+
+/// Ignores `sig` from now on (SIG_IGN, sigaction(2)): the kernel discards it when it is sent.
+/// Whatever handler `sig` had (the Rust runtime's for SIGSEGV and SIGBUS) is replaced.
+pub fn ignore_signal(sig: libc::c_int) -> io::Result<()> {
+    // SAFETY: SIG_IGN installs no code in the process, so no handler can break an invariant;
+    // the structure passed is a local one, read by the kernel during the call only.
+    match unsafe { set_disposition(sig, libc::SIG_IGN) } {
+        0 => Ok(()),
+        _ => Err(io::Error::last_os_error()),
+    }
+}
+
+/// Whether `sig` is at its default disposition (no handler, not ignored).
+pub fn signal_is_default(sig: libc::c_int) -> io::Result<bool> {
+    // SAFETY: a query: `act` is null, so nothing is changed; `old` is a local the kernel (or
+    // glibc) fills during the call.
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    let handler = unsafe {
+        let mut old: KernelSigaction = std::mem::zeroed();
+        let r = libc::syscall(
+            libc::SYS_rt_sigaction,
+            sig,
+            std::ptr::null::<KernelSigaction>(),
+            &mut old as *mut KernelSigaction,
+            std::mem::size_of::<u64>(),
+        );
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        old.handler
+    };
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    let handler = unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        if libc::sigaction(sig, std::ptr::null(), &mut old) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        old.sa_sigaction
+    };
+    Ok(handler == libc::SIG_DFL)
 }
 
 /// Takes ownership of a descriptor this process inherited (systemd's `LISTEN_FDS`), after

@@ -3,6 +3,7 @@
 mod common;
 
 use std::collections::BTreeSet;
+use std::os::unix::fs::OpenOptionsExt;
 use std::time::Duration;
 
 use common::*;
@@ -925,74 +926,131 @@ fn a_crashed_balanced_workers_queued_connections_wait_for_its_replacement() {
 
 #[test]
 fn stray_signals_to_corral_fail_no_request_and_leave_it_running() {
-    let c = Corral::start(&config(3, ""));
+    // A process group of its own: run from a terminal, the test's group may be the terminal's
+    // foreground, where SIGTSTP stops corral as Ctrl-Z would.
+    let c = Corral::start_with(&config(3, ""), |cmd| {
+        std::os::unix::process::CommandExt::process_group(cmd, 0);
+    });
     c.wait_ready(3, 1);
+    let workers = c.pids("ready");
     let load = Load::start(c.port);
     c.get("/").unwrap();
-    let rtmin = libc::SIGRTMIN();
-    for sig in [
-        libc::SIGUSR1,
-        libc::SIGUSR2,
-        libc::SIGWINCH,
-        libc::SIGPIPE,
-        libc::SIGALRM,
-        libc::SIGIO,
-        libc::SIGPWR,
-        libc::SIGXCPU,
-        rtmin,
-        rtmin + 3,
-    ] {
-        // By number, as kill(1) takes it: the real-time ones have no name in nix.
-        let sent = std::process::Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(c.pid.to_string())
-            .status()
-            .unwrap();
-        assert!(sent.success());
+    // Every signal but those that mean something to corral (corral(1) SIGNALS: a reload, a
+    // stop) and the two that cannot be caught, by number as kill(1) takes it: the
+    // real-time ones have no name in nix. Among them what a fault raises (SIGSEGV, SIGABRT...)
+    // with no fault behind it, job control (SIGTSTP: corral is in no terminal's foreground
+    // here), and 32 and 33, which glibc keeps below its SIGRTMIN() (nptl(7)).
+    let meaningful = [
+        libc::SIGHUP,
+        libc::SIGINT,
+        libc::SIGQUIT,
+        libc::SIGTERM,
+        libc::SIGKILL,
+        libc::SIGSTOP,
+    ];
+    let signals: Vec<i32> = (1..=libc::SIGRTMAX())
+        .filter(|n| !meaningful.contains(n))
+        .collect();
+    assert_eq!(signals.len(), 58);
+    // Twice: a signal whose first one went to a handler that set the default back (the Rust
+    // runtime's for SIGSEGV and SIGBUS) would end corral the second time.
+    for _ in 0..2 {
+        for &sig in &signals {
+            let sent = std::process::Command::new("kill")
+                .arg(format!("-{sig}"))
+                .arg(c.pid.to_string())
+                .status()
+                .unwrap();
+            assert!(sent.success());
+        }
     }
     c.wait_for(
         "SIGUSR1 ignored: to send it to the workers, `corral signal demo USR1`",
         SECS(5),
     );
     c.wait_for("SIGUSR2 ignored", SECS(5));
+    c.wait_for(
+        "SIGTSTP ignored: corral is not in the foreground of a terminal",
+        SECS(5),
+    );
     let s = c.status();
     assert_eq!(s["generation"], 1, "no signal but HUP reloads");
     assert_eq!(s["ready"], 3);
+    assert_eq!(c.pids("ready"), workers, "every worker is the one it was");
+    assert_ne!(proc_state(c.pid), Some('T'), "corral is not stopped");
     for _ in 0..20 {
         c.get("/").expect("served after the signals");
     }
     load.finish_without_failures(10);
+    // What corral ignores, its workers do not: they start with every signal at its default
+    // (the Python worker ignores SIGPIPE and SIGXFSZ itself).
+    for w in workers {
+        let ignored = ignored_signals(w as i32);
+        assert!(
+            ignored
+                .iter()
+                .all(|&n| n == libc::SIGPIPE || n == libc::SIGXFSZ),
+            "worker {w} ignores {ignored:?}"
+        );
+    }
 }
 
-#[test]
-fn a_closed_terminal_stops_a_foreground_corral_gracefully() {
-    // script(1) runs corral on a pseudo-terminal, as a terminal window would; killing script
-    // closes the terminal: corral gets SIGHUP from the kernel, as at a closed window.
-    let c = Corral::start_with(&config(2, ""), |cmd| {
-        let inner: Vec<String> = std::iter::once(cmd.get_program())
-            .chain(cmd.get_args())
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect();
-        // The typescript goes to script's stderr, which the harness reads as corral's log.
-        let mut script = std::process::Command::new("script");
-        script.args(["-qfec", &inner.join(" "), "/dev/stderr"]);
-        for (k, v) in cmd.get_envs() {
-            match v {
-                Some(v) => script.env(k, v),
-                None => script.env_remove(k),
-            };
-        }
-        *cmd = script;
-    });
-    c.wait_ready(2, 1);
+/// Runs corral on a pseudo-terminal of its own, as in a terminal window: script(1) runs `line`
+/// (made from corral's command line) with bash on a new terminal, whose session it leads. The
+/// typescript goes to script's stderr, which the harness reads as corral's log; `$PPID` in
+/// `line` is script's pid, so `2>/proc/$PPID/fd/2` sends corral's log there directly (for a
+/// corral that outlives the terminal).
+fn in_a_terminal(cmd: &mut std::process::Command, line: impl FnOnce(&str) -> String) {
+    let corral: Vec<String> = std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let mut script = std::process::Command::new("script");
+    script
+        .args(["-qfec", &line(&corral.join(" ")), "/dev/stderr"])
+        .env("SHELL", "/bin/bash");
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => script.env(k, v),
+            None => script.env_remove(k),
+        };
+    }
+    *cmd = script;
+}
+
+/// corral's own pid, its workers', and a guard that kills corral if the test fails.
+fn corral_and_workers(c: &Corral) -> (i32, Vec<i32>, KillOnDrop) {
     let status = c.status();
     let corral = status["pid"].as_i64().unwrap() as i32;
-    let workers: Vec<i32> = status["workers"]
+    let workers = status["workers"]
         .as_array()
         .unwrap()
         .iter()
         .map(|w| w["pid"].as_i64().unwrap() as i32)
         .collect();
+    (corral, workers, KillOnDrop(corral))
+}
+
+fn send(pid: i32, sig: Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).unwrap();
+}
+
+/// Stops a corral that outlived its terminal, and checks it stopped gracefully.
+fn stop_gracefully(c: &Corral, corral: i32) {
+    send(corral, Signal::SIGTERM);
+    assert!(wait_gone(corral, SECS(20)), "corral stopped");
+    assert!(!c.control.exists(), "corral stopped gracefully");
+}
+
+#[test]
+fn a_closed_terminal_stops_a_foreground_corral_gracefully() {
+    // Killing script closes the terminal: the kernel sends SIGHUP to corral, which leads the
+    // terminal's session, as at a closed window (setsid(2)).
+    let c = Corral::start_with(&config(2, ""), |cmd| {
+        in_a_terminal(cmd, |corral| format!("exec {corral}"))
+    });
+    c.wait_ready(2, 1);
+    let (corral, workers, _guard) = corral_and_workers(&c);
     c.signal(Signal::SIGKILL); // script: the terminal goes away
     assert!(wait_gone(corral, SECS(20)), "corral stopped");
     for w in workers {
@@ -1004,6 +1062,120 @@ fn a_closed_terminal_stops_a_foreground_corral_gracefully() {
         !c.lines().iter().any(|l| l.contains("reload:")),
         "not taken for a reload"
     );
+}
+
+#[test]
+fn a_sighup_after_the_terminal_went_without_one_reloads() {
+    // A background job (`set -m`: a process group of its own) of a shell that then exits: the
+    // job loses the terminal and gets no SIGHUP (only the foreground does, setsid(2)). The
+    // shell waits on a FIFO until corral has started with the terminal.
+    let dir = scratch_dir();
+    let go = dir.join("go");
+    nix::unistd::mkfifo(&go, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let fifo = go.display().to_string();
+    let mut c = Corral::start_with(&config(2, ""), |cmd| {
+        in_a_terminal(cmd, |corral| {
+            format!("set -m; {corral} </dev/null >/dev/null 2>/proc/$PPID/fd/2 & read -r _ <{fifo}")
+        })
+    });
+    c.wait_ready(2, 1);
+    let (corral, _, _guard) = corral_and_workers(&c);
+    let tty = std::fs::read_to_string(format!("/proc/{corral}/stat")).unwrap();
+    let tty_nr = tty.rsplit_once(')').unwrap().1.split_whitespace().nth(4);
+    assert_ne!(
+        tty_nr,
+        Some("0"),
+        "corral started with a controlling terminal"
+    );
+    // The shell reads its line and exits; script then closes the terminal.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&go)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b"go\n"))
+        .expect("the shell waits on the FIFO");
+    assert!(
+        c.wait_exit(SECS(10)).is_some(),
+        "the shell and script exited"
+    );
+    c.wait_for(
+        "the terminal went away without a SIGHUP: corral runs on, and a SIGHUP still means reload",
+        SECS(10),
+    );
+    let mark = c.mark();
+    send(corral, Signal::SIGHUP);
+    c.wait_for_after(mark, "reload: reading", SECS(5));
+    c.wait_ready(2, 2);
+    assert_eq!(c.status()["generation"], 2);
+    stop_gracefully(&c, corral);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn under_nohup_a_closed_terminal_is_ignored_and_a_later_sighup_reloads() {
+    // nohup(1) starts corral with SIGHUP ignored, as the terminal's session leader: the kernel's
+    // SIGHUP at the hangup comes to corral itself.
+    let c = Corral::start_with(&config(2, ""), |cmd| {
+        in_a_terminal(cmd, |corral| {
+            format!("exec nohup {corral} </dev/null >/dev/null 2>/proc/$PPID/fd/2")
+        })
+    });
+    c.wait_ready(2, 1);
+    let (corral, workers, _guard) = corral_and_workers(&c);
+    c.signal(Signal::SIGKILL); // script: the terminal goes away
+    c.wait_for(
+        "the terminal went away (SIGHUP): ignored, as corral was started with SIGHUP ignored \
+         (nohup); a later SIGHUP means reload",
+        SECS(10),
+    );
+    let s = c.status();
+    assert_eq!(s["ready"], 2, "the app runs on");
+    assert_eq!(
+        c.pids("ready"),
+        workers.iter().map(|&w| w as i64).collect::<Vec<_>>()
+    );
+    let mark = c.mark();
+    send(corral, Signal::SIGHUP);
+    c.wait_for_after(mark, "reload: reading", SECS(5));
+    c.wait_ready(2, 2);
+    stop_gracefully(&c, corral);
+}
+
+#[test]
+fn a_background_corral_writing_to_a_tostop_terminal_is_not_stopped() {
+    // With TOSTOP (termios(3)) a background job's write to its terminal raises SIGTTOU, which
+    // stops it by default (credentials(7)); corral's log goes to the terminal here.
+    let c = Corral::start_with(&config(2, ""), |cmd| {
+        in_a_terminal(cmd, |corral| {
+            format!("stty tostop; set -m; {corral} </dev/null >/dev/null & wait")
+        })
+    });
+    c.wait_ready(2, 1);
+    let (corral, _, _guard) = corral_and_workers(&c);
+    assert_ne!(proc_state(corral), Some('T'));
+    stop_gracefully(&c, corral);
+}
+
+#[test]
+fn sigtstp_stops_a_corral_in_the_foreground_of_its_terminal_until_sigcont() {
+    // What Ctrl-Z sends to the terminal's foreground process group. corral's log goes straight
+    // to the test: script(1) stops itself when its child stops, and would hold the last lines.
+    let c = Corral::start_with(&config(2, ""), |cmd| {
+        in_a_terminal(cmd, |corral| format!("exec {corral} 2>/proc/$PPID/fd/2"))
+    });
+    c.wait_ready(2, 1);
+    let (corral, _, _guard) = corral_and_workers(&c);
+    send(corral, Signal::SIGTSTP);
+    c.wait_for(
+        "SIGTSTP in the foreground of the terminal: stopping until SIGCONT",
+        SECS(5),
+    );
+    assert!(wait_state(corral, 'T', SECS(5)), "corral is stopped");
+    // The workers, in process groups of their own, go on serving.
+    c.get("/").expect("served while corral is stopped");
+    send(corral, Signal::SIGCONT);
+    assert_eq!(c.status()["ready"], 2, "corral answers again");
+    stop_gracefully(&c, corral);
 }
 
 #[test]

@@ -385,3 +385,51 @@ pub fn pid_in(line: &str) -> i32 {
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("no pid in {line:?}"))
 }
+
+/// The state letter of `/proc/PID/stat` (proc(5)): `S` sleeping, `T` stopped, `Z` zombie...
+pub fn proc_state(pid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
+/// Waits until `pid` is in `state`. Nothing reports that another process stopped (waitid(2)
+/// WSTOPPED is for one's own children), so `/proc` is looked at every 10 ms, within `timeout`.
+pub fn wait_state(pid: i32, state: char, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if proc_state(pid) == Some(state) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The signals `pid` ignores (`SigIgn` in `/proc/PID/status`, proc(5)), by number.
+pub fn ignored_signals(pid: i32) -> Vec<i32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let mask = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+        .unwrap();
+    (1..=64).filter(|n| mask >> (n - 1) & 1 == 1).collect()
+}
+
+/// A process the test started indirectly (a corral that outlives the script(1) that ran it),
+/// killed when the test ends, however it ends.
+pub struct KillOnDrop(pub i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if proc_state(self.0).is_some() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.0),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            wait_gone(self.0, Duration::from_secs(10));
+        }
+    }
+}
