@@ -14,6 +14,7 @@
 //! - [`control`]: the control socket protocol and its client;
 //! - [`node`]: the Node.js preload and PM2's variables;
 //! - [`output`]: relay of worker stdout/stderr lines;
+//! - [`lines`]: worker output cut into lines, within one budget for the partial lines;
 //! - [`procfs`]: what /proc says about processes, and workers' process trees;
 //! - [`rundir`]: the runtime directory and the sockets and files corral keeps there;
 //! - [`probe`]: readiness of servers that never say READY=1, from what they wait on.
@@ -28,6 +29,7 @@ pub mod generator;
 pub mod import;
 pub mod journal;
 pub mod keeper;
+pub mod lines;
 pub mod listen;
 pub mod node;
 pub mod nodeipc;

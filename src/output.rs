@@ -16,8 +16,10 @@
 //! in one report, without a report beside nearly every line written.
 //!
 //! Worker pipes are read as fast as they fill, so a worker never blocks on its own output
-//! either. A relay holds only its worker's partial line, under [`MAX_LINE`] bytes; the read
-//! buffer is one per thread, shared by all the relays.
+//! either. A relay holds only its worker's partial line, and all relays' partial lines together
+//! stay within their own budget ([`crate::lines::PARTIAL_BYTES`]); the read buffer is one per
+//! thread, shared by all the relays. So the queue and the partial lines are all the memory
+//! output costs, however many workers write.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -27,6 +29,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::journal::{self, Journal};
+use crate::lines::{Break, Budget, Lines, MAX_LINE};
 
 /// The bytes of lines waiting for the writer, at most: about twenty of the longest lines, or
 /// thousands of ordinary ones. Enough for a burst while the reader keeps up, and the most a
@@ -40,15 +43,11 @@ pub const OWN_ROOM: usize = 64 * 1024;
 const RECORD_OVERHEAD: usize = 64;
 /// Drop reports come at most this often while lines are being dropped.
 pub const REPORT_EVERY: Duration = Duration::from_secs(1);
-/// A longer line is split, as journald splits at its LineMax= (journald.conf(5), 48K).
-pub const MAX_LINE: usize = 48 * 1024;
 /// One read from a worker's pipe.
 const READ_SIZE: usize = 16 * 1024;
-/// What stays allocated once a burst is over: queue slots, and bytes for a relay's partial line.
-/// A queue that once held thousands of lines, or a relay that once held a 48 KiB piece, gives
-/// the rest back instead of keeping it for the process's life.
+/// What stays allocated once a burst is over: a queue that once held thousands of lines gives
+/// the rest of its slots back instead of keeping them for the process's life.
 const KEEP_RECORDS: usize = 256;
-const KEEP_PARTIAL: usize = 4 * 1024;
 
 thread_local! {
     /// The relays' read buffer, one per thread: each relay hands what it read on to the queue
@@ -73,6 +72,8 @@ pub struct Dropped {
 pub struct Output {
     inner: Arc<Closer>,
     journal: bool,
+    /// What every relay's partial line counts against.
+    partials: Arc<Budget>,
 }
 
 /// What the event loop and the writer share, under one lock. The lock is held for a push or a
@@ -198,6 +199,7 @@ impl Output {
         Output {
             inner: Arc::new(Closer(shared)),
             journal,
+            partials: Arc::default(),
         }
     }
 
@@ -255,8 +257,8 @@ impl Output {
             return;
         };
         let prefix = format!("{}[{}]: ", tag.app, tag.slot);
-        let mut lines = Lines::default();
-        let mut emit = |text: &[u8]| self.emit(&tag, &prefix, text);
+        let mut lines = Lines::new(self.partials.clone());
+        let mut emit = |text: &[u8], end: Break| self.emit(&tag, &prefix, text, end);
         loop {
             if pipe.readable().await.is_err() {
                 break;
@@ -284,10 +286,13 @@ impl Output {
     }
 
     /// Queues `text` as one line, or as several of at most MAX_LINE bytes, in the part of the
-    /// queue a worker may take.
-    fn emit(&self, tag: &Tag, prefix: &str, text: &[u8]) {
+    /// queue a worker may take. `end` is why `text` ended; under journald, each piece that does
+    /// not end with a newline says why in `CORRAL_LINE_BREAK=` (see [`Break::field`]).
+    fn emit(&self, tag: &Tag, prefix: &str, text: &[u8], end: Break) {
         let limit = QUEUE_BYTES - OWN_ROOM;
-        for part in text.chunks(MAX_LINE) {
+        let pieces = text.len().div_ceil(MAX_LINE);
+        for (i, part) in text.chunks(MAX_LINE).enumerate() {
+            let end = if i + 1 < pieces { Break::LineMax } else { end };
             if self.journal {
                 let (prio, msg) = crate::journal::split_priority(part);
                 let mut e = Vec::with_capacity(msg.len() + 160);
@@ -303,6 +308,9 @@ impl Output {
                     "CORRAL_GENERATION",
                     tag.generation.to_string().as_bytes(),
                 );
+                if let Some(why) = end.field() {
+                    journal::field(&mut e, "CORRAL_LINE_BREAK", why.as_bytes());
+                }
                 self.push(e, limit);
             } else {
                 let mut line = Vec::with_capacity(prefix.len() + part.len() + 1);
@@ -312,48 +320,6 @@ impl Output {
                 self.push(line, limit);
             }
         }
-    }
-}
-
-/// A worker's stream cut into lines: each complete line (without its newline), and each
-/// MAX_LINE bytes of a longer one, goes to `emit`. What is kept is one partial line, under
-/// MAX_LINE bytes, and its room is given back once it is small again.
-#[derive(Default)]
-struct Lines {
-    partial: Vec<u8>,
-}
-
-impl Lines {
-    fn feed(&mut self, mut data: &[u8], emit: &mut impl FnMut(&[u8])) {
-        while let Some(nl) = data.iter().position(|&b| b == b'\n') {
-            if self.partial.is_empty() {
-                emit(&data[..nl]);
-            } else {
-                self.partial.extend_from_slice(&data[..nl]);
-                emit(&self.partial);
-                self.partial.clear();
-            }
-            data = &data[nl + 1..];
-        }
-        self.partial.extend_from_slice(data);
-        if self.partial.len() >= MAX_LINE {
-            let whole = self.partial.len() - self.partial.len() % MAX_LINE;
-            for piece in self.partial[..whole].chunks(MAX_LINE) {
-                emit(piece);
-            }
-            self.partial.drain(..whole);
-        }
-        if self.partial.len() <= KEEP_PARTIAL && self.partial.capacity() > KEEP_PARTIAL {
-            self.partial.shrink_to(KEEP_PARTIAL);
-        }
-    }
-
-    /// At EOF: the last line, even without its newline.
-    fn finish(&mut self, emit: &mut impl FnMut(&[u8])) {
-        if !self.partial.is_empty() {
-            emit(&self.partial);
-        }
-        self.partial = Vec::new();
     }
 }
 
@@ -597,35 +563,73 @@ mod tests {
         }
     }
 
-    #[test]
-    fn lines_are_cut_across_reads_and_a_long_one_leaves_no_big_buffer() {
-        let mut lines = Lines::default();
-        let mut got: Vec<Vec<u8>> = Vec::new();
-        let mut emit = |l: &[u8]| got.push(l.to_vec());
-        lines.feed(b"a\nhal", &mut emit);
-        lines.feed(b"f\n\nb", &mut emit);
-        // 100 KiB without a newline, as a pipe gives it: 16 KiB at a time.
-        let long = vec![b'y'; 100 * 1024];
-        for chunk in long.chunks(READ_SIZE) {
-            lines.feed(chunk, &mut emit);
-            assert!(lines.partial.len() < MAX_LINE, "{}", lines.partial.len());
+    /// Relays what was written to a pipe, whole, then its EOF.
+    fn relay_all(out: &Output, written: &[&[u8]]) {
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let mut w = std::fs::File::from(w);
+        for b in written {
+            w.write_all(b).unwrap();
         }
-        lines.feed(b"\nend", &mut emit);
-        assert!(
-            lines.partial.capacity() <= KEEP_PARTIAL,
-            "a relay keeps {} bytes after a long line",
-            lines.partial.capacity()
-        );
-        lines.finish(&mut emit);
-        assert_eq!(lines.partial.capacity(), 0);
-        let sizes: Vec<usize> = got.iter().map(Vec::len).collect();
-        assert_eq!(&got[..3], [&b"a"[..], b"half", b""]);
-        // "b" + 100 KiB of y: two pieces of MAX_LINE, then the rest with its newline.
+        drop(w);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(out.clone().relay(r, tag()));
+    }
+
+    /// Under journald, a piece that is not a whole line says why it ended, as journald's own
+    /// `_LINE_BREAK=` would: `line-max`, `eof`, or `budget` when the partial lines of all
+    /// relays had used their budget.
+    #[test]
+    fn journal_entries_say_why_a_line_was_cut() {
+        let dir = std::env::temp_dir().join(format!("corral-breaks-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("journal");
+        let server = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        server
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let out = Output::start_with(Sink::Journal(Journal::connect_to(&path).unwrap()));
+        let long = vec![b'x'; MAX_LINE + 10];
+        relay_all(&out, &[b"one\n", &long, b"\ntail"]);
+        // Other relays hold partial lines up to the whole budget: a partial line has no room.
+        let mut holders = Vec::new();
+        while out.partials.held() < crate::lines::PARTIAL_BYTES {
+            let mut l = Lines::new(out.partials.clone());
+            let n = (crate::lines::PARTIAL_BYTES - out.partials.held()).min(MAX_LINE - 1);
+            l.feed(&vec![b'p'; n], &mut |_: &[u8], _| {
+                panic!("no room for {n} bytes")
+            });
+            holders.push(l);
+        }
+        relay_all(&out, &[b"half"]);
+        out.flush(Duration::from_secs(5));
+        let mut entries = Vec::new();
+        let mut buf = vec![0u8; 2 * MAX_LINE];
+        while entries.len() < 5 {
+            let n = server.recv(&mut buf).expect("an entry within 5s");
+            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let field = |name: &str| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(&format!("{name}=")))
+                    .map(str::to_owned)
+            };
+            let message = field("MESSAGE").unwrap();
+            entries.push((message.len(), field("CORRAL_LINE_BREAK")));
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        let some = |s: &str| Some(s.to_owned());
         assert_eq!(
-            &sizes[3..],
-            [MAX_LINE, MAX_LINE, 1 + 100 * 1024 - 2 * MAX_LINE, 3]
+            entries,
+            [
+                (3, None),
+                (MAX_LINE, some("line-max")),
+                (10, None),
+                (4, some("eof")),
+                (4, some("budget")),
+            ]
         );
-        assert_eq!(got.last().unwrap(), b"end");
     }
 
     #[test]
@@ -701,7 +705,7 @@ mod tests {
         let out = Output::start_with(Sink::Stream(Box::new(sink.clone())));
         let long = vec![b'x'; MAX_LINE];
         for _ in 0..100 {
-            out.emit(&tag(), "app[0]: ", &long);
+            out.emit(&tag(), "app[0]: ", &long, Break::Newline);
         }
         let worker = out.dropped();
         assert!(worker.lines > 50, "{worker:?}");

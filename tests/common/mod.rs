@@ -178,6 +178,22 @@ impl Corral {
         }
     }
 
+    /// Waits until `done` holds for the log so far (it is asked again at each new line), for at
+    /// most `timeout`; returns whether it came to hold.
+    pub fn wait_log(&self, timeout: Duration, mut done: impl FnMut(&[String]) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        let (m, c) = &*self.log;
+        let mut lines = m.lock().unwrap();
+        while !done(&lines) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            lines = c.wait_timeout(lines, left).unwrap().0;
+        }
+        true
+    }
+
     /// Waits for "N/N ready · generation G" in the status line.
     pub fn wait_ready(&self, n: u32, generation: u32) {
         self.wait_for(
@@ -243,7 +259,11 @@ impl Drop for Corral {
         if std::thread::panicking() {
             eprintln!("---- corral's log ----");
             for l in self.lines() {
-                eprintln!("{l}");
+                // A worker's 48 KiB line says no more in full than in its first few hundred bytes.
+                match l.char_indices().nth(300) {
+                    Some((cut, _)) => eprintln!("{}... ({} bytes)", &l[..cut], l.len()),
+                    None => eprintln!("{l}"),
+                }
             }
             eprintln!("---- end of corral's log (dir {}) ----", self.dir.display());
         } else {
