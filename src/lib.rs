@@ -12,6 +12,7 @@
 //! - [`balance`]: balanced listeners, a socket per worker with connections steered by corral;
 //! - [`control`]: the control socket protocol and its client;
 //! - [`node`]: the Node.js preload and PM2's variables;
+//! - [`nofile`]: corral's own open-file limit, sized for its workers;
 //! - [`output`]: relay of worker stdout/stderr lines;
 //! - [`procfs`]: what /proc says about processes, and workers' process trees;
 //! - [`rundir`]: the runtime directory and the sockets and files corral keeps there;
@@ -30,6 +31,7 @@ pub mod keeper;
 pub mod listen;
 pub mod node;
 pub mod nodeipc;
+pub mod nofile;
 pub mod notify;
 pub mod output;
 pub mod probe;
