@@ -47,7 +47,12 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 #[serde(tag = "command", rename_all = "lowercase")]
 pub enum Command {
     Status,
-    Reload,
+    Reload {
+        /// The client's `$MAINPID`, which systemd sets for `ExecReload=` (systemd.exec(5)):
+        /// the supervisor's own pid when systemd runs the reload, and waits for it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mainpid: Option<u32>,
+    },
     Restart {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         worker: Option<u32>,
@@ -295,6 +300,8 @@ pub struct Incoming {
 pub struct Reply {
     pub answer: oneshot::Sender<Response>,
     pub progress: mpsc::Sender<String>,
+    /// Set by the event loop: systemd waits for this request (an `ExecReload=`), and times it.
+    pub systemd_waits: bool,
 }
 
 impl Reply {
@@ -514,7 +521,11 @@ async fn connection(
             let (progress, mut progressed) = mpsc::channel(64);
             let incoming = Incoming {
                 command,
-                reply: Reply { answer, progress },
+                reply: Reply {
+                    answer,
+                    progress,
+                    systemd_waits: false,
+                },
             };
             if to_loop.send(incoming).await.is_err() {
                 Response::err("corral is shutting down")

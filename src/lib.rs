@@ -13,6 +13,7 @@
 //! - [`balance`]: balanced listeners, a socket per worker with connections steered by corral;
 //! - [`control`]: the control socket protocol and its client;
 //! - [`node`]: the Node.js preload and PM2's variables;
+//! - [`nofile`]: corral's own open-file limit, sized for its workers;
 //! - [`output`]: relay of worker stdout/stderr lines;
 //! - [`lines`]: worker output cut into lines, within one budget for the partial lines;
 //! - [`procfs`]: what /proc says about processes, and workers' process trees;
@@ -33,6 +34,7 @@ pub mod lines;
 pub mod listen;
 pub mod node;
 pub mod nodeipc;
+pub mod nofile;
 pub mod notify;
 pub mod output;
 pub mod probe;

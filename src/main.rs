@@ -104,7 +104,11 @@ fn dispatch(cmd: Cmd) -> Result<i32, Error> {
         Cmd::Status { app, control, json } => status(app, control, json),
         Cmd::Reload { app, control } => remote(
             &control_path(&app, control),
-            Command::Reload,
+            Command::Reload {
+                // Set by systemd for ExecReload= (systemd.exec(5)): the supervisor then knows
+                // systemd times this reload (runtime.rs).
+                mainpid: std::env::var("MAINPID").ok().and_then(|p| p.parse().ok()),
+            },
             "reloaded",
             None,
         ),

@@ -85,7 +85,8 @@ pub fn run(opts: RunOptions) -> Result<i32, Error> {
         .map_err(|e| Error::io("cannot open /dev/null", e))?
         .into();
 
-    let worker_nofile = raise_nofile();
+    // Before any worker: what they get is the limit corral was started with (nofile.rs).
+    let worker_nofile = crate::nofile::raise(balanced_listeners(&listeners));
     // Orphans of a worker's tree (a process whose parent exited) are reparented here rather
     // than to init (prctl(2), PR_SET_CHILD_SUBREAPER): corral reaps them, and kills what is
     // left when it exits.
@@ -154,21 +155,6 @@ pub fn run(opts: RunOptions) -> Result<i32, Error> {
         flush.flush(Duration::from_secs(2));
         code
     })
-}
-
-/// Raises corral's own soft open-file limit to what it may need (units.rs: pipes for every
-/// worker, twice over in a reload, control connections), within the hard limit; returns the
-/// limit it was started with, for the workers, who should not notice corral's needs.
-fn raise_nofile() -> Option<(u64, u64)> {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
-    let want = crate::units::NOFILE_NEEDED.min(hard);
-    if want > soft {
-        if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, want, hard) {
-            warn!("cannot raise the open-file limit from {soft} to {want}: {e}");
-        }
-    }
-    Some((soft, hard))
 }
 
 /// `WATCHDOG_USEC` for this process (sd_watchdog_enabled(3)): ping at half of it.
@@ -288,6 +274,9 @@ impl Loop {
             warn!("{w}");
         }
         let workers = config.workers.resolve();
+        if let Some(w) = crate::nofile::check(workers, balanced_listeners(&listeners)) {
+            warn!("{w}");
+        }
         info!(
             "starting {workers} worker(s) of {} (control socket {})",
             config.command.join(" "),
@@ -490,13 +479,23 @@ impl Loop {
                 slot,
                 generation,
             } => {
+                // An earlier action's answer may have made corral stop meanwhile: no fork for a
+                // worker that would only be stopped.
+                if !self.machine.spawn_wanted(id) {
+                    self.step(Event::SpawnSkipped { id });
+                    return;
+                }
                 let event = match self.spawn(id, slot, generation) {
                     Ok(pid) => {
                         // The worker leads its own process group (spawn.rs).
                         self.tell_keeper(true, pid);
                         Event::Spawned { id, pid }
                     }
-                    Err(error) => Event::SpawnFailed { id, error },
+                    Err((error, cannot_execute)) => Event::SpawnFailed {
+                        id,
+                        error,
+                        cannot_execute,
+                    },
                 };
                 self.step(event);
             }
@@ -548,7 +547,13 @@ impl Loop {
                 supervisor::Systemd::Ready => self.sd_send("READY=1"),
                 supervisor::Systemd::Stopping => self.sd_send("STOPPING=1"),
                 supervisor::Systemd::Extend(d) => {
-                    self.sd_send(&format!("EXTEND_TIMEOUT_USEC={}", d.as_micros()))
+                    self.sd_send(&format!("EXTEND_TIMEOUT_USEC={}", d.as_micros()));
+                    // systemd pushes its watchdog timer out by the extension too
+                    // (service_extend_timeout); a ping right after, from this loop, which is
+                    // alive to send it, puts the watchdog back at WatchdogSec= from now, so
+                    // that a corral hung later is still noticed in time. Harmless without a
+                    // watchdog: systemd then has none to reset.
+                    self.sd_send("WATCHDOG=1");
                 }
                 supervisor::Systemd::Reloading => {
                     // systemd.service(5), Type=notify-reload: RELOADING=1 with the time it began.
@@ -678,7 +683,9 @@ impl Loop {
         Ok(gen)
     }
 
-    fn spawn(&mut self, id: WorkerId, slot: u32, generation: u32) -> Result<i32, String> {
+    /// Forks and execs a worker; the error says why not, and whether the program cannot be
+    /// executed at all (spawn.rs, `SpawnError::cannot_execute`).
+    fn spawn(&mut self, id: WorkerId, slot: u32, generation: u32) -> Result<i32, (String, bool)> {
         let g = self
             .gens
             .get_mut(&generation)
@@ -688,10 +695,11 @@ impl Loop {
             g.program = resolve(&g.config, g.path.as_deref());
         }
         let g = &self.gens[&generation];
-        let program = g.program.clone()?;
+        // Not found on PATH: it cannot be executed.
+        let program = g.program.clone().map_err(|e| (e, true))?;
         let pipe = || {
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-                .map_err(|e| format!("cannot create a pipe: {e}"))
+                .map_err(|e| (format!("cannot create a pipe: {e}"), false))
         };
         let (out_r, out_w) = pipe()?;
         let (err_r, err_w) = pipe()?;
@@ -705,7 +713,7 @@ impl Loop {
         let sockets = g
             .listeners
             .sockets_for(id, slot)
-            .map_err(|e| format!("cannot open a listening socket: {e}"))?;
+            .map_err(|e| (format!("cannot open a listening socket: {e}"), false))?;
         let listeners = g.listeners.clone();
         let release = |why: String| {
             listeners.release(id, Some(slot));
@@ -714,8 +722,10 @@ impl Loop {
         let mut fds: Vec<std::os::fd::RawFd> = sockets.iter().map(|s| s.as_raw_fd()).collect();
         let node_ipc = g.config.node_ipc();
         let channel = if node_ipc {
-            let (theirs, read, write) = crate::nodeipc::channel()
-                .map_err(|e| release(format!("cannot create the Node.js IPC channel: {e}")))?;
+            let (theirs, read, write) = crate::nodeipc::channel().map_err(|e| {
+                let why = format!("cannot create the Node.js IPC channel: {e}");
+                (release(why), false)
+            })?;
             fds.push(theirs.as_raw_fd());
             Some((theirs, read, write))
         } else {
@@ -735,7 +745,10 @@ impl Loop {
             stderr: err_w.as_raw_fd(),
             directory: g.config.directory.as_deref(),
         };
-        let pid = spawn::spawn(&cmd).map_err(|e| release(e.to_string()))?;
+        let pid = spawn::spawn(&cmd).map_err(|e| {
+            let cannot_execute = e.cannot_execute();
+            (release(e.to_string()), cannot_execute)
+        })?;
         drop((out_w, err_w));
         let inodes = if g.config.readiness.mode == ReadinessMode::Listen {
             crate::probe::inodes_of(sockets.iter().map(|s| &**s))
@@ -1008,6 +1021,10 @@ impl Loop {
     ) {
         let mut params = Params::from_config(&config, workers);
         params.balanced = listeners.balanced();
+        // Said before the roll, whose new workers would otherwise fail with EMFILE.
+        if let Some(w) = crate::nofile::check(workers, balanced_listeners(&listeners)) {
+            warn!("{w}");
+        }
         let generation = match self.add_generation(config, listeners) {
             Ok(g) => g,
             Err(e) => {
@@ -1019,12 +1036,14 @@ impl Loop {
                 return;
             }
         };
+        let systemd_waits = reply.as_ref().is_some_and(|r| r.systemd_waits);
         let request = reply.map(|tx| self.request(tx));
         self.step(Event::Roll {
             generation,
             params,
             scope,
             request,
+            systemd_waits,
         });
     }
 
@@ -1050,7 +1069,14 @@ impl Loop {
                 ));
                 reply.send(r);
             }
-            Command::Reload => self.reload(Some(reply)),
+            Command::Reload { mainpid } => {
+                // systemd.exec(5): $MAINPID is set for ExecReload= and the other control
+                // commands, the client passes it on; naming this process, it is the reload
+                // systemd runs for this unit, and times.
+                let mut reply = reply;
+                reply.systemd_waits = self.systemd.is_some() && mainpid == Some(std::process::id());
+                self.reload(Some(reply))
+            }
             Command::Restart { worker } => {
                 // The newest config asked for, so that a restart never undoes a reload under
                 // way; with no reload pending, the live count (a `corral scale` included).
@@ -1077,6 +1103,13 @@ impl Loop {
                         return;
                     }
                 };
+                let active = self.machine.active_generation();
+                if let Some(g) = self.gens.get(&active) {
+                    if let Some(w) = crate::nofile::check(target, balanced_listeners(&g.listeners))
+                    {
+                        warn!("{w}");
+                    }
+                }
                 let request = Some(self.request(reply));
                 self.step(Event::Scale {
                     workers: target,
@@ -1114,6 +1147,11 @@ impl Loop {
         info!("{msg}");
         Response::ok(msg)
     }
+}
+
+/// How many of a generation's listeners are balanced: each is a socket per worker.
+fn balanced_listeners(listeners: &Set) -> u32 {
+    listeners.groups.iter().flatten().count() as u32
 }
 
 fn resolve(config: &Config, path: Option<&std::ffi::OsStr>) -> Result<PathBuf, String> {

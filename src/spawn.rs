@@ -95,6 +95,54 @@ impl fmt::Display for SpawnError {
 
 impl std::error::Error for SpawnError {}
 
+impl SpawnError {
+    /// Whether the program cannot be run as configured, so that trying again will not change
+    /// it: not found on PATH, or exec failed with ENOENT (no such file, or its interpreter is
+    /// missing), EACCES (not executable, a directory on the way not searchable, a `noexec`
+    /// mount), ENOEXEC (not a format the kernel runs), ENOTDIR, EISDIR, ELOOP, ENAMETOOLONG,
+    /// ELIBBAD (a broken ELF interpreter), EPERM, E2BIG or EINVAL (execve(2)); or the worker's
+    /// directory cannot be entered for one of the path errors (chdir(2)). Anything else may
+    /// pass: EAGAIN (RLIMIT_NPROC), ENOMEM, EMFILE, ENFILE, ETXTBSY (the program is being
+    /// written, as during an upgrade), EIO, and every failure of fork, pipe or descriptor
+    /// set-up.
+    pub fn cannot_execute(&self) -> bool {
+        use nix::errno::Errno;
+        match self {
+            SpawnError::NotFound { .. } => true,
+            SpawnError::Child {
+                step: Step::Exec,
+                errno,
+                ..
+            } => matches!(
+                errno,
+                Errno::ENOENT
+                    | Errno::EACCES
+                    | Errno::ENOEXEC
+                    | Errno::ENOTDIR
+                    | Errno::EISDIR
+                    | Errno::ELOOP
+                    | Errno::ENAMETOOLONG
+                    | Errno::ELIBBAD
+                    | Errno::EPERM
+                    | Errno::E2BIG
+                    | Errno::EINVAL
+            ),
+            SpawnError::Child {
+                step: Step::Directory,
+                errno,
+                ..
+            } => matches!(
+                errno,
+                Errno::ENOENT | Errno::EACCES | Errno::ENOTDIR | Errno::ELOOP | Errno::ENAMETOOLONG
+            ),
+            SpawnError::Child {
+                step: Step::Fds, ..
+            }
+            | SpawnError::Setup(_) => false,
+        }
+    }
+}
+
 /// Finds `program` the way execvp(3) would, but before fork: a name with a `/` is used as it is
 /// (relative to the worker's directory), anything else is looked up in `path`.
 pub fn resolve_program(
@@ -569,5 +617,55 @@ mod tests {
             err.to_string(),
             "cannot enter directory /nonexistent-dir: No such file or directory"
         );
+    }
+
+    #[test]
+    fn only_errors_that_trying_again_will_not_change_mean_the_program_cannot_execute() {
+        let devnull = std::fs::File::open("/dev/null").unwrap();
+        let fd = devnull.as_raw_fd();
+        // A file that is not executable: EACCES at exec.
+        let not_executable =
+            std::env::temp_dir().join(format!("corral-noexec-{}", std::process::id()));
+        std::fs::write(&not_executable, "#!/bin/sh\n").unwrap();
+        let cmd = Command {
+            program: &not_executable,
+            argv: &["program".into()],
+            env: &[],
+            listen_pid: false,
+            die_with_parent: true,
+            nofile: None,
+            watchdog_pid: false,
+            fds: &[],
+            stdin: fd,
+            stdout: fd,
+            stderr: fd,
+            directory: None,
+        };
+        let err = spawn(&cmd).unwrap_err();
+        let _ = std::fs::remove_file(&not_executable);
+        assert!(err.to_string().ends_with("Permission denied"), "{err}");
+        assert!(err.cannot_execute());
+        let not_found = SpawnError::NotFound {
+            program: "nde".into(),
+        };
+        assert!(not_found.cannot_execute());
+        for (step, errno, expected) in [
+            (Step::Exec, nix::errno::Errno::ENOEXEC, true),
+            (Step::Exec, nix::errno::Errno::EAGAIN, false),
+            (Step::Exec, nix::errno::Errno::ENOMEM, false),
+            (Step::Exec, nix::errno::Errno::ETXTBSY, false),
+            (Step::Directory, nix::errno::Errno::ENOENT, true),
+            (Step::Fds, nix::errno::Errno::EMFILE, false),
+        ] {
+            let e = SpawnError::Child {
+                step,
+                errno,
+                program: "/srv/app".into(),
+                directory: None,
+            };
+            assert_eq!(e.cannot_execute(), expected, "{step:?} {errno}");
+        }
+        let fork = SpawnError::Setup(io::Error::from_raw_os_error(libc::EAGAIN));
+        assert!(!fork.cannot_execute());
     }
 }

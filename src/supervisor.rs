@@ -142,7 +142,17 @@ pub enum Event {
     /// A `Spawn` action succeeded: the child exec'd its program.
     Spawned { id: WorkerId, pid: i32 },
     /// A `Spawn` action failed before or at exec; `error` says why ("No such file or directory").
-    SpawnFailed { id: WorkerId, error: String },
+    /// `cannot_execute`: the program cannot be run as configured (not found, not executable,
+    /// its directory missing), which trying again will not change; otherwise the failure may
+    /// pass (out of processes, memory or file descriptors).
+    SpawnFailed {
+        id: WorkerId,
+        error: String,
+        cannot_execute: bool,
+    },
+    /// A `Spawn` action the runtime did not perform because [`Supervisor::spawn_wanted`] said
+    /// it was no longer wanted (corral began to stop meanwhile).
+    SpawnSkipped { id: WorkerId },
     /// The worker's process was reaped.
     Exited { id: WorkerId, status: ExitStatus },
     /// A datagram from the worker (its pid checked by the runtime).
@@ -155,6 +165,9 @@ pub enum Event {
         params: Params,
         scope: Scope,
         request: Option<RequestId>,
+        /// systemd waits for this roll and times it: an `ExecReload=` (a timeout there fails
+        /// the `systemctl reload` job), so a worker's `EXTEND_TIMEOUT_USEC=` is passed on.
+        systemd_waits: bool,
     },
     /// Change the slot count of the running generation, now (`corral scale`).
     Scale {
@@ -180,7 +193,8 @@ pub enum Systemd {
     Stopping,
     Status(String),
     /// `EXTEND_TIMEOUT_USEC=`: a worker's start or stop was extended, and with it corral's own
-    /// start, reload or stop, which systemd times.
+    /// start, `ExecReload=` or stop, which systemd times. Never more than
+    /// [`EXTEND_FACTOR`] times the worker's phase timeout plus [`SYSTEMD_MARGIN`].
     Extend(Duration),
 }
 
@@ -282,6 +296,9 @@ struct Worker {
     ready_at: Option<Instant>,
     /// Readiness timeout while starting, watchdog while ready, SIGKILL while stopping.
     deadline: Option<Instant>,
+    /// The latest `EXTEND_TIMEOUT_USEC=` may push `deadline` to in this phase (its start, or
+    /// its stop): [`EXTEND_FACTOR`] times the phase's timeout after the phase began.
+    extend_until: Instant,
     stop: Option<StopKind>,
     kill_sent: bool,
     /// The worker said `STOPPING=1` on its own.
@@ -318,6 +335,9 @@ struct Slot {
     replace_after: Option<Instant>,
     /// When its workers failed, within the last `restart.interval`.
     failures: VecDeque<Instant>,
+    /// Failures in a row with no worker ready `restart.reset_after` in between, however far
+    /// apart: a slow crash loop the interval cannot see.
+    failures_in_a_row: u32,
 }
 
 #[derive(Clone, Debug)]
@@ -330,6 +350,8 @@ struct Roll {
     in_flight: BTreeSet<u32>,
     draining: BTreeSet<WorkerId>,
     requests: Vec<RequestId>,
+    /// An `ExecReload=` waits for it (see `Event::Roll`).
+    systemd_waits: bool,
     failed: Option<String>,
     total: u32,
     replaced: u32,
@@ -343,6 +365,7 @@ struct Queued {
     params: Params,
     scope: Scope,
     requests: Vec<RequestId>,
+    systemd_waits: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -409,8 +432,10 @@ pub struct Supervisor {
     out: Vec<Action>,
 }
 
-/// `EXTEND_TIMEOUT_USEC=` pushes a deadline out by at most this many times the phase's
-/// timeout (`readiness.timeout` while starting, `stop.timeout` while stopping) per message.
+/// However many `EXTEND_TIMEOUT_USEC=` a worker sends, a phase of its life (its start, its
+/// stop) lasts at most this many times the phase's timeout (`readiness.timeout`,
+/// `stop.timeout`), counted from the phase's beginning: timeouts cannot be extended without
+/// bound.
 pub const EXTEND_FACTOR: u32 = 10;
 /// What corral adds to a worker's extended deadline when it asks systemd to wait for it.
 pub const SYSTEMD_MARGIN: Duration = Duration::from_secs(10);
@@ -459,7 +484,17 @@ impl Supervisor {
         match event {
             Event::Start { params } => self.on_start(params, now),
             Event::Spawned { id, pid } => self.on_spawned(id, pid, now),
-            Event::SpawnFailed { id, error } => self.on_gone(id, Gone::SpawnFailed(error), now),
+            Event::SpawnFailed {
+                id,
+                error,
+                cannot_execute,
+            } => self.on_gone(id, Gone::SpawnFailed(error, cannot_execute), now),
+            Event::SpawnSkipped { id } => {
+                // Only a worker that was not wanted any more; never forked, so nothing to wait for.
+                if !self.spawn_wanted(id) {
+                    self.on_gone(id, Gone::Skipped, now);
+                }
+            }
             Event::Exited { id, status } => self.on_gone(id, Gone::Exited(status), now),
             Event::Notify { id, msg } => self.on_notify(id, msg, now),
             Event::Tick => self.on_tick(now),
@@ -468,7 +503,8 @@ impl Supervisor {
                 params,
                 scope,
                 request,
-            } => self.on_roll(generation, params, scope, request),
+                systemd_waits,
+            } => self.on_roll(generation, params, scope, request, systemd_waits),
             Event::Scale { workers, request } => self.on_scale(workers, request, now),
             Event::Stop => self.on_stop(now),
             Event::Memory { id, rss } => self.on_memory(id, rss, now),
@@ -499,6 +535,16 @@ impl Supervisor {
             .into_iter()
             .flatten();
         workers.chain(slots).chain(timers).min()
+    }
+
+    /// Whether a `Spawn` action is still wanted when the runtime comes to it: the actions of
+    /// one step are performed in order, and an earlier one's answer may have made corral stop
+    /// (a program that cannot be executed, at start), so that the workers after it would only
+    /// be forked to be stopped. One not wanted is reported as `Event::SpawnSkipped`.
+    pub fn spawn_wanted(&self, id: WorkerId) -> bool {
+        self.workers
+            .get(&id)
+            .is_some_and(|w| w.pid.is_none() && w.state == WorkerState::Starting)
     }
 
     /// Which worker a pid belongs to (for exits and notify datagrams).
@@ -699,11 +745,13 @@ impl Supervisor {
         let expected = matches!(w.stop, Some(StopKind::Retire | StopKind::Abort));
         let failed = match (&w.stop, &how) {
             (Some(StopKind::Failed(_)), _) => true,
-            (_, Gone::SpawnFailed(_)) => true,
+            (_, Gone::SpawnFailed(..)) => true,
+            (_, Gone::Skipped) => false,
             (_, Gone::Exited(st)) => !st.success() || w.ready_at.is_none(),
         };
         let what = match &how {
-            Gone::SpawnFailed(e) => format!("failed to start: {e}"),
+            Gone::SpawnFailed(e, _) => format!("failed to start: {e}"),
+            Gone::Skipped => String::new(),
             Gone::Exited(st) => {
                 let mut m = format!("{st} after {}", human(uptime));
                 if let Some(e) = w.errno {
@@ -723,7 +771,10 @@ impl Supervisor {
         } else {
             Level::Error
         };
-        self.log(level, Some(w.slot), w.pid, Some(w.generation), what.clone());
+        // A worker never forked has nothing to report.
+        if !matches!(how, Gone::Skipped) {
+            self.log(level, Some(w.slot), w.pid, Some(w.generation), what.clone());
+        }
 
         let slot = &mut self.slots[s];
         if slot.incoming == Some(id) {
@@ -780,9 +831,10 @@ impl Supervisor {
                 }
                 return;
             }
-            // A program that cannot even be started, at the app's start: nothing will change
-            // by trying again.
-            if let Gone::SpawnFailed(e) = &how {
+            // A program that cannot be executed, at the app's start: nothing will change by
+            // trying again. A failure that may pass (EAGAIN, ENOMEM, EMFILE) backs off as a
+            // crash does, and counts towards restart.max_failures.
+            if let Gone::SpawnFailed(e, true) = &how {
                 if !self.announced_ready && self.roll.is_none() {
                     self.give_up_app(format!("cannot start the app: {e}"), now);
                     return;
@@ -802,17 +854,41 @@ impl Supervisor {
                     return;
                 }
             }
-            if failed && self.failed_too_often(w.slot, now) {
-                let p = &self.params[&self.slots[s].generation];
-                let reason = format!(
-                    "slot {} failed {} times within {} (the last: {what}): giving up on the \
-                     app (restart.max_failures)",
-                    w.slot,
-                    p.max_failures,
-                    human(p.failure_interval)
+            // A SIGKILL corral did not send, to a worker that was serving: the OOM killer, or an
+            // operator's `kill -9`. It is replaced as any failed worker is, but says nothing of
+            // whether the program can run, so it does not count towards a crash loop.
+            let killed_from_outside = w.ready_at.is_some()
+                && !w.kill_sent
+                && matches!(how, Gone::Exited(ExitStatus::Signal { signal, .. })
+                    if signal == Signal::SIGKILL as i32);
+            if failed && killed_from_outside {
+                self.log(
+                    Level::Warn,
+                    Some(w.slot),
+                    w.pid,
+                    Some(w.generation),
+                    "the SIGKILL was not corral's (the OOM killer, or an operator?): not \
+                     counted towards restart.max_failures"
+                        .into(),
                 );
-                self.give_up_app(reason, now);
-                return;
+            }
+            if failed && !killed_from_outside {
+                if let Some(reason) = self.crash_loop(w.slot, ready_for, now) {
+                    let last = match &w.stop {
+                        Some(StopKind::Failed(why)) => why,
+                        _ => &what,
+                    };
+                    let reason = format!(
+                        "{reason} (the last: {last}): giving up on the app \
+                         (restart.max_failures)"
+                    );
+                    self.give_up_app(reason, now);
+                    return;
+                }
+            } else if ready_for
+                .is_some_and(|d| d >= self.params[&self.slots[s].generation].reset_after)
+            {
+                self.slots[s].failures_in_a_row = 0;
             }
             let slot = &mut self.slots[s];
             self.last_failed = failed;
@@ -846,14 +922,28 @@ impl Supervisor {
         // Otherwise: a replaced or retired worker finished draining.
     }
 
-    /// Counts a failure of a slot's worker; whether the slot has now failed
-    /// `restart.max_failures` times within `restart.interval`.
-    fn failed_too_often(&mut self, slot: u32, now: Instant) -> bool {
+    /// Counts a failure of a slot's worker (`ready_for`: how long it had been ready); says
+    /// why the slot is in a crash loop, if it now is: `restart.max_failures` failures within
+    /// `restart.interval`, or as many in a row with no worker ready `restart.reset_after` in
+    /// between (the backoff's own test of a worker that works), however slowly they come:
+    /// a worker that is never ready in time, or a long `restart.delay`, fails fewer times
+    /// than the limit in any one interval, and would go on for ever.
+    fn crash_loop(
+        &mut self,
+        slot: u32,
+        ready_for: Option<Duration>,
+        now: Instant,
+    ) -> Option<String> {
         let s = &mut self.slots[slot as usize];
         let p = &self.params[&s.generation];
         if p.max_failures == 0 {
-            return false;
+            return None;
         }
+        if ready_for.is_some_and(|d| d >= p.reset_after) {
+            s.failures_in_a_row = 0;
+        }
+        // Bounded: it stops counting at the limit.
+        s.failures_in_a_row = (s.failures_in_a_row + 1).min(p.max_failures);
         s.failures.push_back(now);
         while s
             .failures
@@ -866,7 +956,21 @@ impl Supervisor {
         while s.failures.len() > p.max_failures as usize {
             s.failures.pop_front();
         }
-        s.failures.len() >= p.max_failures as usize
+        if s.failures.len() >= p.max_failures as usize {
+            return Some(format!(
+                "slot {slot} failed {} times within {}",
+                p.max_failures,
+                human(p.failure_interval)
+            ));
+        }
+        if s.failures_in_a_row >= p.max_failures {
+            return Some(format!(
+                "slot {slot} failed {} times in a row, never ready for {} in between",
+                p.max_failures,
+                human(p.reset_after)
+            ));
+        }
+        None
     }
 
     /// The app cannot be kept running: everything stops, and corral exits 1, so that what
@@ -897,21 +1001,20 @@ impl Supervisor {
                     && !w.drain_pending
                     && w.deadline.is_some());
             if extendable {
-                // At most EXTEND_FACTOR times the phase's own timeout per message: a worker
-                // may keep extending while it makes progress, but one message (even
-                // EXTEND_TIMEOUT_USEC=18446744073709551615) cannot remove the deadline.
-                let phase_timeout = if w.state == WorkerState::Starting {
-                    p.ready_timeout
-                } else {
-                    p.stop_timeout
-                };
-                let ext = ext.min(phase_timeout * EXTEND_FACTOR);
+                // Never past the phase's ceiling (EXTEND_FACTOR): a worker may keep extending
+                // while it makes progress, but neither one message (even
+                // EXTEND_TIMEOUT_USEC=18446744073709551615) nor a stream of them lifts the
+                // deadline.
+                let ext = ext.min(w.extend_until.saturating_duration_since(now));
                 w.deadline = w.deadline.max(Some(now + ext));
                 let until = w.deadline.expect("just set");
-                // systemd times corral's own start, reload (ExecReload=) and stop: let it
-                // wait for the worker too (sd_notify(3)).
-                let timed =
-                    self.phase == Phase::Stopping || self.roll.is_some() || !self.announced_ready;
+                // systemd times corral's own start, its stop, and an ExecReload= it waits for:
+                // let it wait for the worker too (sd_notify(3)). Not otherwise: systemd applies
+                // the extension to its watchdog timer as well (service_extend_timeout), which
+                // would only delay its noticing a hung corral.
+                let roll_timed = self.roll.as_ref().is_some_and(|r| r.systemd_waits)
+                    || self.queued.as_ref().is_some_and(|q| q.systemd_waits);
+                let timed = self.phase == Phase::Stopping || !self.announced_ready || roll_timed;
                 if timed {
                     let wait = until.saturating_duration_since(now) + SYSTEMD_MARGIN;
                     self.out.push(Action::Systemd(Systemd::Extend(wait)));
@@ -1089,6 +1192,7 @@ impl Supervisor {
         params: Params,
         scope: Scope,
         request: Option<RequestId>,
+        systemd_waits: bool,
     ) {
         if self.phase != Phase::Running {
             if let Some(r) = request {
@@ -1111,7 +1215,9 @@ impl Supervisor {
                 params: params.clone(),
                 scope,
                 requests: Vec::new(),
+                systemd_waits: false,
             });
+            q.systemd_waits |= systemd_waits;
             if q.scope != scope {
                 q.scope = Scope::All;
             }
@@ -1133,7 +1239,8 @@ impl Supervisor {
             );
             return;
         }
-        self.begin_roll(generation, params, scope, request.into_iter().collect());
+        let requests = request.into_iter().collect();
+        self.begin_roll(generation, params, scope, requests, systemd_waits);
     }
 
     fn check_scope(&self, scope: Scope) -> Result<(), String> {
@@ -1248,6 +1355,7 @@ impl Supervisor {
         params: Params,
         scope: Scope,
         requests: Vec<RequestId>,
+        systemd_waits: bool,
     ) {
         let old_count = self.desired;
         let new_count = match scope {
@@ -1293,6 +1401,7 @@ impl Supervisor {
             in_flight: BTreeSet::new(),
             draining: BTreeSet::new(),
             requests,
+            systemd_waits,
             failed: None,
             total,
             replaced: 0,
@@ -1423,7 +1532,7 @@ impl Supervisor {
                 });
                 return;
             }
-            self.begin_roll(q.generation, q.params, q.scope, q.requests);
+            self.begin_roll(q.generation, q.params, q.scope, q.requests, q.systemd_waits);
             self.pump(now);
         }
     }
@@ -1444,6 +1553,7 @@ impl Supervisor {
                 started_at: now,
                 ready_at: None,
                 deadline: Some(now + p.ready_timeout),
+                extend_until: now + p.ready_timeout * EXTEND_FACTOR,
                 stop: None,
                 kill_sent: false,
                 said_stopping: false,
@@ -1497,6 +1607,15 @@ impl Supervisor {
             slot.replace_after = None;
             slot.generation = gen;
             let old = slot.worker.replace(id);
+            // The worker it replaces worked a while: the slot's run of failures is over.
+            let reset_after = self.params[&slot.generation].reset_after;
+            let old_worked = old
+                .and_then(|o| self.workers.get(&o)?.ready_at)
+                .is_some_and(|t| now.saturating_duration_since(t) >= reset_after);
+            let slot = &mut self.slots[s as usize];
+            if old_worked {
+                slot.failures_in_a_row = 0;
+            }
             if let Some(roll) = &mut self.roll {
                 roll.in_flight.remove(&s);
                 roll.replaced += 1;
@@ -1524,6 +1643,7 @@ impl Supervisor {
         w.state = WorkerState::Stopping;
         w.stop = Some(StopKind::Retire);
         w.deadline = Some(now + p.stop_timeout);
+        w.extend_until = now + p.stop_timeout * EXTEND_FACTOR;
         w.probe_at = None;
         if self.start_drain(id, now) {
             return;
@@ -1574,7 +1694,9 @@ impl Supervisor {
             }
         } else {
             let w = self.workers.get_mut(&id).expect("worker exists");
-            w.deadline = Some(now + self.params[&gen].stop_timeout);
+            let timeout = self.params[&gen].stop_timeout;
+            w.deadline = Some(now + timeout);
+            w.extend_until = now + timeout * EXTEND_FACTOR;
             if let Some(pid) = pid {
                 let signal = Signal::SIGABRT;
                 self.out.push(Action::Signal { id, pid, signal });
@@ -1767,8 +1889,11 @@ impl Supervisor {
 }
 
 enum Gone {
-    SpawnFailed(String),
+    /// Why, and whether the program cannot be executed at all.
+    SpawnFailed(String, bool),
     Exited(ExitStatus),
+    /// Never forked: no longer wanted when its turn came.
+    Skipped,
 }
 
 impl Slot {
@@ -1783,6 +1908,7 @@ impl Slot {
             removing: false,
             replace_after: None,
             failures: VecDeque::new(),
+            failures_in_a_row: 0,
         }
     }
 }

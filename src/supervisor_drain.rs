@@ -60,7 +60,9 @@ impl Supervisor {
             return;
         };
         w.drain_pending = false;
-        w.deadline = Some(now + self.params[&w.generation].stop_timeout);
+        let timeout = self.params[&w.generation].stop_timeout;
+        w.deadline = Some(now + timeout);
+        w.extend_until = now + timeout * super::EXTEND_FACTOR;
         self.first_stop_step(id);
     }
 

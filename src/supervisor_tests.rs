@@ -126,6 +126,17 @@ impl P {
         self
     }
 
+    fn ready_timeout(mut self, d: Duration) -> P {
+        self.0.ready_timeout = d;
+        self
+    }
+
+    fn delay(mut self, delay: Duration, max_delay: Duration) -> P {
+        self.0.delay = delay;
+        self.0.max_delay = max_delay;
+        self
+    }
+
     fn policy(mut self, policy: RestartPolicy) -> P {
         self.0.policy = policy;
         self
@@ -157,8 +168,11 @@ struct Harness {
     pids: BTreeMap<WorkerId, i32>,
     /// Spawn actions in order: (id, slot, generation).
     spawns: Vec<(WorkerId, u32, u32)>,
-    /// Spawns to answer with `SpawnFailed`: (slot, generation, error), each used once.
-    failing: Vec<(u32, u32, String)>,
+    /// Spawns to answer with `SpawnFailed`: (slot, generation, error, cannot_execute), each
+    /// used once.
+    failing: Vec<(u32, u32, String, bool)>,
+    /// Spawn actions not performed because `spawn_wanted` said no, as the runtime skips them.
+    skipped: Vec<WorkerId>,
     actions: Vec<Action>,
     trace: Vec<String>,
     /// A snapshot after every `Supervisor::step`.
@@ -176,6 +190,7 @@ impl Harness {
             pids: BTreeMap::new(),
             spawns: Vec::new(),
             failing: Vec::new(),
+            skipped: Vec::new(),
             actions: Vec::new(),
             trace: Vec::new(),
             history: Vec::new(),
@@ -229,15 +244,24 @@ impl Harness {
                     let reused = self.spawns.iter().any(|&(i, _, _)| i == id);
                     check!(self, !reused, "worker id {id} spawned twice");
                     self.spawns.push((id, slot, generation));
+                    if !self.sup.spawn_wanted(id) {
+                        self.skipped.push(id);
+                        self.feed(Event::SpawnSkipped { id }, out);
+                        continue;
+                    }
                     let fail = self
                         .failing
                         .iter()
-                        .position(|(s, g, _)| (*s, *g) == (slot, generation));
+                        .position(|(s, g, _, _)| (*s, *g) == (slot, generation));
                     let answer = match fail {
-                        Some(i) => Event::SpawnFailed {
-                            id,
-                            error: self.failing.remove(i).2,
-                        },
+                        Some(i) => {
+                            let (_, _, error, cannot_execute) = self.failing.remove(i);
+                            Event::SpawnFailed {
+                                id,
+                                error,
+                                cannot_execute,
+                            }
+                        }
                         None => {
                             let pid = self.next_pid;
                             self.next_pid += 1;
@@ -298,6 +322,7 @@ impl Harness {
             params: params.into(),
             scope,
             request,
+            systemd_waits: false,
         })
     }
 
@@ -309,9 +334,15 @@ impl Harness {
         self.step(Event::Stop)
     }
 
-    /// The next spawn of `slot` with `generation` is answered with `SpawnFailed`.
+    /// The next spawn of `slot` with `generation` is answered with `SpawnFailed`: a program
+    /// that cannot be executed when `error` says "No such file or directory" or "Permission
+    /// denied", else a failure that may pass (as spawn.rs's `cannot_execute` sorts errnos).
     fn fail_spawn(&mut self, slot: u32, generation: u32, error: &str) {
-        self.failing.push((slot, generation, error.to_string()));
+        let cannot_execute = ["No such file or directory", "Permission denied"]
+            .iter()
+            .any(|e| error.contains(e));
+        self.failing
+            .push((slot, generation, error.to_string(), cannot_execute));
     }
 
     // ---- looking at what happened ----
@@ -560,9 +591,10 @@ fn describe_event(e: &Event) -> String {
             params,
             scope,
             request,
+            systemd_waits,
         } => format!(
             "Roll {{ generation: {generation}, workers: {}, batch: {}, scope: {scope:?}, \
-             request: {request:?} }}",
+             request: {request:?}, systemd_waits: {systemd_waits} }}",
             params.workers, params.batch
         ),
         Event::Notify { id, msg } => {
@@ -2551,9 +2583,13 @@ fn a_slot_that_fails_too_often_within_the_interval_ends_the_app_with_1() {
 #[test]
 fn failures_further_apart_than_the_interval_never_add_up() {
     let mut h = Harness::started(P::new(1).max_failures(3, secs(10)));
+    // Each worker serves for restart.reset_after (10s) first: no run of failures either.
     for _ in 0..6 {
-        crash_slot0(&mut h, 1);
+        let w = h.last_spawn(0);
+        h.ready(w);
         h.advance(secs(11));
+        h.exit(w, 1);
+        h.advance(secs(2));
     }
     check_eq!(h, h.exit_code(), None);
     check_eq!(h, h.snap().state, "running");
@@ -2677,4 +2713,243 @@ fn memory_replacements_go_a_batch_at_a_time() {
         rss: 300 * MIB,
     });
     check_eq!(h, h.spawned_since(mark), vec![(0, 1), (1, 1)]);
+}
+
+// ---- EXTEND_TIMEOUT_USEC: bounded per phase, forwarded only while systemd waits ----
+
+fn extend(d: Duration) -> Notification {
+    Notification {
+        extend_timeout: Some(d),
+        ..Default::default()
+    }
+}
+
+/// Sends `EXTEND_TIMEOUT_USEC=` worth `by` every second, as a worker that keeps saying it
+/// makes progress, until corral sends it a signal or `limit` has passed; returns when.
+fn keep_extending(h: &mut Harness, w: WorkerId, by: Duration, limit: Duration) -> Duration {
+    let began = h.at();
+    while h.signals(w).len() < 2 && h.at() - began < limit {
+        let before = h.signals(w).len();
+        h.notify(w, extend(by));
+        h.advance(secs(1));
+        if h.signals(w).len() > before && h.signals(w).last() == Some(&Signal::SIGKILL) {
+            break;
+        }
+    }
+    h.at() - began
+}
+
+#[test]
+fn a_stream_of_extensions_cannot_keep_a_worker_starting_past_10_times_its_timeout() {
+    let mut h = Harness::start(P::new(1));
+    let w = h.last_spawn(0);
+    let took = keep_extending(&mut h, w, secs(5), secs(300));
+    // readiness.timeout 5s: the start lasts 50s at most, however often it is extended.
+    check_eq!(h, h.signals(w), vec![Signal::SIGKILL]);
+    check_eq!(h, took, secs(50));
+}
+
+#[test]
+fn a_stream_of_extensions_cannot_keep_a_stop_going_past_10_times_its_timeout() {
+    let mut h = Harness::started(P::new(1));
+    let w = h.last_spawn(0);
+    h.stop();
+    let took = keep_extending(&mut h, w, secs(3), secs(300));
+    // stop.timeout 3s: SIGTERM, then SIGKILL 30s after the stop began at most.
+    check_eq!(h, h.signals(w), vec![Signal::SIGTERM, Signal::SIGKILL]);
+    check_eq!(h, took, secs(30));
+    h.killed(w, Signal::SIGKILL);
+    check_eq!(h, h.exit_code(), Some(0));
+}
+
+#[test]
+fn extensions_reach_systemd_only_while_it_waits_for_corral_and_never_past_the_ceiling() {
+    let extends = |h: &Harness, mark: usize| -> Vec<Duration> {
+        h.systemd_since(mark)
+            .into_iter()
+            .filter_map(|m| match m {
+                Systemd::Extend(d) => Some(d),
+                _ => None,
+            })
+            .collect()
+    };
+    let mut h = Harness::started(P::new(1));
+    let gen2 = |h: &mut Harness, systemd_waits: bool| {
+        let generation = h.sup.latest_generation() + 1;
+        h.step(Event::Roll {
+            generation,
+            params: P::new(1).into(),
+            scope: Scope::All,
+            request: None,
+            systemd_waits,
+        });
+    };
+    // A roll from `corral reload` or SIGHUP: systemd is not waiting for it, and would only
+    // push its watchdog out.
+    gen2(&mut h, false);
+    let n = h.last_spawn(0);
+    let mark = h.mark();
+    h.notify(n, extend(secs(20)));
+    check_eq!(
+        h,
+        extends(&h, mark),
+        vec![],
+        "nothing sent for a roll systemd does not time"
+    );
+    check_eq!(
+        h,
+        h.sup.next_deadline(),
+        Some(h.now + secs(20)),
+        "the worker got it still"
+    );
+    // An ExecReload= queued behind it: systemd waits from now on, for this roll too.
+    gen2(&mut h, true);
+    let mark = h.mark();
+    h.notify(n, extend(Duration::from_micros(u64::MAX)));
+    check_eq!(
+        h,
+        extends(&h, mark),
+        vec![secs(50) + SYSTEMD_MARGIN],
+        "capped at 10 × 5s"
+    );
+    h.advance(secs(1));
+    let mark = h.mark();
+    h.notify(n, extend(Duration::from_micros(u64::MAX)));
+    check_eq!(
+        h,
+        extends(&h, mark),
+        vec![secs(49) + SYSTEMD_MARGIN],
+        "repeats move the ceiling no further"
+    );
+}
+
+// ---- spawn failures at start ----
+
+#[test]
+fn once_the_start_is_given_up_the_other_slots_are_not_forked() {
+    let mut h = Harness::new();
+    h.fail_spawn(0, 1, "cannot run /srv/app: Permission denied");
+    h.step(Event::Start {
+        params: P::new(3).into(),
+    });
+    check_eq!(h, h.exit_code(), Some(1));
+    check_eq!(h, h.pids.len(), 0, "no worker forked");
+    check_eq!(h, h.skipped.len(), 2, "slots 1 and 2 skipped");
+    check!(h, !h.context().contains("started"), "no worker started");
+}
+
+#[test]
+fn a_spawn_failure_that_may_pass_backs_off_at_start_instead_of_ending_the_app() {
+    let mut h = Harness::new();
+    h.fail_spawn(
+        0,
+        1,
+        "cannot start a worker: Resource temporarily unavailable (os error 11)",
+    );
+    h.step(Event::Start {
+        params: P::new(2).into(),
+    });
+    check_eq!(h, h.exit_code(), None);
+    check_eq!(h, h.views(0)[0].state, "backoff");
+    h.advance(ms(100));
+    h.ready(h.last_spawn(0));
+    h.ready(h.last_spawn(1));
+    check_eq!(h, h.snap().ready, 2);
+    check!(h, h.systemd().contains(&Systemd::Ready));
+}
+
+// ---- slow crash loops and kills from outside ----
+
+#[test]
+fn a_slot_never_ready_in_time_ends_the_app_however_slowly_it_fails() {
+    // Each try takes 10s: 10 failures take longer than restart.interval (60s).
+    let mut h = Harness::start(P::new(1).ready_timeout(secs(10)));
+    for _ in 0..200 {
+        if h.exit_code().is_some() || h.snap().state == "stopping" {
+            break;
+        }
+        let w = h.last_spawn(0);
+        let due = h.sup.next_deadline().expect("a deadline");
+        h.now = h.now.max(due);
+        h.tick();
+        if h.signals(w) == vec![Signal::SIGKILL] && h.sup.worker_by_pid(h.pid(w)).is_some() {
+            h.killed(w, Signal::SIGKILL);
+        }
+    }
+    check_eq!(h, h.exit_code(), Some(1));
+    check!(
+        h,
+        h.context()
+            .contains("slot 0 failed 10 times in a row, never ready for 10.0s in between")
+    );
+    check!(
+        h,
+        h.at() > secs(100),
+        "slower than the interval could catch"
+    );
+}
+
+#[test]
+fn workers_that_crash_soon_after_ready_with_a_long_delay_end_the_app() {
+    let mut h = Harness::started(P::new(1).delay(secs(6), secs(30)));
+    for _ in 0..10 {
+        let w = h.last_spawn(0);
+        h.ready(w);
+        h.advance(secs(1));
+        h.exit(w, 1);
+        if h.exit_code().is_some() {
+            break;
+        }
+        let due = h.sup.next_deadline().expect("a restart is due");
+        h.now = due;
+        h.tick();
+    }
+    check_eq!(h, h.exit_code(), Some(1));
+    check!(h, h.context().contains("10 times in a row"));
+}
+
+#[test]
+fn workers_that_serve_a_while_between_failures_never_end_the_app() {
+    let mut h = Harness::started(P::new(1).delay(secs(6), secs(30)));
+    for _ in 0..30 {
+        let w = h.last_spawn(0);
+        h.ready(w);
+        h.advance(secs(10));
+        h.exit(w, 1);
+        let due = h.sup.next_deadline().expect("a restart is due");
+        h.now = due;
+        h.tick();
+    }
+    check_eq!(h, h.exit_code(), None);
+    check_eq!(h, h.snap().state, "running");
+}
+
+#[test]
+fn a_sigkill_from_outside_to_a_ready_worker_is_replaced_but_not_counted() {
+    let mut h = Harness::started(P::new(1).max_failures(3, secs(60)));
+    for _ in 0..10 {
+        let w = h.last_spawn(0);
+        h.ready(w);
+        h.killed(w, Signal::SIGKILL);
+        let due = h.sup.next_deadline().expect("a restart is due");
+        h.now = due;
+        h.tick();
+    }
+    check_eq!(h, h.exit_code(), None);
+    check_eq!(h, h.snap().restarts, 10, "each was replaced");
+    check!(
+        h,
+        h.context()
+            .contains("not counted towards restart.max_failures")
+    );
+    // Killed before it was ready: it never got to serve, which counts.
+    for _ in 0..3 {
+        let w = h.last_spawn(0);
+        h.killed(w, Signal::SIGKILL);
+        if let Some(due) = h.sup.next_deadline() {
+            h.now = due;
+            h.tick();
+        }
+    }
+    check_eq!(h, h.exit_code(), Some(1));
 }

@@ -31,30 +31,15 @@ const STOP_MARGIN: Duration = Duration::from_secs(10);
 /// from its event loop at half of it, so a loop stuck this long gets the service restarted.
 const DEFAULT_WATCHDOG: &str = "30s";
 
-/// The most workers an app has: the most a config's `workers` or `corral scale` allows
-/// (config/check.rs, runtime.rs).
-const MOST_WORKERS: u32 = 1024;
-/// File descriptors corral holds per worker: its stdout and stderr pipes and a Node.js IPC
-/// channel. Listeners come from socket units and are shared, one each, whatever the count.
-const FDS_PER_WORKER: u32 = 3;
-/// corral's own: listeners, the notify and control sockets, the keeper's pipe, /dev/null, the
-/// journal, the event loop's, a spawn's pipes while it forks, /proc reads; a few dozen at most.
-const FDS_OWN: u32 = 128;
-/// What corral may have open at once: `MOST_WORKERS × FDS_PER_WORKER`, twice over while a
-/// roll has the new workers and the old (6144), plus the control connections
-/// (`MAX_CONNECTIONS` open and as many being closed: 128) and its own (128): 6400, rounded up
-/// to 8192. corral raises its own soft limit to this at start (runtime.rs), within the hard
-/// limit.
-pub const NOFILE_NEEDED: u64 =
-    (2 * MOST_WORKERS * FDS_PER_WORKER + 2 * crate::control::MAX_CONNECTIONS as u32 + FDS_OWN)
-        .next_power_of_two() as u64;
 /// LimitNOFILE=, `SOFT:HARD`: systemd's defaults, said where an operator looks. The workers get
 /// the soft limit, 1024 (kept for select(2), systemd.exec(5)), as they would as services of
-/// their own; an app that needs more sets it in a drop-in. corral raises its own soft limit to
-/// [`NOFILE_NEEDED`] within the hard limit, 524288, which a worker may raise its own to as well.
+/// their own; an app that needs more sets it in a drop-in. corral raises only its own soft
+/// limit, to what its workers' files need (nofile.rs), within the hard limit, 524288, which a
+/// worker may raise its own to as well. Under these units listeners are socket units' and
+/// shared, never balanced.
 const NOFILE_SOFT: u64 = 1024;
 const NOFILE_HARD: u64 = 524288;
-const _: () = assert!(NOFILE_NEEDED <= NOFILE_HARD);
+const _: () = assert!(crate::nofile::wanted(0) <= NOFILE_HARD);
 
 /// Sandboxing for the supervisor and its workers: `systemd-analyze security` rates it about 1.1
 /// ("OK"). No MemoryDenyWriteExecute=: V8 and other JITs need writable executable pages.
@@ -400,7 +385,11 @@ mod tests {
 
     #[test]
     fn the_open_file_limit_covers_the_most_workers_and_control_connections() {
-        assert_eq!(NOFILE_NEEDED, 8192, "6400 rounded up, as the comments give");
+        assert_eq!(
+            crate::nofile::wanted(0),
+            8192,
+            "6400 rounded up, as the comments give"
+        );
         let line = "LimitNOFILE=1024:524288\n";
         assert!(template_service().contains(line));
         let standalone = render(

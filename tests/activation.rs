@@ -195,3 +195,79 @@ delay = "50ms"
     // The other worker kept pinging and was left alone.
     assert_eq!(c.status()["restarts"], 1);
 }
+
+/// Every datagram until one is `READY=1`, which ends a reload.
+fn datagrams_until_ready(sock: &UnixDatagram) -> Vec<String> {
+    let deadline = Instant::now() + SECS(20);
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        sock.set_read_timeout(Some(deadline - Instant::now()))
+            .unwrap();
+        let Ok(n) = sock.recv(&mut buf) else { break };
+        let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+        let done = msg == "READY=1";
+        seen.push(msg);
+        if done {
+            return seen;
+        }
+    }
+    panic!("no READY=1 within 20s; got {seen:?}");
+}
+
+#[test]
+fn a_workers_extension_reaches_systemd_only_for_a_reload_systemd_waits_for() {
+    let dir = scratch_dir();
+    let path = dir.join("notify");
+    let sd = UnixDatagram::bind(&path).unwrap();
+    let template = |env: &str| {
+        format!(
+            r#"
+command = ["python3", "{{worker}}"]
+workers = 1
+environment = {{ {env} }}
+[[listen]]
+name = "http"
+address = "127.0.0.1:{{port}}"
+[readiness]
+timeout = "5s"
+"#
+        )
+    };
+    let c = Corral::start_with(&template(""), |cmd| {
+        cmd.env("NOTIFY_SOCKET", &path);
+    });
+    expect_datagram(&sd, "READY=1", |m| m == "READY=1");
+    // Each new worker asks for 8s, past readiness.timeout, as it starts.
+    c.write_config(&template(r#"WORKER_EXTEND_USEC = "8000000""#));
+
+    // `corral reload` from a shell: systemd waits for nothing, and an extension would only
+    // push its watchdog out.
+    let out = c.ctl(&["reload", "demo"]);
+    assert!(out.status.success(), "{out:?}");
+    let sent = datagrams_until_ready(&sd);
+    assert!(
+        !sent.iter().any(|m| m.starts_with("EXTEND_TIMEOUT_USEC=")),
+        "{sent:?}"
+    );
+
+    // The same as systemd's ExecReload= runs it, with $MAINPID naming corral.
+    let out = Command::new(CORRAL)
+        .args(["reload", "demo", "--control"])
+        .arg(&c.control)
+        .env("MAINPID", c.pid.to_string())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let sent = datagrams_until_ready(&sd);
+    let at = sent
+        .iter()
+        .position(|m| m.starts_with("EXTEND_TIMEOUT_USEC="))
+        .unwrap_or_else(|| panic!("no extension passed on: {sent:?}"));
+    // The worker's 8s, and 10s for corral to act on it.
+    assert_eq!(sent[at], "EXTEND_TIMEOUT_USEC=18000000", "{sent:?}");
+    // At once a ping: systemd's watchdog is not pushed out with its start timer.
+    assert_eq!(sent[at + 1], "WATCHDOG=1", "{sent:?}");
+    drop(c);
+    let _ = std::fs::remove_dir_all(dir);
+}

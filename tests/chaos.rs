@@ -61,7 +61,6 @@ timeout = "5s"
 [restart]
 delay = "50ms"
 max_delay = "200ms"
-max_failures = 0
 "#;
 
 #[test]

@@ -130,7 +130,7 @@ fn command() -> impl Strategy<Value = corral::control::Command> {
     use corral::control::Command;
     prop_oneof![
         Just(Command::Status),
-        Just(Command::Reload),
+        Just(Command::Reload { mainpid: None }),
         proptest::option::of(any::<u32>()).prop_map(|worker| Command::Restart { worker }),
         "[ -~]{0,12}".prop_map(|workers| Command::Scale { workers }),
         ("[ -~]{0,12}", proptest::option::of(any::<u32>()))

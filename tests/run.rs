@@ -193,6 +193,80 @@ delay = "1s"
 }
 
 #[test]
+fn a_program_that_cannot_be_executed_ends_the_start_without_forking_the_other_slots() {
+    let dir = scratch_dir();
+    let program = dir.join("server");
+    std::fs::write(&program, "#!/bin/sh\nexec sleep 60\n").unwrap(); // mode 0644: EACCES
+    let mut c = Corral::start(&format!(
+        "command = [\"{}\"]\nworkers = 3\n",
+        program.display()
+    ));
+    assert_eq!(c.wait_exit(SECS(10)).unwrap().code(), Some(1));
+    let lines = c.lines();
+    let failed: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains("failed to start"))
+        .collect();
+    assert_eq!(failed.len(), 1, "slot 0 only: {lines:#?}");
+    assert!(failed[0].contains("Permission denied"), "{}", failed[0]);
+    assert!(
+        !lines.iter().any(|l| l.ends_with(": started")),
+        "no worker forked: {lines:#?}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Starts corral with an open-file limit of `soft`:`hard` (what systemd's LimitNOFILE= sets).
+fn with_nofile(soft: u64, hard: u64) -> impl FnOnce(&mut std::process::Command) {
+    move |cmd| {
+        // SAFETY: setrlimit is async-signal-safe.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(cmd, move || {
+                let l = libc::rlimit {
+                    rlim_cur: soft,
+                    rlim_max: hard,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &l) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+}
+
+#[test]
+fn running_out_of_file_descriptors_at_start_backs_off_instead_of_ending_the_app() {
+    // 48 open files: corral's own and a few workers' pipes fit; the rest get EMFILE, which may
+    // pass (a worker exits, an operator raises the limit), unlike a program that is not there.
+    let mut c = Corral::start_with(
+        r#"
+command = ["sleep", "600"]
+workers = 30
+[readiness]
+mode = "exec"
+[restart]
+delay = "1s"
+"#,
+        with_nofile(48, 48),
+    );
+    let failed = c.wait_for("failed to start: ", SECS(10));
+    assert!(failed.contains("Too many open files"), "{failed}");
+    c.wait_for("restarting in 1.0s", SECS(10));
+    assert!(
+        !c.lines().iter().any(|l| l.contains("cannot start the app")),
+        "{:#?}",
+        c.lines()
+    );
+    assert!(
+        c.wait_exit(Duration::from_millis(300)).is_none(),
+        "still running"
+    );
+    c.signal(Signal::SIGTERM);
+    assert_eq!(c.wait_exit(SECS(10)).unwrap().code(), Some(0));
+}
+
+#[test]
 fn a_crash_loop_past_the_limit_ends_corral_with_1_and_says_why() {
     let mut c = Corral::start(
         r#"
@@ -208,6 +282,31 @@ interval = "1m"
     let why = c.wait_for("giving up on the app", SECS(30));
     assert!(why.contains("slot 0 failed 5 times within 1m00s"), "{why}");
     assert!(why.contains("exited with code 1"), "{why}");
+    assert_eq!(c.wait_exit(SECS(10)).unwrap().code(), Some(1));
+}
+
+#[test]
+fn a_slow_crash_loop_ends_corral_too() {
+    // Each worker is given up on 300ms after it started, and waits 400ms, then 800ms, to be
+    // started again: never 3 failures within restart.interval (1s), but 3 in a row, none ready.
+    let mut c = Corral::start(
+        r#"
+command = ["python3", "{worker}"]
+environment = { WORKER_NEVER_READY = "1" }
+[readiness]
+timeout = "300ms"
+[restart]
+delay = "400ms"
+max_failures = 3
+interval = "1s"
+"#,
+    );
+    let why = c.wait_for("giving up on the app", SECS(20));
+    assert!(
+        why.contains("slot 0 failed 3 times in a row, never ready for 10.0s in between"),
+        "{why}"
+    );
+    assert!(why.contains("was not ready within 300ms"), "{why}");
     assert_eq!(c.wait_exit(SECS(10)).unwrap().code(), Some(1));
 }
 
@@ -1223,6 +1322,73 @@ fn corral_raises_its_own_open_file_limit_and_workers_keep_theirs() {
     assert!(
         soft.parse::<u64>().unwrap() >= want,
         "corral's soft limit {soft}, hard {hard}"
+    );
+}
+
+#[test]
+fn a_balanced_listener_raises_corrals_limit_for_a_socket_per_worker() {
+    // 1024 workers with one balanced listener: 4 files each, twice over in a reload, and 256
+    // of corral's own make 8448, rounded up to 16384, within the hard limit.
+    let (_, hard) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+    if hard <= 8448 {
+        skipped(&format!(
+            "the hard open-file limit here, {hard}, is below 8448"
+        ));
+        return;
+    }
+    let c = Corral::start_with(&balanced(1, ""), with_nofile(1024, hard));
+    c.wait_ready(1, 1);
+    let want = 16384.min(hard);
+    assert_eq!(nofile(c.pid), (want.to_string(), hard.to_string()));
+    let worker = c.pids("ready")[0] as i32;
+    assert_eq!(
+        nofile(worker),
+        ("1024".to_string(), hard.to_string()),
+        "the worker keeps the limit corral was started with"
+    );
+}
+
+#[test]
+fn a_limit_too_low_for_the_workers_is_said_at_start_reload_and_scale() {
+    // A balanced listener: 4 files per worker, twice over, and 256 of corral's own. 270 leaves
+    // room for 1 worker (264), not for 2 (272) or 3 (280).
+    let c = Corral::start_with(&balanced(1, ""), with_nofile(270, 270));
+    c.wait_ready(1, 1);
+    assert!(
+        !c.lines().iter().any(|l| l.contains("may need")),
+        "{:#?}",
+        c.lines()
+    );
+    c.write_config(&balanced(3, ""));
+    let mark = c.mark();
+    let out = c.ctl(&["reload", "demo"]);
+    assert!(out.status.success(), "{out:?}");
+    let warning = c.wait_for_after(mark, "may need", SECS(5));
+    assert!(
+        warning.contains("3 worker(s) may need 280 open files"),
+        "{warning}"
+    );
+    assert!(
+        warning.contains("its limit is 270 (hard limit 270)"),
+        "{warning}"
+    );
+    assert!(warning.contains("LimitNOFILE="), "{warning}");
+    let mark = c.mark();
+    let out = c.ctl(&["scale", "demo", "5"]);
+    assert!(out.status.success(), "{out:?}");
+    let warning = c.wait_for_after(mark, "may need", SECS(5));
+    assert!(
+        warning.contains("5 worker(s) may need 296 open files"),
+        "{warning}"
+    );
+    drop(c);
+
+    let c = Corral::start_with(&balanced(2, ""), with_nofile(270, 270));
+    let warning = c.wait_for("may need", SECS(5));
+    assert!(
+        warning.contains("warning: 2 worker(s) may need 272 open files"),
+        "{warning}"
     );
 }
 

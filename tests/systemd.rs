@@ -506,3 +506,39 @@ fn listen_readiness_sees_epoll_and_poll_under_the_hardening() {
     );
     get(&sb, PORT).expect("the poll worker serves");
 }
+
+#[test]
+fn a_workers_extension_reaches_systemd_for_systemctl_reload_and_not_for_corral_reload() {
+    let Some(sb) = setup(&demo(1, "", "")) else {
+        return;
+    };
+    start(&sb);
+    // PID 1 logs each notification it gets, at debug level, with the unit's name.
+    sb.ok("systemd-analyze log-level debug");
+    // Each new worker asks for 7s, past readiness.timeout (5s), as it starts.
+    sb.write(
+        "/etc/corral/demo.toml",
+        &demo(1, r#"WORKER_EXTEND_USEC = "7000000""#, ""),
+    );
+    let unit = "-u corral@demo.service";
+    // From a shell: systemd waits for nothing, and an extension would only push its watchdog
+    // out. Notifications are handled in order: once the reload's READY=1 is in, so is
+    // anything sent before it.
+    let cursor = sb.cursor();
+    sb.ok("corral reload demo");
+    sb.wait_journal(&cursor, unit, "(READY=1)", SECS(20));
+    let seen = sb.ok(&format!(
+        "journalctl --after-cursor='{cursor}' {unit} --no-pager -o cat"
+    ));
+    assert!(!seen.contains("EXTEND_TIMEOUT_USEC="), "{seen}");
+    // As ExecReload=, which systemd waits for and times: the worker's 7s and corral's 10s,
+    // then a watchdog ping.
+    let cursor = sb.cursor();
+    sb.ok("systemctl reload corral@demo.service");
+    sb.wait_journal(&cursor, unit, "EXTEND_TIMEOUT_USEC=17000000", SECS(20));
+    sb.wait_journal(&cursor, unit, "(WATCHDOG=1)", SECS(20));
+    assert_eq!(
+        sb.prop("corral@demo.service", "StatusText"),
+        "1/1 ready · generation 3 · 0 restarts"
+    );
+}
