@@ -928,7 +928,11 @@ impl Loop {
         let done = self.loaded_tx.clone();
         self.loading = Some(reply);
         tokio::task::spawn_blocking(move || {
-            let _ = done.try_send(Config::load(&path));
+            let loaded = Config::load(&path);
+            // What the load built and dropped (the whole document) goes back to the kernel:
+            // else the thread's arena keeps it for good (spawn.rs).
+            spawn::release_free_memory();
+            let _ = done.try_send(loaded);
         });
     }
 

@@ -1054,22 +1054,43 @@ fn corral_raises_its_own_open_file_limit_and_workers_keep_theirs() {
     );
 }
 
-/// A config of about 1 MiB with about 100k errors: every line of `[environment]` a type error.
-fn config_with_100k_errors() -> String {
+/// A config of at most 1 MiB with over 100k errors, every line of `[environment]` a type error
+/// (`V0=[0]`, ..., `Va=[0]`, `Vb=[1]`, ..., names in hexadecimal to fit 100k), and how many
+/// errors it has.
+fn config_with_100k_errors() -> (String, usize) {
     let mut text = String::from("command = [\"x\"]\n[environment]\n");
-    let mut i = 0;
-    while text.len() < (1 << 20) - 32 {
-        text += &format!("V{i} = [{i}]\n");
-        i += 1;
+    let mut n = 0;
+    loop {
+        let line = format!("V{n:x}=[{}]\n", n % 10);
+        if text.len() + line.len() > 1 << 20 {
+            assert!(n > 100_000, "{n} errors");
+            return (text, n);
+        }
+        text += &line;
+        n += 1;
     }
-    text
+}
+
+/// The same errors on one line of at most 1 MiB, in an inline table.
+fn one_line_of_errors() -> String {
+    let mut text = String::from("command = [\"x\"]\nenvironment = { V0=[0]");
+    let mut n = 1;
+    loop {
+        let entry = format!(", V{n:x}=[{}]", n % 10);
+        if text.len() + entry.len() + " }\n".len() > 1 << 20 {
+            return text + " }\n";
+        }
+        text += &entry;
+        n += 1;
+    }
 }
 
 #[test]
 fn a_huge_broken_config_is_refused_while_corral_answers_meanwhile() {
     let c = Corral::start(&config(2, ""));
     c.wait_ready(2, 1);
-    std::fs::write(&c.config, config_with_100k_errors()).unwrap();
+    let (text, errors) = config_with_100k_errors();
+    std::fs::write(&c.config, text).unwrap();
     let control = c.control.clone();
     let reload = std::thread::spawn(move || {
         let out = std::process::Command::new(CORRAL)
@@ -1092,9 +1113,11 @@ fn a_huge_broken_config_is_refused_while_corral_answers_meanwhile() {
     let (out, refused_at) = reload.join().unwrap();
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
+    // The list is capped, and the rest counted: all of them.
+    let more = format!("... and {} more errors", thousands(errors - 100));
     assert!(
-        err.contains("more errors"),
-        "the list is capped: {}",
+        err.contains(&more),
+        "{more:?} in {}",
         &err[..err.len().min(500)]
     );
     assert!(err.lines().count() < 120, "{} lines", err.lines().count());
@@ -1103,6 +1126,53 @@ fn a_huge_broken_config_is_refused_while_corral_answers_meanwhile() {
         "status answered while the reload was being read"
     );
     assert_eq!(c.status()["generation"], 1);
+    c.get("/").unwrap();
+}
+
+/// `n` as corral writes a count: 105423 is "105,423".
+fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A refused reload gives back the memory reading the file took: 1 MiB of errors, a line each
+/// or all on one line, leaves corral within a few MiB of where it was (it used to keep 50 and
+/// 100 MB for good).
+#[test]
+fn a_refused_huge_config_leaves_corral_at_its_memory_baseline() {
+    const MIB: u64 = 1 << 20;
+    let c = Corral::start(&config(2, ""));
+    c.wait_ready(2, 1);
+    let good = std::fs::read(&c.config).unwrap();
+    let baseline = vm(c.pid, "VmRSS");
+    let (lines, _) = config_with_100k_errors();
+    for (how, text) in [
+        ("a line each", lines),
+        ("on one line", one_line_of_errors()),
+    ] {
+        std::fs::write(&c.config, text).unwrap();
+        let out = c.ctl(&["reload", "demo"]);
+        assert_eq!(out.status.code(), Some(1), "{how}: {out:?}");
+        let rss = vm(c.pid, "VmRSS");
+        assert!(
+            rss < baseline + 4 * MIB,
+            "errors {how}: corral's RSS went from {} KiB to {} KiB",
+            baseline / 1024,
+            rss / 1024
+        );
+    }
+    // And a good reload after them works as ever.
+    std::fs::write(&c.config, good).unwrap();
+    let out = c.ctl(&["reload", "demo"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(vm(c.pid, "VmRSS") < baseline + 4 * MIB);
     c.get("/").unwrap();
 }
 

@@ -377,6 +377,21 @@ pub fn answers_from_n_at_once(port: u16, n: usize) -> std::io::Result<Vec<Value>
     Ok(answers)
 }
 
+/// `VmRSS` or `VmHWM` of a process (proc_pid_status(5)), in bytes.
+pub fn vm(pid: i32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(&format!("{field}:")))
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"));
+    let kb: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
 /// The pid in a log line of corral's (`worker 0 pid 1234 (generation 1): ...`).
 pub fn pid_in(line: &str) -> i32 {
     line.split("pid ")
