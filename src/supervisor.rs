@@ -161,6 +161,15 @@ pub enum Event {
         workers: u32,
         request: Option<RequestId>,
     },
+    /// A reload was asked for: read the config again and roll to it (`request`: who to
+    /// answer; none for SIGHUP). Reloads asked for while the config is being read share the
+    /// next reading (supervisor_load.rs).
+    Reload { request: Option<RequestId> },
+    /// The reading a `Load` action asked for ended: the new generation, registered with its
+    /// parameters, or why the config was refused.
+    Loaded {
+        outcome: Result<(u32, Params), String>,
+    },
     /// SIGTERM/SIGINT: drain; a second one kills at once.
     Stop,
     /// A worker's resident memory, as a `SampleMemory` action asked for.
@@ -228,7 +237,10 @@ pub enum Action {
     QueueCheck {
         workers: Vec<WorkerId>,
     },
-    /// Answer a control request that waited for a roll or a scale.
+    /// Read and check the config file, off the loop, and register the new generation; then
+    /// report `Event::Loaded`. Never asked for again before that.
+    Load,
+    /// Answer a control request that waited for a roll, a scale or a reload's reading.
     Reply {
         request: RequestId,
         result: Result<String, String>,
@@ -393,6 +405,8 @@ pub struct Supervisor {
     next_id: WorkerId,
     roll: Option<Roll>,
     queued: Option<Queued>,
+    /// The config readings reloads wait for (supervisor_load.rs).
+    loads: load::Loads,
     phase: Phase,
     announced_ready: bool,
     last_status: String,
@@ -441,6 +455,7 @@ impl Supervisor {
             next_id: 1,
             roll: None,
             queued: None,
+            loads: Default::default(),
             phase: Phase::Idle,
             announced_ready: false,
             last_status: String::new(),
@@ -470,6 +485,8 @@ impl Supervisor {
                 request,
             } => self.on_roll(generation, params, scope, request),
             Event::Scale { workers, request } => self.on_scale(workers, request, now),
+            Event::Reload { request } => self.on_reload(request),
+            Event::Loaded { outcome } => self.on_loaded(outcome),
             Event::Stop => self.on_stop(now),
             Event::Memory { id, rss } => self.on_memory(id, rss, now),
             Event::Listening { id, how } => self.on_listening(id, how, now),
@@ -1090,16 +1107,28 @@ impl Supervisor {
         scope: Scope,
         request: Option<RequestId>,
     ) {
+        self.roll_for(generation, params, scope, request.into_iter().collect());
+    }
+
+    /// A roll to `generation` that `requests` wait for: begun, or queued behind the one under
+    /// way, or refused.
+    fn roll_for(
+        &mut self,
+        generation: u32,
+        params: Params,
+        scope: Scope,
+        requests: Vec<RequestId>,
+    ) {
         if self.phase != Phase::Running {
-            if let Some(r) = request {
+            for r in requests {
                 self.reply(r, Err("corral is stopping".into()));
             }
             self.out.push(Action::Forget { generation });
             return;
         }
         if let Err(e) = self.check_scope(scope) {
-            if let Some(r) = request {
-                self.reply(r, Err(e));
+            for r in requests {
+                self.reply(r, Err(e.clone()));
             }
             self.out.push(Action::Forget { generation });
             return;
@@ -1123,7 +1152,7 @@ impl Supervisor {
             }
             q.generation = generation;
             q.params = params;
-            q.requests.extend(request);
+            q.requests.extend(requests);
             self.log(
                 Level::Info,
                 None,
@@ -1133,7 +1162,7 @@ impl Supervisor {
             );
             return;
         }
-        self.begin_roll(generation, params, scope, request.into_iter().collect());
+        self.begin_roll(generation, params, scope, requests);
     }
 
     fn check_scope(&self, scope: Scope) -> Result<(), String> {
@@ -1224,6 +1253,7 @@ impl Supervisor {
         if let Some(q) = self.queued.take() {
             requests.extend(q.requests);
         }
+        requests.extend(self.waiting_for_loads());
         for r in requests {
             self.reply(r, Err("corral is stopping".into()));
         }
@@ -1803,6 +1833,9 @@ pub fn human(d: Duration) -> String {
 #[path = "supervisor_drain.rs"]
 pub(crate) mod drain;
 use drain::DRAIN_MAX;
+
+#[path = "supervisor_load.rs"]
+mod load;
 
 #[cfg(test)]
 #[path = "supervisor_tests.rs"]

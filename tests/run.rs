@@ -1176,6 +1176,123 @@ fn a_refused_huge_config_leaves_corral_at_its_memory_baseline() {
     c.get("/").unwrap();
 }
 
+/// `template` made slow to read: a `restart.stop_exit_codes` of about 512 KiB, which the
+/// template's `[restart]`, its last section, takes (most of a second to read in a debug build).
+fn slow_to_read(template: &str) -> String {
+    assert!(
+        template.trim_end().ends_with("delay = \"50ms\""),
+        "{template}"
+    );
+    let mut text = template.to_string() + "stop_exit_codes = [200";
+    while text.len() < 512 * 1024 {
+        text += ", 200";
+    }
+    text + "]\n"
+}
+
+/// `corral reload` from a thread, bounded in time, as a person or a deploy script runs it.
+fn reload_in_background(c: &Corral) -> std::thread::JoinHandle<std::process::Output> {
+    let control = c.control.clone();
+    std::thread::spawn(move || {
+        std::process::Command::new("timeout")
+            .args(["60", CORRAL, "reload", "demo", "--control"])
+            .arg(&control)
+            .output()
+            .unwrap()
+    })
+}
+
+/// The lines of corral's log after `mark` that contain `needle`.
+fn count_after(c: &Corral, mark: usize, needle: &str) -> usize {
+    c.lines()[mark..]
+        .iter()
+        .filter(|l| l.contains(needle))
+        .count()
+}
+
+/// Reloads asked for at once, with a config that takes a while to read, share readings and
+/// rolls: each client gets the answer of the roll it waited for, after two readings and two
+/// rolls, not one of each per client (twenty clients took 73s, in a debug build).
+#[test]
+fn concurrent_reloads_share_readings_and_rolls_and_each_is_answered() {
+    const CLIENTS: usize = 10;
+    let c = Corral::start(&config(2, ""));
+    c.wait_ready(2, 1);
+    c.write_config(&slow_to_read(&config(2, "")));
+    let mark = c.mark();
+    let clients: Vec<_> = (0..CLIENTS).map(|_| reload_in_background(&c)).collect();
+    for client in clients {
+        let out = client.join().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(said.contains("serving: 2 worker(s) replaced"), "{out:?}");
+    }
+    // The first reading, and one for all who asked during it; a client slow to start may
+    // have come during the second.
+    let readings = count_after(&c, mark, "reload: reading");
+    let rolls = count_after(&c, mark, "reload: replacing");
+    assert!(
+        readings <= 3 && rolls <= 3,
+        "{CLIENTS} reloads at once: {readings} readings, {rolls} rolls"
+    );
+    let status = c.status();
+    assert_eq!(status["ready"], 2, "{status}");
+    assert_eq!(status["generation"], 1 + rolls, "{status}");
+}
+
+/// A reload whose config is being read when corral is told to stop, and one waiting for the
+/// next reading, are each answered that corral is stopping (they used to find the connection
+/// closed without an answer).
+#[test]
+fn reloads_waiting_when_corral_stops_are_answered() {
+    let mut c = Corral::start(&config(2, ""));
+    c.wait_ready(2, 1);
+    c.write_config(&slow_to_read(&config(2, "")));
+    let mark = c.mark();
+    let reading = reload_in_background(&c);
+    c.wait_for_after(mark, "reload: reading", SECS(10));
+    let waiting = reload_in_background(&c);
+    c.wait_for_after(mark, "this reload reads it again after that", SECS(10));
+    c.signal(Signal::SIGTERM);
+    for client in [reading, waiting] {
+        let out = client.join().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("corral is stopping"), "{out:?}");
+    }
+    let exit = c.wait_exit(SECS(20)).expect("corral exits");
+    assert_eq!(exit.code(), Some(0));
+}
+
+/// A reload reading its config from a file system that hangs does not keep corral from
+/// stopping: the client is answered, and corral exits without waiting for the reading (which
+/// would never end).
+#[test]
+fn a_reload_stuck_on_a_hung_file_system_does_not_hold_up_the_stop() {
+    let fs = match HungFs::mount() {
+        Ok(fs) => fs,
+        Err(why) => return skipped(&why),
+    };
+    let mut c = Corral::start(&config(1, ""));
+    c.wait_ready(1, 1);
+    std::fs::remove_file(&c.config).unwrap();
+    std::os::unix::fs::symlink(fs.dir.join("demo.toml"), &c.config).unwrap();
+    let mark = c.mark();
+    let stuck = reload_in_background(&c);
+    c.wait_for_after(mark, "reload: reading", SECS(10));
+    // Still reading: corral answers meanwhile.
+    assert_eq!(c.status()["ready"], 1);
+    c.signal(Signal::SIGTERM);
+    let out = stuck.join().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("corral is stopping"),
+        "{out:?}"
+    );
+    let exit = c.wait_exit(SECS(20));
+    assert_eq!(exit.and_then(|e| e.code()), Some(0), "corral exited");
+}
+
 #[test]
 fn a_fifo_or_dev_zero_as_the_config_is_refused_at_once() {
     let c = Corral::start(&config(1, ""));
