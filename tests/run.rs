@@ -353,6 +353,42 @@ fn a_reload_with_a_bad_config_is_refused_and_changes_nothing() {
     c.get("/").unwrap();
 }
 
+/// A key name is shown as it is in a diagnostic; one that holds an escape sequence (here: clear
+/// the screen, retitle the terminal) reaches no terminal as such, through `corral check`, a
+/// refused reload's answer or corral's log: its control characters are shown escaped.
+#[test]
+fn control_characters_in_a_configs_keys_are_shown_escaped() {
+    let c = Corral::start(&config(1, ""));
+    c.wait_ready(1, 1);
+    let bad = "command = [\"x\"]\n\"\\u001b[2J\" = 1\n\
+               [environment]\n\"T\\u001b]0;owned\\u0007\" = []\n";
+    std::fs::write(&c.config, bad).unwrap();
+    let file = c.config.display().to_string();
+    let expected = [
+        format!("{file}:2:1: unknown key `\\x1b[2J` in the top level"),
+        format!("{file}:4:27: environment.T\\x1b]0;owned\\x07: expected a string"),
+    ];
+    let check = std::process::Command::new(CORRAL)
+        .arg("check")
+        .arg(&c.config)
+        .output()
+        .unwrap();
+    let mark = c.mark();
+    let reload = c.ctl(&["reload", "demo"]);
+    c.wait_for_after(mark, "reload refused", SECS(10));
+    for (what, out) in [("corral check", check), ("corral reload", reload)] {
+        assert_eq!(out.status.code(), Some(1), "{what}: {out:?}");
+        let err = String::from_utf8(out.stderr).unwrap();
+        for line in &expected {
+            assert!(err.contains(line.as_str()), "{what}: {line:?} in {err:?}");
+        }
+        assert!(!err.contains(['\x1b', '\x07']), "{what}: {err:?}");
+    }
+    let log = c.lines()[mark..].join("\n");
+    assert!(log.contains(&expected[0]), "{log:?}");
+    assert!(!log.contains(['\x1b', '\x07']), "{log:?}");
+}
+
 #[test]
 fn a_new_generation_that_never_gets_ready_leaves_the_old_one_serving_every_slot() {
     let c = Corral::start(&config(3, r#"WORKER_TAG = "v1""#));

@@ -376,18 +376,22 @@ pub struct Diagnostic {
 /// One line per diagnostic, in the order they are in (sorted by position), at most
 /// [`MAX_LISTED_DIAGNOSTICS`] of them, then `FILE: ... and N more errors` if there are more
 /// (those not listed, and those counted in `more`); then the same for each environment file.
+/// They go to a terminal (`corral check`, a refused reload): a control character in a key name
+/// or a path (`"\u001b[2J" = 1`) is shown escaped (escape.rs), and a line stays one line.
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let file = self.file.display();
+        let file = self.file.display().to_string();
+        let file = crate::escape::if_controls(&file);
         let listed = self.diagnostics.len().min(MAX_LISTED_DIAGNOSTICS);
         for (i, d) in self.diagnostics[..listed].iter().enumerate() {
             if i > 0 {
                 writeln!(f)?;
             }
+            let message = crate::escape::if_controls(&d.message);
             match (d.line, d.col) {
-                (0, _) => write!(f, "{file}: {}", d.message)?,
-                (line, 0) => write!(f, "{file}:{line}: {}", d.message)?,
-                (line, col) => write!(f, "{file}:{line}:{col}: {}", d.message)?,
+                (0, _) => write!(f, "{file}: {message}")?,
+                (line, 0) => write!(f, "{file}:{line}: {message}")?,
+                (line, col) => write!(f, "{file}:{line}:{col}: {message}")?,
             }
         }
         let rest = self.diagnostics.len() - listed + self.more;
