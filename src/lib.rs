@@ -3,6 +3,7 @@
 //! The crate is split by what each part is:
 //! - [`config`]: the app config file, validated with line:column diagnostics;
 //! - [`envfile`]: systemd's `EnvironmentFile=` format, for the config's `environment_file`;
+//! - [`escape`]: others' text (a worker's status, a config's key names) made safe to show;
 //! - [`supervisor`]: the pure decision core, `step(event, now) -> actions`;
 //! - [`runtime`]: the single event loop that performs those actions;
 //! - [`signals`]: what each signal sent to the supervisor does;
@@ -26,6 +27,7 @@ pub mod config;
 pub mod control;
 pub mod envfile;
 pub mod error;
+pub mod escape;
 pub mod generator;
 pub mod import;
 pub mod journal;

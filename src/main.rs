@@ -399,27 +399,10 @@ fn table(s: &StatusReply, color: bool) -> String {
             w.uptime_s.map_or("-".into(), human_uptime),
             w.cpu_percent.map_or("-".into(), |c| format!("{c:.1}%")),
             w.rss_bytes.map_or("-".into(), human_bytes),
-            escape_controls(w.status.as_deref().unwrap_or(""))
+            corral::escape::controls(w.status.as_deref().unwrap_or(""))
         );
     }
     t
-}
-
-/// A worker's text with control characters shown as escapes (`\x1b`, `\n`), as systemctl
-/// shows a unit's status: a STATUS= cannot move the cursor, clear the screen or retitle the
-/// terminal of whoever runs `corral status`.
-fn escape_controls(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '\n' => out.push_str("\\n"),
-            '\t' => out.push_str("\\t"),
-            '\\' => out.push_str("\\\\"),
-            c if c.is_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 /// "42s", "7m", "3h", "2d": as `pm2 list` shows uptimes.

@@ -100,7 +100,7 @@ pub fn run(opts: RunOptions) -> Result<i32, Error> {
     // Workers are forked from this thread, the one block_on runs on for the process's whole
     // life: PR_SET_PDEATHSIG fires when the *thread* that forked exits (prctl(2)).
     let flush = output.clone();
-    rt.block_on(async move {
+    let code = rt.block_on(async move {
         let (server, listener) = control::Server::bind(&control_path)?;
         // Beside the control socket: that one being ours means no other supervisor uses it.
         let notify_path = crate::rundir::beside(&control_path, "notify");
@@ -115,8 +115,6 @@ pub fn run(opts: RunOptions) -> Result<i32, Error> {
         let mut lp = Loop {
             worker_io: HashMap::new(),
             worker_nofile,
-            loading: None,
-            reloads_waiting: Default::default(),
             loaded_tx,
             keeper,
             keeper_starts: 1,
@@ -149,13 +147,24 @@ pub fn run(opts: RunOptions) -> Result<i32, Error> {
                 &mut loaded_rx,
             )
             .await;
+        // Answers given in the last turn (a stop answers every reload waiting) are written
+        // before the connections go with the runtime.
+        tokio::task::yield_now().await;
         drop(server);
         lp.kill_leftovers();
         // The last lines (the exit's) are worth waiting a moment for.
         flush.flush(Duration::from_secs(2));
         code
-    })
+    });
+    // A reload's reading of the config may still be under way, on a file system that hangs
+    // (a dead NFS server): dropping the runtime would wait for its thread for good. Its
+    // outcome is of no use any more, and the thread goes with the process.
+    rt.shutdown_timeout(ABANDON_LOAD_AFTER);
+    code
 }
+
+/// How long corral's exit waits for a reading of the config still under way.
+const ABANDON_LOAD_AFTER: Duration = Duration::from_millis(500);
 
 /// `WATCHDOG_USEC` for this process (sd_watchdog_enabled(3)): ping at half of it.
 fn systemd_watchdog() -> Option<Duration> {
@@ -213,9 +222,8 @@ struct Loop {
     worker_io: HashMap<WorkerId, WorkerIo>,
     /// The open-file limit corral was started with, which its workers get.
     worker_nofile: Option<(u64, u64)>,
-    /// A reload whose config is being read (with whom to answer), and those asked meanwhile.
-    loading: Option<Option<Reply>>,
-    reloads_waiting: std::collections::VecDeque<Option<Reply>>,
+    /// Where the thread that reads the config for a reload sends what it read (the machine
+    /// asks for one reading at a time: `Action::Load`).
     loaded_tx: mpsc::Sender<Result<Config, crate::config::ConfigError>>,
     /// Kills the workers' process groups if corral dies (keeper.rs).
     keeper: Option<crate::keeper::Keeper>,
@@ -506,6 +514,7 @@ impl Loop {
                 }
             }
             Action::Probe { workers } => self.probe(workers),
+            Action::Load => self.load(),
             Action::Balance { serving, slots } => {
                 // Every group a live generation uses, once.
                 let mut done: Vec<*const crate::balance::Group> = Vec::new();
@@ -953,61 +962,60 @@ impl Loop {
         }
     }
 
-    /// Re-reads the config and starts a roll; a bad config changes nothing.
-    /// A reload: the config is read on a thread of its own (reading and checking a file is
-    /// bounded, but the loop must go on feeding the watchdog, reaping and answering
-    /// meanwhile), one reload at a time, in the order asked.
+    /// A reload was asked for (`reply`: who to answer; none for SIGHUP): the machine decides
+    /// when the config is read, and who shares which reading (supervisor_load.rs).
     fn reload(&mut self, reply: Option<Reply>) {
-        if self.loading.is_some() {
-            // SIGHUPs in a row ask for the same thing: one is enough.
-            if reply.is_some() || !self.reloads_waiting.iter().any(Option::is_none) {
-                self.reloads_waiting.push_back(reply);
-            }
-            return;
-        }
+        let systemd_waits = reply.as_ref().is_some_and(|r| r.systemd_waits);
+        let request = reply.map(|tx| self.request(tx));
+        self.step(Event::Reload {
+            request,
+            systemd_waits,
+        });
+    }
+
+    /// `Action::Load`: reads the config on a thread of its own. Reading and checking a file is
+    /// bounded, but the loop must go on feeding the watchdog, reaping and answering meanwhile.
+    fn load(&mut self) {
         info!("reload: reading {}", self.config_path.display());
         let path = self.config_path.clone();
         let done = self.loaded_tx.clone();
-        self.loading = Some(reply);
         tokio::task::spawn_blocking(move || {
-            let _ = done.try_send(Config::load(&path));
+            let loaded = Config::load(&path);
+            // What the load built and dropped (the whole document) goes back to the kernel:
+            // else the thread's arena keeps it for good (spawn.rs).
+            spawn::release_free_memory();
+            // The machine asks for one reading at a time, and the channel holds one.
+            let _ = done.try_send(loaded);
         });
     }
 
-    /// The config a reload asked for was read: refuse it, or roll to it; then the next reload.
+    /// The config a `Load` asked for was read: registered as a new generation, or refused
+    /// (nothing changes); the machine answers whoever waited for it.
     fn loaded(&mut self, loaded: Result<Config, crate::config::ConfigError>) {
-        let reply = self.loading.take().flatten();
-        self.apply_reload(loaded, reply);
-        if let Some(next) = self.reloads_waiting.pop_front() {
-            self.reload(next);
-        }
+        let outcome = self.prepare(loaded).map_err(|e| {
+            let msg = format!("reload refused, nothing changed:\n{e}");
+            error!("{msg}");
+            msg
+        });
+        self.step(Event::Loaded { outcome });
     }
 
-    fn apply_reload(
+    /// The generation of a config just read, with the parameters the machine needs.
+    fn prepare(
         &mut self,
         loaded: Result<Config, crate::config::ConfigError>,
-        reply: Option<Reply>,
-    ) {
-        let prepared = loaded.map_err(Error::from).and_then(|c| {
-            let listeners = self.pool.set_for(&c)?;
-            Ok((c, listeners))
-        });
-        let (config, listeners) = match prepared {
-            Ok(x) => x,
-            Err(e) => {
-                let msg = format!("reload refused, nothing changed:\n{e}");
-                error!("{msg}");
-                if let Some(tx) = reply {
-                    tx.send(Response::err(msg));
-                }
-                return;
-            }
-        };
+    ) -> Result<(u32, Params), Error> {
+        let config = loaded?;
+        let listeners = self.pool.set_for(&config)?;
         for w in self.pool.address_mismatches(&config) {
             warn!("{w}");
         }
-        let workers = config.workers.resolve();
-        self.roll_to(config, listeners, workers, Scope::All, reply);
+        let mut params = Params::from_config(&config, config.workers.resolve());
+        params.balanced = listeners.balanced();
+        let generation = self
+            .add_generation(config, listeners)
+            .map_err(Error::Refused)?;
+        Ok((generation, params))
     }
 
     /// Registers `config` as a new generation and asks the machine to roll to it.

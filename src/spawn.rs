@@ -550,6 +550,24 @@ pub fn adopt_inherited_fd(fd: RawFd) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Hands the memory malloc holds unused back to the kernel, in every thread's arena.
+///
+/// Loading a config builds a whole TOML document, tens of megabytes for a 1 MiB file, on the
+/// thread that loads it; glibc keeps what that thread frees in the thread's own arena for its
+/// next allocations instead of giving it back (mallopt(3), M_ARENA_MAX; only the top of the main
+/// arena is trimmed on its own). malloc_trim(3) releases the free pages of every arena (since
+/// glibc 2.8), so one refused reload does not leave corral tens of megabytes larger for good.
+/// Here, rather than beside the loading, because it is a foreign call (the crate's `unsafe`
+/// lives in this file). Other C libraries give freed memory back by themselves: nothing to do.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim takes no pointer and is safe to call from any thread at any time;
+    // it only returns free pages to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

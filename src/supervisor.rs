@@ -174,6 +174,19 @@ pub enum Event {
         workers: u32,
         request: Option<RequestId>,
     },
+    /// A reload was asked for: read the config again and roll to it (`request`: who to
+    /// answer; none for SIGHUP). Reloads asked for while the config is being read share the
+    /// next reading (supervisor_load.rs). `systemd_waits`: it is systemd's `ExecReload=`,
+    /// which systemd times (see `Event::Roll`).
+    Reload {
+        request: Option<RequestId>,
+        systemd_waits: bool,
+    },
+    /// The reading a `Load` action asked for ended: the new generation, registered with its
+    /// parameters, or why the config was refused.
+    Loaded {
+        outcome: Result<(u32, Params), String>,
+    },
     /// SIGTERM/SIGINT: drain; a second one kills at once.
     Stop,
     /// A worker's resident memory, as a `SampleMemory` action asked for.
@@ -242,7 +255,10 @@ pub enum Action {
     QueueCheck {
         workers: Vec<WorkerId>,
     },
-    /// Answer a control request that waited for a roll or a scale.
+    /// Read and check the config file, off the loop, and register the new generation; then
+    /// report `Event::Loaded`. Never asked for again before that.
+    Load,
+    /// Answer a control request that waited for a roll, a scale or a reload's reading.
     Reply {
         request: RequestId,
         result: Result<String, String>,
@@ -416,6 +432,8 @@ pub struct Supervisor {
     next_id: WorkerId,
     roll: Option<Roll>,
     queued: Option<Queued>,
+    /// The config readings reloads wait for (supervisor_load.rs).
+    loads: load::Loads,
     phase: Phase,
     announced_ready: bool,
     last_status: String,
@@ -466,6 +484,7 @@ impl Supervisor {
             next_id: 1,
             roll: None,
             queued: None,
+            loads: Default::default(),
             phase: Phase::Idle,
             announced_ready: false,
             last_status: String::new(),
@@ -506,6 +525,11 @@ impl Supervisor {
                 systemd_waits,
             } => self.on_roll(generation, params, scope, request, systemd_waits),
             Event::Scale { workers, request } => self.on_scale(workers, request, now),
+            Event::Reload {
+                request,
+                systemd_waits,
+            } => self.on_reload(request, systemd_waits),
+            Event::Loaded { outcome } => self.on_loaded(outcome),
             Event::Stop => self.on_stop(now),
             Event::Memory { id, rss } => self.on_memory(id, rss, now),
             Event::Listening { id, how } => self.on_listening(id, how, now),
@@ -1194,16 +1218,35 @@ impl Supervisor {
         request: Option<RequestId>,
         systemd_waits: bool,
     ) {
+        self.roll_for(
+            generation,
+            params,
+            scope,
+            request.into_iter().collect(),
+            systemd_waits,
+        );
+    }
+
+    /// A roll to `generation` that `requests` wait for: begun, or queued behind the one under
+    /// way, or refused.
+    fn roll_for(
+        &mut self,
+        generation: u32,
+        params: Params,
+        scope: Scope,
+        requests: Vec<RequestId>,
+        systemd_waits: bool,
+    ) {
         if self.phase != Phase::Running {
-            if let Some(r) = request {
+            for r in requests {
                 self.reply(r, Err("corral is stopping".into()));
             }
             self.out.push(Action::Forget { generation });
             return;
         }
         if let Err(e) = self.check_scope(scope) {
-            if let Some(r) = request {
-                self.reply(r, Err(e));
+            for r in requests {
+                self.reply(r, Err(e.clone()));
             }
             self.out.push(Action::Forget { generation });
             return;
@@ -1229,7 +1272,7 @@ impl Supervisor {
             }
             q.generation = generation;
             q.params = params;
-            q.requests.extend(request);
+            q.requests.extend(requests);
             self.log(
                 Level::Info,
                 None,
@@ -1239,7 +1282,6 @@ impl Supervisor {
             );
             return;
         }
-        let requests = request.into_iter().collect();
         self.begin_roll(generation, params, scope, requests, systemd_waits);
     }
 
@@ -1331,6 +1373,7 @@ impl Supervisor {
         if let Some(q) = self.queued.take() {
             requests.extend(q.requests);
         }
+        requests.extend(self.waiting_for_loads());
         for r in requests {
             self.reply(r, Err("corral is stopping".into()));
         }
@@ -1929,6 +1972,9 @@ pub fn human(d: Duration) -> String {
 #[path = "supervisor_drain.rs"]
 pub(crate) mod drain;
 use drain::DRAIN_MAX;
+
+#[path = "supervisor_load.rs"]
+mod load;
 
 #[cfg(test)]
 #[path = "supervisor_tests.rs"]

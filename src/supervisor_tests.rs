@@ -326,6 +326,28 @@ impl Harness {
         })
     }
 
+    fn reload(&mut self, request: Option<RequestId>) -> Vec<Action> {
+        self.step(Event::Reload {
+            request,
+            systemd_waits: false,
+        })
+    }
+
+    /// The reading a `Load` asked for ended with `outcome`: a generation and its parameters,
+    /// or why the config was refused.
+    fn loaded(&mut self, outcome: Result<(u32, P), &str>) -> Vec<Action> {
+        let outcome = outcome.map(|(g, p)| (g, p.into())).map_err(str::to_string);
+        self.step(Event::Loaded { outcome })
+    }
+
+    /// How many readings of the config were asked for since `mark`.
+    fn loads_since(&self, mark: usize) -> usize {
+        self.actions[mark..]
+            .iter()
+            .filter(|a| **a == Action::Load)
+            .count()
+    }
+
     fn scale(&mut self, workers: u32, request: Option<RequestId>) -> Vec<Action> {
         self.step(Event::Scale { workers, request })
     }
@@ -1355,6 +1377,118 @@ fn reloads_asked_for_during_a_reload_are_coalesced_into_one_with_the_newest_conf
     check_eq!(h, h.forgotten(), vec![3, 1, 2]);
     check_eq!(h, h.status(), "3/3 ready · generation 4 · 0 restarts");
     check!(h, !h.sup.is_rolling());
+}
+
+/// Replaces every slot of a roll to `generation` in turn: each replacement ready, then the old
+/// worker exits.
+fn finish_roll(h: &mut Harness, slots: u32, generation: u32) {
+    for slot in 0..slots {
+        let old = h.serving(slot);
+        h.ready(h.spawn_of(slot, generation));
+        h.exit(old, 0);
+    }
+}
+
+#[test]
+fn reloads_asked_while_the_config_is_read_share_the_next_reading_and_its_roll() {
+    let mut h = Harness::started(P::new(2));
+    let mark = h.mark();
+    let out = h.reload(Some(1));
+    check!(
+        h,
+        out.contains(&Action::Load),
+        "the first reload reads the config"
+    );
+    // Asked while it is being read (SIGHUP among them): they wait for the next reading.
+    for request in [Some(2), None, Some(3), Some(4)] {
+        h.reload(request);
+    }
+    check_eq!(h, h.loads_since(mark), 1, "one reading at a time");
+    let out = h.loaded(Ok((2, P::new(2))));
+    check!(
+        h,
+        out.contains(&Action::Load),
+        "the next reading, for 2, 3, 4"
+    );
+    check_eq!(h, h.spawned_since(mark), vec![(0, 2)], "1's roll began");
+    // Read while the first roll is under way: queued behind it, for all three.
+    h.loaded(Ok((3, P::new(2))));
+    check_eq!(
+        h,
+        h.loads_since(mark),
+        2,
+        "nobody waits for another reading"
+    );
+    finish_roll(&mut h, 2, 2);
+    check_eq!(
+        h,
+        h.reply(1),
+        ok("generation 2 serving: 2 worker(s) replaced")
+    );
+    check_eq!(h, (h.reply(2), h.reply(3), h.reply(4)), (None, None, None));
+    finish_roll(&mut h, 2, 3);
+    let done = ok("generation 3 serving: 2 worker(s) replaced");
+    for request in [2, 3, 4] {
+        check_eq!(h, h.reply(request), done.clone(), "request {request}");
+    }
+    check_eq!(h, h.loads_since(mark), 2);
+    let generations: Vec<u32> = h.spawned_since(mark).iter().map(|s| s.1).collect();
+    check_eq!(h, generations, vec![2, 2, 3, 3], "two rolls");
+    check_eq!(h, h.status(), "2/2 ready · generation 3 · 0 restarts");
+}
+
+#[test]
+fn a_refused_config_is_the_answer_of_everyone_who_shared_its_reading() {
+    let mut h = Harness::started(P::new(2));
+    let mark = h.mark();
+    h.reload(Some(1));
+    h.reload(Some(2));
+    h.reload(Some(3));
+    let out = h.loaded(Err("reload refused, nothing changed:\nx.toml:1:1: bad"));
+    check_eq!(
+        h,
+        h.reply(1),
+        Some(Err(
+            "reload refused, nothing changed:\nx.toml:1:1: bad".into()
+        ))
+    );
+    check!(
+        h,
+        out.contains(&Action::Load),
+        "2 and 3 asked after it began"
+    );
+    h.loaded(Err("still bad"));
+    let refused = Some(Err("still bad".to_string()));
+    check_eq!(h, (h.reply(2), h.reply(3)), (refused.clone(), refused));
+    check_eq!(h, h.loads_since(mark), 2);
+    check_eq!(h, h.spawned_since(mark), vec![], "nothing changed");
+    // The next reload reads the config again.
+    let out = h.reload(Some(4));
+    check!(h, out.contains(&Action::Load));
+}
+
+#[test]
+fn stop_answers_the_reloads_waiting_for_a_reading_and_forgets_what_it_read() {
+    let mut h = Harness::started(P::new(2));
+    let mark = h.mark();
+    h.reload(Some(1));
+    h.reload(Some(2));
+    h.stop();
+    let stopping = Some(Err("corral is stopping".to_string()));
+    check_eq!(
+        h,
+        (h.reply(1), h.reply(2)),
+        (stopping.clone(), stopping.clone())
+    );
+    // The reading under way ends after: nothing runs it, and no other reading follows.
+    let out = h.loaded(Ok((2, P::new(2))));
+    check_eq!(h, out, vec![Action::Forget { generation: 2 }]);
+    // Asked for while stopping: answered at once.
+    let out = h.reload(Some(3));
+    check_eq!(h, h.reply(3), stopping);
+    check!(h, !out.contains(&Action::Load));
+    check_eq!(h, h.loads_since(mark), 1);
+    check_eq!(h, h.spawned_since(mark), vec![]);
 }
 
 #[test]

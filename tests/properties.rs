@@ -83,6 +83,61 @@ fn configs_never_panic_and_every_diagnostic_points_into_the_file() {
         .unwrap();
 }
 
+/// A TOML basic string's body with control characters in it, escaped TOML's way
+/// (`\u001b`, `\u0007`, `\t`, ...), so that the file itself is valid.
+fn with_controls() -> impl Strategy<Value = String> {
+    let piece = prop_oneof![
+        "[a-zA-Z_ /.:]{1,4}",
+        Just("\\u001b[2J".to_string()),
+        Just("\\u001b]0;x\\u0007".to_string()),
+        Just("\\u009b".to_string()),
+        Just("\\n".to_string()),
+        Just("\\r".to_string()),
+        Just("\\t".to_string()),
+        Just("\\b".to_string()),
+        Just("\\\\".to_string()),
+    ];
+    prop::collection::vec(piece, 1..5).prop_map(|p| p.concat())
+}
+
+/// Whatever keys, values and paths a config holds, its diagnostics as shown (by `corral check`,
+/// a refused reload) hold no control character but the newline between them.
+#[test]
+fn shown_diagnostics_carry_no_control_character() {
+    let line = prop_oneof![
+        with_controls().prop_map(|k| format!("\"{k}\" = 1")),
+        with_controls().prop_map(|k| format!("[environment]\n\"{k}\" = []")),
+        with_controls().prop_map(|k| format!("[environment]\n\"CORRAL_{k}\" = \"x\"")),
+        with_controls().prop_map(|k| format!("[stop]\n\"{k}\" = 1")),
+        with_controls().prop_map(|v| format!("workers = \"{v}\"")),
+        with_controls().prop_map(|v| format!("directory = \"{v}\"")),
+        with_controls().prop_map(|v| format!("environment_file = \"/{v}\"")),
+        with_controls().prop_map(|v| format!("[[listen]]\nname = \"{v}\"\naddress = \"/{v}\"")),
+        with_controls().prop_map(|v| format!("[[listen]]\naddress = \"[{v}]:80\"")),
+        with_controls().prop_map(|v| format!("[readiness]\ntimeout = \"{v}\"")),
+        with_controls().prop_map(|k| format!("\"{k}\" = 1\n\"{k}\" = 2")),
+    ];
+    let dir = std::env::temp_dir().join(format!("corral-prop-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    runner(1000)
+        .run(&prop::collection::vec(line, 1..4), |lines| {
+            let text = lines.join("\n") + "\n";
+            // Loaded from a file: environment files are read (and not found) too.
+            let path = dir.join("prop.toml");
+            std::fs::write(&path, &text).unwrap();
+            if let Err(e) = AppConfig::load(&path) {
+                let shown = e.to_string();
+                prop_assert!(
+                    !shown.contains(|c: char| c.is_control() && c != '\n'),
+                    "{text:?} shows {shown:?}"
+                );
+            }
+            Ok(())
+        })
+        .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn arbitrary_bytes_as_a_config_never_panic() {
     let path = Path::new("/etc/corral/prop.toml");

@@ -453,6 +453,42 @@ fn a_reload_with_a_bad_config_is_refused_and_changes_nothing() {
     c.get("/").unwrap();
 }
 
+/// A key name is shown as it is in a diagnostic; one that holds an escape sequence (here: clear
+/// the screen, retitle the terminal) reaches no terminal as such, through `corral check`, a
+/// refused reload's answer or corral's log: its control characters are shown escaped.
+#[test]
+fn control_characters_in_a_configs_keys_are_shown_escaped() {
+    let c = Corral::start(&config(1, ""));
+    c.wait_ready(1, 1);
+    let bad = "command = [\"x\"]\n\"\\u001b[2J\" = 1\n\
+               [environment]\n\"T\\u001b]0;owned\\u0007\" = []\n";
+    std::fs::write(&c.config, bad).unwrap();
+    let file = c.config.display().to_string();
+    let expected = [
+        format!("{file}:2:1: unknown key `\\x1b[2J` in the top level"),
+        format!("{file}:4:27: environment.T\\x1b]0;owned\\x07: expected a string"),
+    ];
+    let check = std::process::Command::new(CORRAL)
+        .arg("check")
+        .arg(&c.config)
+        .output()
+        .unwrap();
+    let mark = c.mark();
+    let reload = c.ctl(&["reload", "demo"]);
+    c.wait_for_after(mark, "reload refused", SECS(10));
+    for (what, out) in [("corral check", check), ("corral reload", reload)] {
+        assert_eq!(out.status.code(), Some(1), "{what}: {out:?}");
+        let err = String::from_utf8(out.stderr).unwrap();
+        for line in &expected {
+            assert!(err.contains(line.as_str()), "{what}: {line:?} in {err:?}");
+        }
+        assert!(!err.contains(['\x1b', '\x07']), "{what}: {err:?}");
+    }
+    let log = c.lines()[mark..].join("\n");
+    assert!(log.contains(&expected[0]), "{log:?}");
+    assert!(!log.contains(['\x1b', '\x07']), "{log:?}");
+}
+
 #[test]
 fn a_new_generation_that_never_gets_ready_leaves_the_old_one_serving_every_slot() {
     let c = Corral::start(&config(3, r#"WORKER_TAG = "v1""#));
@@ -1392,22 +1428,43 @@ fn a_limit_too_low_for_the_workers_is_said_at_start_reload_and_scale() {
     );
 }
 
-/// A config of about 1 MiB with about 100k errors: every line of `[environment]` a type error.
-fn config_with_100k_errors() -> String {
+/// A config of at most 1 MiB with over 100k errors, every line of `[environment]` a type error
+/// (`V0=[0]`, ..., `Va=[0]`, `Vb=[1]`, ..., names in hexadecimal to fit 100k), and how many
+/// errors it has.
+fn config_with_100k_errors() -> (String, usize) {
     let mut text = String::from("command = [\"x\"]\n[environment]\n");
-    let mut i = 0;
-    while text.len() < (1 << 20) - 32 {
-        text += &format!("V{i} = [{i}]\n");
-        i += 1;
+    let mut n = 0;
+    loop {
+        let line = format!("V{n:x}=[{}]\n", n % 10);
+        if text.len() + line.len() > 1 << 20 {
+            assert!(n > 100_000, "{n} errors");
+            return (text, n);
+        }
+        text += &line;
+        n += 1;
     }
-    text
+}
+
+/// The same errors on one line of at most 1 MiB, in an inline table.
+fn one_line_of_errors() -> String {
+    let mut text = String::from("command = [\"x\"]\nenvironment = { V0=[0]");
+    let mut n = 1;
+    loop {
+        let entry = format!(", V{n:x}=[{}]", n % 10);
+        if text.len() + entry.len() + " }\n".len() > 1 << 20 {
+            return text + " }\n";
+        }
+        text += &entry;
+        n += 1;
+    }
 }
 
 #[test]
 fn a_huge_broken_config_is_refused_while_corral_answers_meanwhile() {
     let c = Corral::start(&config(2, ""));
     c.wait_ready(2, 1);
-    std::fs::write(&c.config, config_with_100k_errors()).unwrap();
+    let (text, errors) = config_with_100k_errors();
+    std::fs::write(&c.config, text).unwrap();
     let control = c.control.clone();
     let reload = std::thread::spawn(move || {
         let out = std::process::Command::new(CORRAL)
@@ -1430,9 +1487,11 @@ fn a_huge_broken_config_is_refused_while_corral_answers_meanwhile() {
     let (out, refused_at) = reload.join().unwrap();
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
+    // The list is capped, and the rest counted: all of them.
+    let more = format!("... and {} more errors", thousands(errors - 100));
     assert!(
-        err.contains("more errors"),
-        "the list is capped: {}",
+        err.contains(&more),
+        "{more:?} in {}",
         &err[..err.len().min(500)]
     );
     assert!(err.lines().count() < 120, "{} lines", err.lines().count());
@@ -1442,6 +1501,170 @@ fn a_huge_broken_config_is_refused_while_corral_answers_meanwhile() {
     );
     assert_eq!(c.status()["generation"], 1);
     c.get("/").unwrap();
+}
+
+/// `n` as corral writes a count: 105423 is "105,423".
+fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A refused reload gives back the memory reading the file took: 1 MiB of errors, a line each
+/// or all on one line, leaves corral within a few MiB of where it was (it used to keep 50 and
+/// 100 MB for good).
+#[test]
+fn a_refused_huge_config_leaves_corral_at_its_memory_baseline() {
+    const MIB: u64 = 1 << 20;
+    let c = Corral::start(&config(2, ""));
+    c.wait_ready(2, 1);
+    let good = std::fs::read(&c.config).unwrap();
+    let baseline = vm(c.pid, "VmRSS");
+    let (lines, _) = config_with_100k_errors();
+    for (how, text) in [
+        ("a line each", lines),
+        ("on one line", one_line_of_errors()),
+    ] {
+        std::fs::write(&c.config, text).unwrap();
+        let out = c.ctl(&["reload", "demo"]);
+        assert_eq!(out.status.code(), Some(1), "{how}: {out:?}");
+        let rss = vm(c.pid, "VmRSS");
+        assert!(
+            rss < baseline + 4 * MIB,
+            "errors {how}: corral's RSS went from {} KiB to {} KiB",
+            baseline / 1024,
+            rss / 1024
+        );
+    }
+    // And a good reload after them works as ever.
+    std::fs::write(&c.config, good).unwrap();
+    let out = c.ctl(&["reload", "demo"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(vm(c.pid, "VmRSS") < baseline + 4 * MIB);
+    c.get("/").unwrap();
+}
+
+/// `template` made slow to read: a `restart.stop_exit_codes` of about 512 KiB, which the
+/// template's `[restart]`, its last section, takes (most of a second to read in a debug build).
+fn slow_to_read(template: &str) -> String {
+    assert!(
+        template.trim_end().ends_with("delay = \"50ms\""),
+        "{template}"
+    );
+    let mut text = template.to_string() + "stop_exit_codes = [200";
+    while text.len() < 512 * 1024 {
+        text += ", 200";
+    }
+    text + "]\n"
+}
+
+/// `corral reload` from a thread, bounded in time, as a person or a deploy script runs it.
+fn reload_in_background(c: &Corral) -> std::thread::JoinHandle<std::process::Output> {
+    let control = c.control.clone();
+    std::thread::spawn(move || {
+        std::process::Command::new("timeout")
+            .args(["60", CORRAL, "reload", "demo", "--control"])
+            .arg(&control)
+            .output()
+            .unwrap()
+    })
+}
+
+/// The lines of corral's log after `mark` that contain `needle`.
+fn count_after(c: &Corral, mark: usize, needle: &str) -> usize {
+    c.lines()[mark..]
+        .iter()
+        .filter(|l| l.contains(needle))
+        .count()
+}
+
+/// Reloads asked for at once, with a config that takes a while to read, share readings and
+/// rolls: each client gets the answer of the roll it waited for, after two readings and two
+/// rolls, not one of each per client (twenty clients took 73s, in a debug build).
+#[test]
+fn concurrent_reloads_share_readings_and_rolls_and_each_is_answered() {
+    const CLIENTS: usize = 10;
+    let c = Corral::start(&config(2, ""));
+    c.wait_ready(2, 1);
+    c.write_config(&slow_to_read(&config(2, "")));
+    let mark = c.mark();
+    let clients: Vec<_> = (0..CLIENTS).map(|_| reload_in_background(&c)).collect();
+    for client in clients {
+        let out = client.join().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(said.contains("serving: 2 worker(s) replaced"), "{out:?}");
+    }
+    // The first reading, and one for all who asked during it; a client slow to start may
+    // have come during the second.
+    let readings = count_after(&c, mark, "reload: reading");
+    let rolls = count_after(&c, mark, "reload: replacing");
+    assert!(
+        readings <= 3 && rolls <= 3,
+        "{CLIENTS} reloads at once: {readings} readings, {rolls} rolls"
+    );
+    let status = c.status();
+    assert_eq!(status["ready"], 2, "{status}");
+    assert_eq!(status["generation"], 1 + rolls, "{status}");
+}
+
+/// A reload whose config is being read when corral is told to stop, and one waiting for the
+/// next reading, are each answered that corral is stopping (they used to find the connection
+/// closed without an answer).
+#[test]
+fn reloads_waiting_when_corral_stops_are_answered() {
+    let mut c = Corral::start(&config(2, ""));
+    c.wait_ready(2, 1);
+    c.write_config(&slow_to_read(&config(2, "")));
+    let mark = c.mark();
+    let reading = reload_in_background(&c);
+    c.wait_for_after(mark, "reload: reading", SECS(10));
+    let waiting = reload_in_background(&c);
+    c.wait_for_after(mark, "this reload reads it again after that", SECS(10));
+    c.signal(Signal::SIGTERM);
+    for client in [reading, waiting] {
+        let out = client.join().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("corral is stopping"), "{out:?}");
+    }
+    let exit = c.wait_exit(SECS(20)).expect("corral exits");
+    assert_eq!(exit.code(), Some(0));
+}
+
+/// A reload reading its config from a file system that hangs does not keep corral from
+/// stopping: the client is answered, and corral exits without waiting for the reading (which
+/// would never end).
+#[test]
+fn a_reload_stuck_on_a_hung_file_system_does_not_hold_up_the_stop() {
+    let fs = match HungFs::mount() {
+        Ok(fs) => fs,
+        Err(why) => return skipped(&why),
+    };
+    let mut c = Corral::start(&config(1, ""));
+    c.wait_ready(1, 1);
+    std::fs::remove_file(&c.config).unwrap();
+    std::os::unix::fs::symlink(fs.dir.join("demo.toml"), &c.config).unwrap();
+    let mark = c.mark();
+    let stuck = reload_in_background(&c);
+    c.wait_for_after(mark, "reload: reading", SECS(10));
+    // Still reading: corral answers meanwhile.
+    assert_eq!(c.status()["ready"], 1);
+    c.signal(Signal::SIGTERM);
+    let out = stuck.join().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("corral is stopping"),
+        "{out:?}"
+    );
+    let exit = c.wait_exit(SECS(20));
+    assert_eq!(exit.and_then(|e| e.code()), Some(0), "corral exited");
 }
 
 #[test]

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use toml_edit::{Item, Key, TableLike, Value};
 
+use super::diagnostics::Earliest;
 use super::environment_file::MAX_ENVIRONMENT_FILES;
 use super::values::{parse_address, parse_duration, parse_signal, parse_size};
 use super::{
@@ -110,7 +111,8 @@ pub(super) struct Checker<'a> {
     text: &'a str,
     /// Where the lines of `text` start, to place diagnostics without rescanning it.
     positions: Positions<'a>,
-    pub(super) diags: Vec<Diagnostic>,
+    /// The earliest problems by position, and how many more (diagnostics.rs).
+    pub(super) diags: Earliest,
     /// Where `stop.message` was set, if it was.
     stop_message_at: Option<Option<Range<usize>>>,
     /// Where `readiness.mode = "listen"` was set, if it was.
@@ -247,7 +249,7 @@ impl<'a> Checker<'a> {
         Checker {
             text,
             positions: Positions::new(text),
-            diags: Vec::new(),
+            diags: Earliest::default(),
             stop_message_at: None,
             listen_mode_at: None,
             readiness_mode_bad: false,

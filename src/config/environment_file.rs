@@ -89,6 +89,7 @@ impl Config {
             return Err(ConfigError {
                 file: self.path.clone(),
                 diagnostics,
+                more: 0,
                 environment_files: in_files,
             });
         }
@@ -132,6 +133,7 @@ fn file_error(path: &std::path::Path, problems: envfile::Problems) -> ConfigErro
     ConfigError {
         file: path.to_path_buf(),
         diagnostics,
+        more: 0,
         environment_files: Vec::new(),
     }
 }

@@ -4,8 +4,8 @@
 //! (`/etc/corral/api.toml` describes the app `api`). Parsing never stops at
 //! the first problem: every problem in the file is collected and reported as
 //! `FILE:LINE:COL: message`, with 1-based lines and columns (columns counted
-//! in characters), sorted by position; displayed, the first [`MAX_LISTED_DIAGNOSTICS`] are
-//! listed and the rest counted. `Config::load` reads only a regular file of at most
+//! in characters), sorted by position; the first [`MAX_LISTED_DIAGNOSTICS`] are kept and
+//! listed, and the rest counted. `Config::load` reads only a regular file of at most
 //! [`MAX_CONFIG_SIZE`] bytes, and placing the diagnostics takes time linear in their number
 //! and the file's size, so no file can hold up corral for long.
 //!
@@ -29,6 +29,7 @@ use toml_edit::ImDocument;
 
 mod check;
 mod cpus;
+mod diagnostics;
 mod environment_file;
 mod values;
 
@@ -46,8 +47,8 @@ pub use values::{parse_duration, parse_signal, parse_size};
 /// a symlink to a huge file) can make corral hold or parse an unbounded amount of text.
 pub const MAX_CONFIG_SIZE: u64 = 1024 * 1024;
 
-/// How many diagnostics a [`ConfigError`] lists when displayed; a last line counts the rest
-/// (they are all in [`ConfigError::diagnostics`]).
+/// How many diagnostics a [`ConfigError`] keeps and lists, the earliest in the file; a last
+/// line counts the rest ([`ConfigError::more`]).
 pub const MAX_LISTED_DIAGNOSTICS: usize = 100;
 
 /// What `readiness.mode = "exec"` means for a reload, said wherever it matters.
@@ -351,7 +352,12 @@ pub struct Service {
 #[derive(Clone, Debug)]
 pub struct ConfigError {
     pub file: PathBuf,
+    /// The problems, sorted by position: from [`Config::parse`], the earliest
+    /// [`MAX_LISTED_DIAGNOSTICS`] of them.
     pub diagnostics: Vec<Diagnostic>,
+    /// How many problems there were past those in `diagnostics`, which were counted but not
+    /// kept: a file of nothing but errors costs no more memory than one of a hundred.
+    pub more: usize,
     /// What is wrong inside the files of `environment_file`, one error per file (whose `file`
     /// is that file), shown after this file's own diagnostics. A file that cannot be read at
     /// all is a diagnostic of the config, at the place it names the file.
@@ -369,23 +375,27 @@ pub struct Diagnostic {
 }
 
 /// One line per diagnostic, in the order they are in (sorted by position), at most
-/// [`MAX_LISTED_DIAGNOSTICS`] of them, then `FILE: ... and N more errors` if there are more;
-/// then the same for each environment file.
+/// [`MAX_LISTED_DIAGNOSTICS`] of them, then `FILE: ... and N more errors` if there are more
+/// (those not listed, and those counted in `more`); then the same for each environment file.
+/// They go to a terminal (`corral check`, a refused reload): a control character in a key name
+/// or a path (`"\u001b[2J" = 1`) is shown escaped (escape.rs), and a line stays one line.
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let file = self.file.display();
+        let file = self.file.display().to_string();
+        let file = crate::escape::if_controls(&file);
         let listed = self.diagnostics.len().min(MAX_LISTED_DIAGNOSTICS);
         for (i, d) in self.diagnostics[..listed].iter().enumerate() {
             if i > 0 {
                 writeln!(f)?;
             }
+            let message = crate::escape::if_controls(&d.message);
             match (d.line, d.col) {
-                (0, _) => write!(f, "{file}: {}", d.message)?,
-                (line, 0) => write!(f, "{file}:{line}: {}", d.message)?,
-                (line, col) => write!(f, "{file}:{line}:{col}: {}", d.message)?,
+                (0, _) => write!(f, "{file}: {message}")?,
+                (line, 0) => write!(f, "{file}:{line}: {message}")?,
+                (line, col) => write!(f, "{file}:{line}:{col}: {message}")?,
             }
         }
-        let rest = self.diagnostics.len() - listed;
+        let rest = self.diagnostics.len() - listed + self.more;
         if rest > 0 {
             let s = if rest == 1 { "" } else { "s" };
             write!(f, "\n{file}: ... and {} more error{s}", thousands(rest))?;
@@ -476,6 +486,7 @@ impl Config {
                     col: 0,
                     message,
                 }],
+                more: 0,
                 environment_files: Vec::new(),
             }),
         }
@@ -513,11 +524,11 @@ impl Config {
         match config {
             Some(config) if ck.diags.is_empty() => Ok(config),
             _ => {
-                let mut diagnostics = ck.diags;
-                diagnostics.sort_by_key(|d| (d.line, d.col));
+                let (diagnostics, more) = ck.diags.into_sorted();
                 Err(ConfigError {
                     file: path.to_path_buf(),
                     diagnostics,
+                    more,
                     environment_files: Vec::new(),
                 })
             }

@@ -1215,6 +1215,7 @@ fn display_of_errors() {
                 message: "two".into(),
             },
         ],
+        more: 0,
         environment_files: Vec::new(),
     };
     assert_eq!(e.to_string(), "x.toml:1:2: one\nx.toml:3:4: two");
@@ -1230,6 +1231,7 @@ fn display_of_errors() {
     let env = ConfigError {
         file: PathBuf::from("/etc/a.env"),
         diagnostics: vec![in_file(3, 0, "three"), in_file(0, 0, "whole")],
+        more: 0,
         environment_files: Vec::new(),
     };
     let both = ConfigError {
@@ -1244,6 +1246,7 @@ fn display_of_errors() {
     let files_only = ConfigError {
         file: PathBuf::from("x.toml"),
         diagnostics: Vec::new(),
+        more: 0,
         environment_files: vec![env],
     };
     assert_eq!(
@@ -1402,14 +1405,15 @@ fn a_full_size_file_of_errors_lists_the_first_and_counts_the_rest() {
     assert!(total > 100_000, "{total}");
     fs::write(&path, &text).unwrap();
     let e = Config::load(&path).unwrap_err();
-    // Every problem is kept, in order, each placed on its line.
-    assert_eq!(e.diagnostics.len(), total);
+    // The first MAX_LISTED_DIAGNOSTICS problems are kept, in order, each placed on its line;
+    // the rest are counted.
+    assert_eq!(e.diagnostics.len(), MAX_LISTED_DIAGNOSTICS);
+    assert_eq!(e.diagnostics.len() + e.more, total);
     for (i, d) in e.diagnostics.iter().enumerate() {
         let col = format!("a{i}=").len() + 1;
         assert_eq!((d.line, d.col), (i + 3, col), "{}", d.message);
     }
     let message = |i: usize| format!("environment.a{i}: expected a string, found an array");
-    assert_eq!(e.diagnostics[total - 1].message, message(total - 1));
     // Displayed: the first MAX_LISTED_DIAGNOSTICS, then the count of the rest.
     let shown = e.to_string();
     let lines: Vec<&str> = shown.lines().collect();
@@ -1439,6 +1443,7 @@ fn errors_beyond_the_listed_are_counted() {
     let e = |n: usize| ConfigError {
         file: PathBuf::from("x.toml"),
         diagnostics: (1..=n).map(diagnostic).collect(),
+        more: 0,
         environment_files: Vec::new(),
     };
     let shown = e(MAX_LISTED_DIAGNOSTICS).to_string();
@@ -1448,6 +1453,17 @@ fn errors_beyond_the_listed_are_counted() {
     assert!(shown.ends_with("x.toml:100:1: bad\nx.toml: ... and 1 more error"));
     let shown = e(MAX_LISTED_DIAGNOSTICS + 1234).to_string();
     assert!(shown.ends_with("\nx.toml: ... and 1,234 more errors"));
+    // Those counted but not kept count the same.
+    let counted = ConfigError {
+        more: 1234,
+        ..e(MAX_LISTED_DIAGNOSTICS)
+    };
+    assert_eq!(counted.to_string(), shown);
+    let counted = ConfigError {
+        more: 1000,
+        ..e(MAX_LISTED_DIAGNOSTICS + 234)
+    };
+    assert_eq!(counted.to_string(), shown);
     assert_eq!(thousands(0), "0");
     assert_eq!(thousands(999), "999");
     assert_eq!(thousands(1000), "1,000");
@@ -1497,14 +1513,19 @@ fn positions_match_a_scan_from_the_start() {
 
 #[test]
 fn many_errors_on_one_long_line_are_placed_by_characters() {
-    // Columns on a line of a hundred thousand characters, with multibyte ones before each.
+    // Columns on a line of a hundred thousand characters, with multibyte ones before each;
+    // as many errors as are kept, spread along the line.
     let mut text = String::from("command = [\"x\"]\nenvironment = { ");
     let mut col = "environment = { ".len() + 1;
     let mut expected = Vec::new();
+    let every = 5000 / MAX_LISTED_DIAGNOSTICS;
     for i in 0..5000 {
-        let entry = format!("\"é{i}\" = []");
-        let at = col + entry.chars().position(|c| c == '[').unwrap();
-        expected.push((2, at, format!("environment.é{i}: expected a string")));
+        let bad = i % every == every - 1;
+        let entry = format!("\"é{i}\" = {}", if bad { "[]" } else { "\"v\"" });
+        if bad {
+            let at = col + entry.chars().position(|c| c == '[').unwrap();
+            expected.push((2, at, format!("environment.é{i}: expected a string")));
+        }
         text.push_str(&entry);
         text.push_str(", ");
         col += entry.chars().count() + 2;

@@ -397,6 +397,80 @@ pub fn answers_from_n_at_once(port: u16, n: usize) -> std::io::Result<Vec<Value>
     Ok(answers)
 }
 
+/// A FUSE file system whose server never answers (nothing reads its `/dev/fuse`), as one
+/// that hangs (an NFS server gone): whatever looks at a path under `dir` waits until it is
+/// dropped, then gets ENOTCONN. Needs root, and a kernel and a container that allow the mount.
+pub struct HungFs {
+    pub dir: PathBuf,
+    fuse: Option<std::fs::File>,
+}
+
+impl HungFs {
+    pub fn mount() -> Result<HungFs, String> {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::ffi::OsStrExt;
+        let fuse = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/fuse")
+            .map_err(|e| format!("cannot open /dev/fuse: {e}"))?;
+        let dir = scratch_dir();
+        let target = std::ffi::CString::new(dir.as_os_str().as_bytes()).unwrap();
+        // fuse(4): the mount takes the connection's descriptor and the root's file type.
+        let options = std::ffi::CString::new(format!(
+            "fd={},rootmode=40000,user_id=0,group_id=0",
+            fuse.as_raw_fd()
+        ))
+        .unwrap();
+        // SAFETY: every pointer is a NUL-terminated string that outlives the call.
+        let r = unsafe {
+            libc::mount(
+                c"corral-test-hung".as_ptr(),
+                target.as_ptr(),
+                c"fuse".as_ptr(),
+                0,
+                options.as_ptr().cast(),
+            )
+        };
+        if r != 0 {
+            let e = std::io::Error::last_os_error();
+            let _ = std::fs::remove_dir(&dir);
+            return Err(format!("cannot mount a FUSE file system here: {e}"));
+        }
+        Ok(HungFs {
+            dir,
+            fuse: Some(fuse),
+        })
+    }
+}
+
+impl Drop for HungFs {
+    fn drop(&mut self) {
+        use std::os::unix::ffi::OsStrExt;
+        // The last descriptor of the connection closed aborts it: whoever waits gets ENOTCONN.
+        drop(self.fuse.take());
+        let target = std::ffi::CString::new(self.dir.as_os_str().as_bytes()).unwrap();
+        // SAFETY: a NUL-terminated path that outlives the call.
+        unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// `VmRSS` or `VmHWM` of a process (proc_pid_status(5)), in bytes.
+pub fn vm(pid: i32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(&format!("{field}:")))
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"));
+    let kb: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
 /// The pid in a log line of corral's (`worker 0 pid 1234 (generation 1): ...`).
 pub fn pid_in(line: &str) -> i32 {
     line.split("pid ")
