@@ -1010,8 +1010,13 @@ impl Loop {
         for w in self.pool.address_mismatches(&config) {
             warn!("{w}");
         }
-        let mut params = Params::from_config(&config, config.workers.resolve());
+        let workers = config.workers.resolve();
+        let mut params = Params::from_config(&config, workers);
         params.balanced = listeners.balanced();
+        // Said before the roll, whose new workers would otherwise fail with EMFILE.
+        if let Some(w) = crate::nofile::check(workers, balanced_listeners(&listeners)) {
+            warn!("{w}");
+        }
         let generation = self
             .add_generation(config, listeners)
             .map_err(Error::Refused)?;
