@@ -903,11 +903,7 @@ impl<'a> Checker<'a> {
             Some(format!(
                 "must be at most {MAX_LISTEN_NAME} characters, found {len}"
             ))
-        } else if !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
-            || name.starts_with(['.', '-'])
-        {
+        } else if !name.chars().all(super::name_char) || name.starts_with(['.', '-']) {
             // It names a socket unit too (corral@APP:NAME.socket) and a LISTEN_FDNAMES entry
             // (no ':'), so only what is safe in both, unescaped.
             Some(

@@ -673,6 +673,12 @@ fn regular_file(meta: &fs::Metadata) -> Result<(), String> {
     Err(format!("is {what}, not a regular file"))
 }
 
+/// Whether `c` may be in an app's or a listener's name: both end up in unit names
+/// (corral@APP:NAME.socket), and systemd.unit(5) allows these there without escaping.
+pub fn name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')
+}
+
 /// The app name: the file stem, which must be usable in a unit instance name.
 fn app_name(path: &Path) -> Result<String, String> {
     let stem = path.file_stem().unwrap_or_default();
@@ -690,9 +696,7 @@ fn app_name(path: &Path) -> Result<String, String> {
             "the app name `{stem}` (from the file name) is longer than 128 characters"
         ));
     }
-    let valid_chars = stem
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    let valid_chars = stem.chars().all(name_char);
     // Not starting with '-' either: `corral reload -web` would read it as an option.
     if !valid_chars || stem.starts_with(['.', '-']) {
         return Err(format!(

@@ -36,13 +36,7 @@ struct Written {
 fn app_name(name: &str) -> String {
     let mut s: String = name
         .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
-                c
-            } else {
-                '-'
-            }
-        })
+        .map(|c| if crate::config::name_char(c) { c } else { '-' })
         .collect();
     while s.starts_with(['.', '-']) {
         s.remove(0);
@@ -193,9 +187,7 @@ pub fn run(opts: &Options) -> Result<String, Error> {
         source: source_name.clone(),
         dump: source.dump,
         current_user: current_user(),
-        path: std::env::var_os("PATH")
-            .map(|p| std::env::split_paths(&p).collect())
-            .unwrap_or_default(),
+        path: std::env::var_os("PATH").unwrap_or_default(),
     };
     let mut written: Vec<Written> = Vec::new();
     for (i, (app, instances, differ)) in apps.iter().enumerate() {

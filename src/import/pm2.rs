@@ -30,8 +30,8 @@ pub struct Options {
     pub dump: bool,
     /// Who runs this import, when not root: PM2 runs apps as the user who runs `pm2`.
     pub current_user: Option<String>,
-    /// The directories of `PATH` here, where PM2 looks for a script or an interpreter.
-    pub path: Vec<PathBuf>,
+    /// `PATH` here, where PM2 looks for a script or an interpreter.
+    pub path: std::ffi::OsString,
 }
 
 /// One app, converted.
@@ -272,27 +272,17 @@ fn is_binary(path: &Path) -> Option<bool> {
     Some(buf[..n].contains(&0))
 }
 
-/// `which`: the first executable `name` in `dirs`.
-fn which(name: &str, dirs: &[PathBuf]) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
+/// `which`: the executable `name` in the directories of `path`, as exec will find it.
+fn which(name: &str, path: &std::ffi::OsStr) -> Option<PathBuf> {
     if name.contains('/') {
         return None;
     }
-    dirs.iter().map(|d| d.join(name)).find(|p| {
-        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-    })
+    crate::spawn::resolve_program(name, Some(path), None).ok()
 }
 
 /// The `PATH` a unit gets from systemd (systemd.exec(5), "Environment variables in spawned
 /// processes"): a bare program name is looked up there, not in a login shell's `PATH`.
-const SYSTEMD_PATH: &[&str] = &[
-    "/usr/local/sbin",
-    "/usr/local/bin",
-    "/usr/sbin",
-    "/usr/bin",
-    "/sbin",
-    "/bin",
-];
+const SYSTEMD_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Milliseconds as a corral duration.
 fn ms(n: u64) -> String {
@@ -682,8 +672,7 @@ fn program(name: &str, out: &mut Out, opts: &Options) -> String {
     if name.contains('/') {
         return name.to_string();
     }
-    let systemd: Vec<PathBuf> = SYSTEMD_PATH.iter().map(PathBuf::from).collect();
-    if which(name, &systemd).is_some() {
+    if which(name, SYSTEMD_PATH.as_ref()).is_some() {
         return name.to_string();
     }
     match which(name, &opts.path) {
@@ -691,7 +680,7 @@ fn program(name: &str, out: &mut Out, opts: &Options) -> String {
             out.notes.push(format!(
                 "{name}: written as {}, where it is here: systemd's PATH ({}) does not have it",
                 found.display(),
-                SYSTEMD_PATH.join(":")
+                SYSTEMD_PATH
             ));
             found.display().to_string()
         }
@@ -699,7 +688,7 @@ fn program(name: &str, out: &mut Out, opts: &Options) -> String {
             out.attention.push(format!(
                 "{name}: not found here; the unit looks for it in systemd's PATH ({}): write \
                  its full path in command",
-                SYSTEMD_PATH.join(":")
+                SYSTEMD_PATH
             ));
             name.to_string()
         }
