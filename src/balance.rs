@@ -23,7 +23,7 @@
 //! worker of its slot. Whether connections wait in a socket's queue is whether it polls
 //! readable.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
@@ -32,6 +32,7 @@ use std::rc::Rc;
 
 use socket2::{Domain, Socket, Type};
 
+use crate::config::Balance;
 use crate::listen::ListenSocket;
 use crate::supervisor::WorkerId;
 
@@ -46,81 +47,203 @@ pub struct Insn {
 
 // linux/bpf_common.h and linux/filter.h.
 const BPF_LD: u16 = 0x00;
+const BPF_LDX: u16 = 0x01;
+const BPF_ST: u16 = 0x02;
 const BPF_W: u16 = 0x00;
 const BPF_ABS: u16 = 0x20;
+const BPF_MEM: u16 = 0x60;
 const BPF_ALU: u16 = 0x04;
+const BPF_MUL: u16 = 0x20;
+const BPF_AND: u16 = 0x50;
+const BPF_RSH: u16 = 0x70;
 const BPF_MOD: u16 = 0x90;
+const BPF_XOR: u16 = 0xa0;
 const BPF_JMP: u16 = 0x05;
+const BPF_JA: u16 = 0x00;
 const BPF_JEQ: u16 = 0x10;
 const BPF_K: u16 = 0x00;
+const BPF_X: u16 = 0x08;
 const BPF_RET: u16 = 0x06;
+const BPF_MISC: u16 = 0x07;
+const BPF_TAX: u16 = 0x00;
 /// `SKF_AD_OFF + SKF_AD_RANDOM`: a load from here gives a random 32-bit number.
 const SKF_AD_RANDOM: u32 = 0xffff_f000 + 56;
+/// `SKF_AD_OFF + SKF_AD_PROTOCOL`: the packet's ethertype, in host order.
+const SKF_AD_PROTOCOL: u32 = 0xffff_f000;
+/// `SKF_NET_OFF`: loads from here on read the IP header, wherever the program's view of the
+/// packet starts (for a reuseport program, past the TCP header).
+const SKF_NET_OFF: u32 = 0xfff0_0000;
+const ETH_P_IPV6: u32 = 0x86dd;
+/// Where an IP header has its source address (RFC 791, RFC 8200).
+const IPV4_SRC: u32 = 12;
+const IPV6_SRC: u32 = 8;
+/// Knuth's multiplicative hashing constant, 2^32 / the golden ratio: spreads nearby addresses.
+const GOLDEN: u32 = 0x9e37_79b1;
 /// An index past every socket: the kernel then chooses by hash among all, as without a program.
 pub const ANY: u32 = u32::MAX;
+
+const fn insn(code: u16, k: u32) -> Insn {
+    Insn {
+        code,
+        jt: 0,
+        jf: 0,
+        k,
+    }
+}
 
 /// The program that sends each new connection to one of `indices`, at random; with none, to
 /// the kernel's own choice.
 pub fn program(indices: &[u32]) -> Vec<Insn> {
-    let ret = |k| Insn {
-        code: BPF_RET | BPF_K,
-        jt: 0,
-        jf: 0,
-        k,
-    };
     match indices {
-        [] => vec![ret(ANY)],
-        [one] => vec![ret(*one)],
+        [] => vec![insn(BPF_RET | BPF_K, ANY)],
+        [one] => vec![insn(BPF_RET | BPF_K, *one)],
         many => {
-            let n = many.len() as u32;
             let mut p = vec![
-                Insn {
-                    code: BPF_LD | BPF_W | BPF_ABS,
-                    jt: 0,
-                    jf: 0,
-                    k: SKF_AD_RANDOM,
-                },
-                Insn {
-                    code: BPF_ALU | BPF_MOD | BPF_K,
-                    jt: 0,
-                    jf: 0,
-                    k: n,
-                },
+                insn(BPF_LD | BPF_W | BPF_ABS, SKF_AD_RANDOM),
+                insn(BPF_ALU | BPF_MOD | BPF_K, many.len() as u32),
             ];
-            // A holds 0..n: "if A == i return indices[i]", the last without a test.
-            for (i, &index) in many[..many.len() - 1].iter().enumerate() {
-                p.push(Insn {
-                    code: BPF_JMP | BPF_JEQ | BPF_K,
-                    jt: 0,
-                    jf: 1,
-                    k: i as u32,
-                });
-                p.push(ret(index));
-            }
-            p.push(ret(many[many.len() - 1]));
+            p.extend(lookup(many));
             p
         }
     }
 }
 
-/// Runs `program` as the kernel would for a connection, given the random number it loads:
-/// the socket index it returns. For the tests.
-pub fn run(program: &[Insn], random: u32) -> u32 {
-    let mut a = 0u32;
+/// The program that sends each new connection to a socket chosen by its source address:
+/// `table[hash(address) % table.len()]`, `table.len()` a power of two. IPv4 (also reaching an
+/// IPv6 socket) hashes its 4 bytes, IPv6 its 16. Classic BPF has no tables, so the lookup is a
+/// chain of comparisons, 2 instructions a bucket.
+pub fn source_program(table: &[u32]) -> Vec<Insn> {
+    assert!(table.len().is_power_of_two(), "{} buckets", table.len());
+    let ld = |off: u32| insn(BPF_LD | BPF_W | BPF_ABS, SKF_NET_OFF + off);
+    let mul = insn(BPF_ALU | BPF_MUL | BPF_K, GOLDEN);
+    let xor_m0 = [
+        insn(BPF_LDX | BPF_W | BPF_MEM, 0),
+        insn(BPF_ALU | BPF_XOR | BPF_X, 0),
+    ];
+    // h = ((w0 * G ^ w1) * G ^ w2) * G ...: every word of the address counts.
+    let mut v6 = vec![ld(IPV6_SRC), mul];
+    for w in 1..4 {
+        v6.push(insn(BPF_ST, 0));
+        v6.push(ld(IPV6_SRC + 4 * w));
+        v6.extend(xor_m0);
+        v6.push(mul);
+    }
+    let v4 = [ld(IPV4_SRC), mul];
+    let mut p = vec![
+        insn(BPF_LD | BPF_W | BPF_ABS, SKF_AD_PROTOCOL),
+        Insn {
+            code: BPF_JMP | BPF_JEQ | BPF_K,
+            jt: 0,
+            jf: v6.len() as u8 + 1,
+            k: ETH_P_IPV6,
+        },
+    ];
+    p.extend(v6);
+    p.push(insn(BPF_JMP | BPF_JA, v4.len() as u32));
+    p.extend(v4);
+    // The high bits of the product are the well-mixed ones: fold them into the low ones.
+    p.extend([
+        insn(BPF_MISC | BPF_TAX, 0),
+        insn(BPF_ALU | BPF_RSH | BPF_K, 16),
+        insn(BPF_ALU | BPF_XOR | BPF_X, 0),
+        insn(BPF_ALU | BPF_AND | BPF_K, table.len() as u32 - 1),
+    ]);
+    p.extend(lookup(table));
+    p
+}
+
+/// "if A == i return table[i]", the last without a test.
+fn lookup(table: &[u32]) -> Vec<Insn> {
+    let mut p = Vec::with_capacity(2 * table.len());
+    for (i, &index) in table[..table.len() - 1].iter().enumerate() {
+        p.push(Insn {
+            code: BPF_JMP | BPF_JEQ | BPF_K,
+            jt: 0,
+            jf: 1,
+            k: i as u32,
+        });
+        p.push(insn(BPF_RET | BPF_K, index));
+    }
+    p.push(insn(BPF_RET | BPF_K, table[table.len() - 1]));
+    p
+}
+
+/// What a program may look at of a new connection, for [`run`].
+pub struct Connection {
+    /// What a load of `SKF_AD_RANDOM` gives.
+    pub random: u32,
+    pub source: std::net::IpAddr,
+}
+
+/// Runs `program` as the kernel would for a connection: the socket index it returns. For the
+/// tests, which hold it to the kernel's own choices.
+pub fn run(program: &[Insn], c: &Connection) -> u32 {
+    let (protocol, header) = match c.source {
+        std::net::IpAddr::V4(a) => {
+            let mut h = vec![0u8; 20];
+            h[12..16].copy_from_slice(&a.octets());
+            (0x0800, h)
+        }
+        std::net::IpAddr::V6(a) => {
+            let mut h = vec![0u8; 40];
+            h[8..24].copy_from_slice(&a.octets());
+            (ETH_P_IPV6, h)
+        }
+    };
+    let load = |k: u32| match k {
+        SKF_AD_RANDOM => c.random,
+        SKF_AD_PROTOCOL => protocol,
+        k if k >= SKF_NET_OFF => {
+            let o = (k - SKF_NET_OFF) as usize;
+            u32::from_be_bytes(header[o..o + 4].try_into().expect("4 bytes"))
+        }
+        other => panic!("not a load of ours: {other:#x}"),
+    };
+    let (mut a, mut x, mut m0) = (0u32, 0u32, 0u32);
     let mut pc = 0;
     loop {
         let i = program[pc];
+        pc += 1;
         match i.code {
-            c if c == BPF_LD | BPF_W | BPF_ABS => a = random,
+            c if c == BPF_LD | BPF_W | BPF_ABS => a = load(i.k),
+            c if c == BPF_LDX | BPF_W | BPF_MEM => x = m0,
+            BPF_ST => m0 = a,
+            c if c == BPF_MISC | BPF_TAX => x = a,
+            c if c == BPF_ALU | BPF_MUL | BPF_K => a = a.wrapping_mul(i.k),
+            c if c == BPF_ALU | BPF_XOR | BPF_X => a ^= x,
+            c if c == BPF_ALU | BPF_RSH | BPF_K => a >>= i.k,
+            c if c == BPF_ALU | BPF_AND | BPF_K => a &= i.k,
             c if c == BPF_ALU | BPF_MOD | BPF_K => a %= i.k,
+            c if c == BPF_JMP | BPF_JA => pc += i.k as usize,
             c if c == BPF_JMP | BPF_JEQ | BPF_K => {
                 pc += usize::from(if a == i.k { i.jt } else { i.jf });
             }
             c if c == BPF_RET | BPF_K => return i.k,
             other => panic!("not an instruction of ours: {other:#x}"),
         }
-        pc += 1;
     }
+}
+
+/// Which of `slots` slots bucket `bucket` belongs to: jump consistent hashing (Lamping and
+/// Veach, 2014), so that one slot more or less moves only the buckets it gains or loses. No
+/// crate in the tree does it, and it is a few lines.
+pub fn slot_of(bucket: u32, slots: u32) -> u32 {
+    let mut key = u64::from(bucket)
+        .wrapping_add(1)
+        .wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let (mut b, mut j) = (-1i64, 0i64);
+    while j < i64::from(slots) {
+        b = j;
+        key = key.wrapping_mul(2_862_933_555_777_941_757).wrapping_add(1);
+        j = ((b + 1) as f64 * ((1u64 << 31) as f64 / ((key >> 33) + 1) as f64)) as i64;
+    }
+    b.max(0) as u32
+}
+
+/// How many buckets source balancing hashes into for `slots` slots: enough that every slot
+/// gets a fair share, within classic BPF's 4096 instructions (BPF_MAXINSNS).
+pub fn buckets_for(slots: u32) -> usize {
+    (slots as usize * 16).next_power_of_two().clamp(64, 1024)
 }
 
 fn attach(socket: &impl AsFd, program: &[Insn]) -> io::Result<()> {
@@ -160,7 +283,12 @@ pub fn waiting(socket: &impl AsFd) -> io::Result<bool> {
 pub struct Group {
     /// The address every socket is bound to (its port as the first one got it, for port 0).
     addr: SocketAddr,
-    backlog: std::cell::Cell<i32>,
+    backlog: Cell<i32>,
+    /// `Even` or `Source`.
+    mode: Cell<Balance>,
+    /// Whether corral bound the sockets, and may make more and take them out of the group;
+    /// systemd's (socket activation) are as many as the socket unit has and stay in it.
+    owned: bool,
     inner: RefCell<Inner>,
 }
 
@@ -168,17 +296,20 @@ pub struct Group {
 struct Inner {
     /// Listening sockets in the kernel's group order.
     order: Vec<Rc<ListenSocket>>,
-    by_worker: HashMap<WorkerId, Rc<ListenSocket>>,
+    /// Each worker's socket, and its slot.
+    by_worker: HashMap<WorkerId, (u32, Rc<ListenSocket>)>,
     /// A crashed worker's socket, and the connections queued on it, for its slot's next one.
     kept: HashMap<u32, Rc<ListenSocket>>,
     /// Sockets no worker has taken yet (the first one, bound when the group is made).
     spare: Vec<Rc<ListenSocket>>,
     serving: Vec<WorkerId>,
+    /// How many slots the app has: source balancing hashes addresses over them.
+    slots: u32,
 }
 
 impl Group {
     /// Binds the group's first socket, which the first worker will take.
-    pub fn bind(addr: SocketAddr, backlog: i32) -> io::Result<Rc<Group>> {
+    pub fn bind(addr: SocketAddr, backlog: i32, mode: Balance) -> io::Result<Rc<Group>> {
         // SO_REUSEPORT would let this join a group another process of this user listens in:
         // an address in use must be an error, as for a shared listener. A plain bind says.
         if addr.port() != 0 {
@@ -197,7 +328,9 @@ impl Group {
         let first = Rc::new(ListenSocket::new(first.into()));
         let g = Group {
             addr,
-            backlog: std::cell::Cell::new(backlog),
+            backlog: Cell::new(backlog),
+            mode: Cell::new(mode),
+            owned: true,
             inner: RefCell::new(Inner::default()),
         };
         {
@@ -206,6 +339,42 @@ impl Group {
             i.spare.push(first);
         }
         Ok(Rc::new(g))
+    }
+
+    /// A group of the sockets systemd passed for one listener (a socket unit with a
+    /// `ListenStream=` per socket and `ReusePort=yes`), in the order it listed them, which is
+    /// the order it called listen(2) in: the kernel's.
+    pub fn adopt(
+        sockets: Vec<Rc<ListenSocket>>,
+        backlog: i32,
+        mode: Balance,
+    ) -> io::Result<Rc<Group>> {
+        let first = sockets
+            .first()
+            .ok_or_else(|| io::Error::other("no socket"))?;
+        let addr = socket2::SockRef::from(&**first)
+            .local_addr()?
+            .as_socket()
+            .ok_or_else(|| io::Error::other("not a TCP socket"))?;
+        let g = Group {
+            addr,
+            backlog: Cell::new(backlog),
+            mode: Cell::new(mode),
+            owned: false,
+            inner: RefCell::new(Inner::default()),
+        };
+        {
+            let mut i = g.inner.borrow_mut();
+            i.order = sockets.clone();
+            // Taken from the front: the first worker gets the first socket.
+            i.spare = sockets.into_iter().rev().collect();
+        }
+        Ok(Rc::new(g))
+    }
+
+    /// How many sockets the group has; systemd's cannot grow.
+    pub fn sockets(&self) -> (usize, bool) {
+        (self.inner.borrow().order.len(), self.owned)
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -217,20 +386,49 @@ impl Group {
         self.inner.borrow().order[0].clone()
     }
 
-    /// The socket for a new worker of `slot`: the one its slot kept, an unused one, or a new one.
+    /// The socket for a new worker of `slot`: the one its slot kept, an unused one (first one
+    /// that connections wait on), or a new one; when systemd's are all taken, the one of
+    /// another worker of its slot or of the fewest workers, to share.
     pub fn take(&self, worker: WorkerId, slot: u32) -> io::Result<Rc<ListenSocket>> {
         let mut i = self.inner.borrow_mut();
-        let s = match i.kept.remove(&slot).or_else(|| i.spare.pop()) {
+        let queued = i.spare.iter().rposition(|s| waiting(&**s).unwrap_or(false));
+        let spare = match queued {
+            Some(p) => Some(i.spare.remove(p)),
+            None => i.spare.pop(),
+        };
+        let s = match i.kept.remove(&slot).or(spare) {
             Some(s) => s,
-            None => {
+            None if self.owned => {
                 let s = Rc::new(ListenSocket::new(
                     listen_socket(self.addr, self.backlog.get())?.into(),
                 ));
                 i.order.push(s.clone());
                 s
             }
+            None => {
+                let same_slot = i.by_worker.values().find(|(s, _)| *s == slot);
+                let fewest = || {
+                    i.order.iter().min_by_key(|o| {
+                        i.by_worker
+                            .values()
+                            .filter(|(_, s)| Rc::ptr_eq(s, o))
+                            .count()
+                    })
+                };
+                let s = same_slot
+                    .map(|(_, s)| s)
+                    .or_else(fewest)
+                    .ok_or_else(|| io::Error::other("no socket"))?
+                    .clone();
+                tracing::warn!(
+                    "{}: every socket systemd passed is taken ({}): a worker shares one",
+                    self.addr,
+                    i.order.len()
+                );
+                s
+            }
         };
-        i.by_worker.insert(worker, s.clone());
+        i.by_worker.insert(worker, (slot, s.clone()));
         Ok(s)
     }
 
@@ -238,9 +436,23 @@ impl Group {
     /// leaves the group.
     pub fn release(&self, worker: WorkerId, keep_for: Option<u32>) {
         let mut i = self.inner.borrow_mut();
-        let Some(s) = i.by_worker.remove(&worker) else {
+        let Some((_, s)) = i.by_worker.remove(&worker) else {
             return;
         };
+        if i.by_worker.values().any(|(_, o)| Rc::ptr_eq(o, &s)) {
+            // Shared with another worker (systemd's sockets all taken): it stays with it.
+            return;
+        }
+        if !self.owned {
+            // systemd's socket stays in the group, for the slot or for any worker.
+            match keep_for {
+                Some(slot) if !i.kept.contains_key(&slot) => {
+                    i.kept.insert(slot, s);
+                }
+                _ => i.spare.push(s),
+            }
+            return;
+        }
         if let Some(slot) = keep_for {
             if let std::collections::hash_map::Entry::Vacant(e) = i.kept.entry(slot) {
                 e.insert(s);
@@ -306,16 +518,34 @@ impl Group {
         Ok(())
     }
 
-    /// New connections go to these workers' sockets (see [`program`]); sockets kept for slots
-    /// at or above `slots` (scaled away) leave the group.
+    /// How connections are shared out from now on (a reload that changed `listen.balance`
+    /// between "even" and "source").
+    pub fn set_mode(&self, mode: Balance) {
+        if self.mode.replace(mode) != mode {
+            self.apply();
+        }
+    }
+
+    pub fn mode(&self) -> Balance {
+        self.mode.get()
+    }
+
+    /// New connections go to these workers' sockets (see [`program`] and
+    /// [`source_program`]); sockets kept for slots at or above `slots` (scaled away) leave the
+    /// group.
     pub fn steer(&self, serving: &[WorkerId], slots: u32) {
         {
             let mut i = self.inner.borrow_mut();
             i.serving = serving.to_vec();
+            i.slots = slots;
             let gone: Vec<u32> = i.kept.keys().copied().filter(|&s| s >= slots).collect();
             for slot in gone {
                 let s = i.kept.remove(&slot).expect("listed");
-                remove(&mut i, &s);
+                if self.owned {
+                    remove(&mut i, &s);
+                } else {
+                    i.spare.push(s);
+                }
             }
         }
         self.apply();
@@ -325,22 +555,55 @@ impl Group {
         // A socket that no longer listens left the kernel's group behind corral's back.
         self.mend();
         let i = self.inner.borrow();
-        let indices = serving_indices(&i);
-        attach_through(&i, &program(&indices), self.addr);
+        let p = match self.mode.get() {
+            Balance::Source => source_steering(&i),
+            _ => program(&serving_indices(&i)),
+        };
+        attach_through(&i, &p, self.addr);
     }
 
     /// Whether connections wait in the worker's socket's queue.
     pub fn waiting(&self, worker: WorkerId) -> Option<bool> {
         let i = self.inner.borrow();
-        waiting(&**i.by_worker.get(&worker)?).ok()
+        waiting(&*i.by_worker.get(&worker)?.1).ok()
     }
+}
+
+/// Source balancing: each bucket of addresses goes to its slot's serving worker (the newest,
+/// while an old and a new one both serve during a reload); a slot with none lends its buckets
+/// to the serving slots in turn, until it serves again.
+fn source_steering(i: &Inner) -> Vec<Insn> {
+    let mut by_slot: std::collections::BTreeMap<u32, (WorkerId, u32)> = Default::default();
+    for w in &i.serving {
+        let Some((slot, s)) = i.by_worker.get(w) else {
+            continue;
+        };
+        let Some(index) = i.order.iter().position(|o| Rc::ptr_eq(o, s)) else {
+            continue;
+        };
+        let e = by_slot.entry(*slot).or_insert((*w, index as u32));
+        if *w > e.0 {
+            *e = (*w, index as u32);
+        }
+    }
+    if by_slot.is_empty() {
+        return program(&[]);
+    }
+    let serving: Vec<u32> = by_slot.values().map(|&(_, index)| index).collect();
+    let table: Vec<u32> = (0..buckets_for(i.slots) as u32)
+        .map(|b| match by_slot.get(&slot_of(b, i.slots.max(1))) {
+            Some(&(_, index)) => index,
+            None => serving[b as usize % serving.len()],
+        })
+        .collect();
+    source_program(&table)
 }
 
 /// The indices of the serving workers' sockets in the kernel's order.
 fn serving_indices(i: &Inner) -> Vec<u32> {
     i.serving
         .iter()
-        .filter_map(|w| i.by_worker.get(w))
+        .filter_map(|w| i.by_worker.get(w).map(|(_, s)| s))
         .filter_map(|s| i.order.iter().position(|o| Rc::ptr_eq(o, s)))
         .map(|p| p as u32)
         .collect()
@@ -394,12 +657,16 @@ mod tests {
 
     #[test]
     fn programs_pick_only_among_the_serving_sockets_and_evenly() {
-        assert_eq!(run(&program(&[]), 7), ANY);
-        assert_eq!(run(&program(&[3]), 12345), 3);
+        let random = |random| Connection {
+            random,
+            source: [127, 0, 0, 1].into(),
+        };
+        assert_eq!(run(&program(&[]), &random(7)), ANY);
+        assert_eq!(run(&program(&[3]), &random(12345)), 3);
         let p = program(&[4, 0, 2]);
         let mut counts = HashMap::new();
         for r in 0..3000u32 {
-            *counts.entry(run(&p, u32::MAX - r)).or_insert(0) += 1;
+            *counts.entry(run(&p, &random(u32::MAX - r))).or_insert(0) += 1;
         }
         assert_eq!(counts.len(), 3, "{counts:?}");
         for (index, n) in counts {
@@ -437,7 +704,7 @@ mod tests {
 
     #[test]
     fn a_group_steers_to_the_serving_workers_and_mirrors_the_kernels_order() {
-        let g = Group::bind("127.0.0.1:0".parse().unwrap(), 64).unwrap();
+        let g = Group::bind("127.0.0.1:0".parse().unwrap(), 64, Balance::Even).unwrap();
         let addr = g.addr();
         assert_ne!(addr.port(), 0);
         let a = g.take(1, 0).unwrap();
@@ -469,5 +736,166 @@ mod tests {
         drop(conns);
         assert_eq!(g.waiting(4), Some(false));
         assert_eq!(g.waiting(1), None);
+    }
+
+    /// The source hash, written plainly: what the program must compute.
+    fn bucket_of(source: std::net::IpAddr, buckets: usize) -> u32 {
+        let words: Vec<u32> = match source {
+            std::net::IpAddr::V4(a) => vec![u32::from(a)],
+            std::net::IpAddr::V6(a) => a
+                .octets()
+                .chunks(4)
+                .map(|c| u32::from_be_bytes(c.try_into().unwrap()))
+                .collect(),
+        };
+        let mut h = 0u32;
+        for w in words {
+            h = (h ^ w).wrapping_mul(GOLDEN);
+        }
+        (h ^ (h >> 16)) & (buckets as u32 - 1)
+    }
+
+    #[test]
+    fn the_source_program_hashes_every_byte_of_the_address() {
+        let table: Vec<u32> = (0..64).map(|b| b * 3).collect();
+        let p = source_program(&table);
+        assert!(p.len() <= 4096);
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..2000u32 {
+            let v4: std::net::IpAddr = std::net::Ipv4Addr::from(0x0a00_0000 + i * 7919).into();
+            let v6: std::net::IpAddr = std::net::Ipv6Addr::new(
+                0x2001,
+                0xdb8,
+                i as u16,
+                0,
+                0,
+                (i >> 3) as u16,
+                0,
+                i as u16 ^ 0x55,
+            )
+            .into();
+            for source in [v4, v6] {
+                let got = run(&p, &Connection { random: i, source });
+                assert_eq!(got, table[bucket_of(source, 64) as usize], "{source}");
+                seen.insert(got);
+            }
+        }
+        assert_eq!(seen.len(), 64, "every bucket is reached");
+        // Only the address counts: not the random number.
+        let one = |random| {
+            run(
+                &p,
+                &Connection {
+                    random,
+                    source: [192, 0, 2, 7].into(),
+                },
+            )
+        };
+        assert!((0..100).all(|r| one(r) == one(0)));
+        // The largest table fits in a program.
+        assert!(source_program(&vec![0; buckets_for(1024)]).len() <= 4096);
+    }
+
+    #[test]
+    fn one_slot_more_moves_only_what_the_new_slot_takes() {
+        for slots in [1u32, 2, 3, 4, 7, 8, 16, 63, 64] {
+            let b = buckets_for(slots + 1) as u32;
+            let before: Vec<u32> = (0..b).map(|k| slot_of(k, slots)).collect();
+            let after: Vec<u32> = (0..b).map(|k| slot_of(k, slots + 1)).collect();
+            for (x, y) in before.iter().zip(&after) {
+                assert!(x == y || *y == slots, "a bucket moved between old slots");
+                assert!(*x < slots && *y <= slots);
+            }
+            let moved = before.iter().zip(&after).filter(|(x, y)| x != y).count();
+            // The new slot's fair share, give or take.
+            let fair = b as usize / (slots as usize + 1);
+            assert!(
+                moved >= fair / 2 && moved <= fair * 2,
+                "{slots}: {moved} of {b}, fair {fair}"
+            );
+            // Every slot gets buckets, none many more than its share.
+            let mut per = vec![0usize; slots as usize + 1];
+            for y in &after {
+                per[*y as usize] += 1;
+            }
+            assert!(
+                per.iter().all(|&n| n > 0 && n <= fair * 2),
+                "{slots}: {per:?}"
+            );
+        }
+    }
+
+    /// Connects from `source` to `addr`: the index in `sockets` of the one that queued it.
+    fn queued_on(
+        source: std::net::Ipv4Addr,
+        addr: SocketAddr,
+        sockets: &[Rc<ListenSocket>],
+    ) -> usize {
+        let c = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        c.bind(&SocketAddr::from((source, 0)).into()).unwrap();
+        c.connect(&addr.into()).unwrap();
+        let got: Vec<usize> = sockets
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| accept_all(s) > 0)
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(got.len(), 1, "{source}: {got:?}");
+        got[0]
+    }
+
+    #[test]
+    fn source_balancing_keeps_a_client_on_its_slot_across_a_restart() {
+        let g = Group::bind("127.0.0.1:0".parse().unwrap(), 64, Balance::Source).unwrap();
+        let addr = g.addr();
+        let mut sockets: Vec<Rc<ListenSocket>> =
+            (0..4).map(|w| g.take(w, w as u32).unwrap()).collect();
+        g.steer(&[0, 1, 2, 3], 4);
+        let sources: Vec<std::net::Ipv4Addr> = (2..60)
+            .map(|i| std::net::Ipv4Addr::new(127, 0, 0, i))
+            .collect();
+        let slot_of_source = |sockets: &[Rc<ListenSocket>]| -> Vec<usize> {
+            sources
+                .iter()
+                .map(|s| queued_on(*s, addr, sockets))
+                .collect()
+        };
+        let first = slot_of_source(&sockets);
+        // What the program computes is what the kernel does: the bucket's slot's socket.
+        let b = buckets_for(4);
+        for (s, &slot) in sources.iter().zip(&first) {
+            assert_eq!(slot as u32, slot_of(bucket_of((*s).into(), b), 4), "{s}");
+        }
+        assert_eq!(
+            first,
+            slot_of_source(&sockets),
+            "the same client, the same slot"
+        );
+        let mut per = [0; 4];
+        first.iter().for_each(|&s| per[s] += 1);
+        assert!(per.iter().all(|&n| n > 0), "{per:?}");
+        // Slot 1's worker restarts: while it has none, its clients go to other slots, and
+        // the others' stay where they were.
+        g.release(1, Some(1));
+        g.steer(&[0, 2, 3], 4);
+        let during = slot_of_source(&sockets);
+        for (a, b) in first.iter().zip(&during) {
+            assert_ne!(*b, 1);
+            if *a != 1 {
+                assert_eq!(a, b);
+            }
+        }
+        // Its next worker is slot 1 again: every client back where it was.
+        sockets[1] = g.take(9, 1).unwrap();
+        g.steer(&[0, 9, 2, 3], 4);
+        assert_eq!(slot_of_source(&sockets), first);
+        // A reload: a new worker of slot 2 beside the old one takes its clients.
+        let new = g.take(10, 2).unwrap();
+        g.steer(&[0, 9, 2, 3, 10], 4);
+        sockets.push(new);
+        let reloaded = slot_of_source(&sockets);
+        for (a, b) in first.iter().zip(&reloaded) {
+            assert_eq!(*b, if *a == 2 { 4 } else { *a });
+        }
     }
 }

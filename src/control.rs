@@ -108,6 +108,22 @@ pub struct StatusReply {
     /// Where the workers' lines go: `"journal"`, or `"stderr"` (corral's standard error).
     #[serde(default)]
     pub log: String,
+    /// The current generation's listeners.
+    #[serde(default)]
+    pub listeners: Vec<ListenerStatus>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ListenerStatus {
+    pub name: String,
+    /// As the kernel says: `127.0.0.1:8080`, a unix socket's path.
+    pub address: String,
+    /// `shared`, `even` or `source`: as it is, which may not be what the config asks.
+    pub balance: String,
+    /// Sockets in the listener's group, for a balanced one.
+    pub sockets: Option<usize>,
+    /// Why it is not balanced as the config asks.
+    pub note: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -148,6 +164,7 @@ impl StatusReply {
         StatusReply {
             app: app.to_string(),
             log: if journal { "journal" } else { "stderr" }.into(),
+            listeners: Vec::new(),
             pid: std::process::id(),
             config: config.to_path_buf(),
             state: snap.state.to_string(),

@@ -14,7 +14,7 @@ use std::rc::{Rc, Weak};
 use socket2::{Domain, SockAddr, Socket, Type};
 
 use crate::balance::Group;
-use crate::config::{Address, Config, Listen};
+use crate::config::{Address, Balance, Config, Listen};
 use crate::error::Error;
 use crate::supervisor::WorkerId;
 
@@ -71,6 +71,9 @@ pub struct Set {
     pub groups: Vec<Option<Rc<Group>>>,
     /// Each listener's backlog, for putting it back in listen().
     pub backlogs: Vec<i32>,
+    /// Each listener's balancing as it is, and why it is not what the config asks, if not
+    /// (for `corral status`).
+    pub balance: Vec<(Balance, Option<String>)>,
 }
 
 impl Set {
@@ -114,6 +117,39 @@ impl Set {
             }
         }
         fixed
+    }
+
+    /// Each listener as `corral status` shows it.
+    pub fn status(&self) -> Vec<crate::control::ListenerStatus> {
+        (0..self.names.len())
+            .map(|i| {
+                let local = socket2::SockRef::from(&*self.sockets[i]).local_addr().ok();
+                let address = local
+                    .as_ref()
+                    .and_then(|a| a.as_socket().map(|a| a.to_string()))
+                    .or_else(|| {
+                        let p = local.as_ref()?.as_pathname()?;
+                        Some(p.display().to_string())
+                    })
+                    .unwrap_or_else(|| "?".into());
+                crate::control::ListenerStatus {
+                    name: self.names[i].clone(),
+                    address,
+                    balance: self.balance[i].0.as_str().into(),
+                    sockets: self.groups[i].as_ref().map(|g| g.sockets().0),
+                    note: self.balance[i].1.clone(),
+                }
+            })
+            .collect()
+    }
+
+    /// Why listeners are not balanced as the config asks, one line each.
+    pub fn notes(&self) -> Vec<String> {
+        self.names
+            .iter()
+            .zip(&self.balance)
+            .filter_map(|(n, (_, why))| Some(format!("listener `{n}`: {}", why.as_ref()?)))
+            .collect()
     }
 
     /// Whether any listener is balanced.
@@ -186,7 +222,11 @@ impl Set {
 /// Where listeners come from for the supervisor's whole life.
 pub enum Pool {
     /// systemd passed these (socket activation); they are matched to the config by name.
-    Systemd(Vec<(String, Rc<ListenSocket>)>),
+    /// Several of one name (a balanced listener's socket unit) make a group, made once.
+    Systemd(
+        Vec<(String, Rc<ListenSocket>)>,
+        RefCell<Vec<(String, Rc<Group>)>>,
+    ),
     /// corral binds what the config says; sockets (and groups of balanced listeners) still
     /// used by some generation are reused.
     Standalone(
@@ -253,6 +293,7 @@ impl Pool {
                         )
                     })
                     .collect(),
+                RefCell::new(Vec::new()),
             ),
             None => Pool::Standalone(RefCell::new(Vec::new()), RefCell::new(Vec::new())),
         }
@@ -263,7 +304,7 @@ impl Pool {
     pub fn set_for(&self, config: &Config) -> Result<Set, Error> {
         let mut set = Set::default();
         match self {
-            Pool::Systemd(inherited) => {
+            Pool::Systemd(inherited, groups) => {
                 if config.listen.is_empty() {
                     // No [[listen]]: hand on whatever the socket unit passed, as systemd would.
                     for (name, s) in inherited {
@@ -271,22 +312,76 @@ impl Pool {
                         set.sockets.push(s.clone());
                         set.groups.push(None);
                         set.backlogs.push(libc::SOMAXCONN);
+                        set.balance.push((Balance::Shared, None));
                     }
                     return Ok(set);
                 }
                 let passed: Vec<&str> = inherited.iter().map(|(n, _)| n.as_str()).collect();
                 let mut missing = Vec::new();
                 for l in &config.listen {
-                    match inherited.iter().find(|(n, _)| *n == l.name) {
-                        Some((_, s)) => {
-                            set.names.push(l.name.clone());
-                            set.sockets.push(s.clone());
-                            set.groups.push(None);
-                            set.backlogs
-                                .push(i32::try_from(l.backlog).unwrap_or(i32::MAX));
-                        }
-                        None => missing.push(l.name.as_str()),
+                    let backlog = i32::try_from(l.backlog).unwrap_or(i32::MAX);
+                    let named: Vec<Rc<ListenSocket>> = inherited
+                        .iter()
+                        .filter(|(n, _)| *n == l.name)
+                        .map(|(_, s)| s.clone())
+                        .collect();
+                    let Some(first) = named.first().cloned() else {
+                        missing.push(l.name.as_str());
+                        continue;
+                    };
+                    let tcp = socket2::SockRef::from(&*first)
+                        .local_addr()
+                        .is_ok_and(|a| a.as_socket().is_some());
+                    set.names.push(l.name.clone());
+                    set.backlogs.push(backlog);
+                    if named.len() < 2 || !tcp {
+                        set.sockets.push(first);
+                        set.groups.push(None);
+                        let why = l.balance.per_worker().then(|| {
+                            format!(
+                                "balance = \"{}\" asked, but the socket unit passes one socket: \
+                                 the workers share it (`systemctl daemon-reload` and a restart \
+                                 of the socket unit give a socket per worker)",
+                                l.balance.as_str()
+                            )
+                        });
+                        set.balance.push((Balance::Shared, why));
+                        continue;
                     }
+                    // A socket per worker: balanced, whatever the config says, or connections
+                    // the kernel spreads over them would wait on sockets no worker takes.
+                    let mode = match l.balance {
+                        Balance::Shared => Balance::Even,
+                        b => b,
+                    };
+                    let existing = groups
+                        .borrow()
+                        .iter()
+                        .find(|(n, _)| *n == l.name)
+                        .map(|(_, g)| g.clone());
+                    let group = match existing {
+                        Some(g) => {
+                            g.set_mode(mode);
+                            g
+                        }
+                        None => {
+                            let g = Group::adopt(named.clone(), backlog, mode)
+                                .map_err(|e| listen_error(config, l, e))?;
+                            groups.borrow_mut().push((l.name.clone(), g.clone()));
+                            g
+                        }
+                    };
+                    let why = (l.balance == Balance::Shared).then(|| {
+                        format!(
+                            "balance = \"shared\" asked, but the socket unit passes {} sockets: \
+                             balanced until `systemctl daemon-reload` and a restart of the \
+                             socket unit",
+                            named.len()
+                        )
+                    });
+                    set.sockets.push(group.any());
+                    set.groups.push(Some(group));
+                    set.balance.push((mode, why));
                 }
                 if !missing.is_empty() {
                     return Err(Error::Listen(format!(
@@ -313,7 +408,7 @@ impl Pool {
                             .and_then(|(_, w)| w.upgrade())
                     };
                     let switched = match &l.address {
-                        Address::Tcp(_) if l.balance => shared_there,
+                        Address::Tcp(_) if l.balance.per_worker() => shared_there,
                         Address::Tcp(a) => group_there(a).is_some(),
                         Address::Unix(_) => false,
                     };
@@ -327,17 +422,18 @@ impl Pool {
                             ),
                         ));
                     }
-                    if let (true, Address::Tcp(addr)) = (l.balance, &l.address) {
+                    if let (true, Address::Tcp(addr)) = (l.balance.per_worker(), &l.address) {
                         let group = match group_there(addr) {
                             Some(g) => {
                                 let backlog = i32::try_from(l.backlog).unwrap_or(i32::MAX);
                                 g.set_backlog(backlog)
                                     .map_err(|e| listen_error(config, l, e))?;
+                                g.set_mode(l.balance);
                                 g
                             }
                             None => {
                                 let backlog = i32::try_from(l.backlog).unwrap_or(i32::MAX);
-                                let g = Group::bind(*addr, backlog)
+                                let g = Group::bind(*addr, backlog, l.balance)
                                     .map_err(|e| listen_error(config, l, e))?;
                                 let mut gs = groups.borrow_mut();
                                 gs.retain(|(_, w)| w.strong_count() > 0);
@@ -350,6 +446,7 @@ impl Pool {
                         set.groups.push(Some(group));
                         set.backlogs
                             .push(i32::try_from(l.backlog).unwrap_or(i32::MAX));
+                        set.balance.push((l.balance, None));
                         continue;
                     }
                     let existing = bound
@@ -375,6 +472,7 @@ impl Pool {
                     set.groups.push(None);
                     set.backlogs
                         .push(i32::try_from(l.backlog).unwrap_or(i32::MAX));
+                    set.balance.push((Balance::Shared, None));
                 }
             }
         }
@@ -387,18 +485,11 @@ impl Pool {
     /// not give: another address (the socket unit keeps the old one until `systemctl
     /// daemon-reload` and a restart of the socket), or balancing. Standalone: none.
     pub fn address_mismatches(&self, config: &Config) -> Vec<String> {
-        let Pool::Systemd(inherited) = self else {
+        let Pool::Systemd(inherited, _) = self else {
             return Vec::new();
         };
         let mut out = Vec::new();
         for l in &config.listen {
-            if l.balance {
-                out.push(format!(
-                    "listener `{}`: balance = true applies where corral binds the socket; the \
-                     socket systemd passed is shared by every worker",
-                    l.name
-                ));
-            }
             let Some((_, sock)) = inherited.iter().find(|(n, _)| *n == l.name) else {
                 continue;
             };

@@ -374,6 +374,25 @@ fn table(s: &StatusReply, color: bool) -> String {
         );
     }
     t += "\n";
+    for l in &s.listeners {
+        let how = match (l.balance.as_str(), l.sockets) {
+            ("shared", _) => "shared by the workers".to_string(),
+            (b, Some(n)) => format!(
+                "balanced ({b}), {n} socket{}",
+                if n == 1 { "" } else { "s" }
+            ),
+            (b, None) => format!("balanced ({b})"),
+        };
+        t += &format!(
+            "listen {} {} · {how}",
+            l.name,
+            corral::escape::controls(&l.address)
+        );
+        if let Some(note) = &l.note {
+            t += &format!(" · {note}");
+        }
+        t += "\n";
+    }
     t += &format!(
         "{:>4}  {:>8}  {:<8}  {:>3}  {:>8}  {:>7}  {:>6}  {:>9}  {}\n",
         "SLOT", "PID", "STATE", "GEN", "RESTARTS", "UPTIME", "CPU", "RSS", "STATUS"

@@ -281,6 +281,9 @@ impl Loop {
         for w in self.pool.address_mismatches(&config) {
             warn!("{w}");
         }
+        for w in listeners.notes() {
+            warn!("{w}");
+        }
         let workers = config.workers.resolve();
         if let Some(w) = crate::nofile::check(workers, balanced_listeners(&listeners)) {
             warn!("{w}");
@@ -1010,6 +1013,9 @@ impl Loop {
         for w in self.pool.address_mismatches(&config) {
             warn!("{w}");
         }
+        for w in listeners.notes() {
+            warn!("{w}");
+        }
         let workers = config.workers.resolve();
         let mut params = Params::from_config(&config, workers);
         params.balanced = listeners.balanced();
@@ -1074,12 +1080,12 @@ impl Loop {
                 let snap = self.machine.snapshot(Instant::now());
                 let mut r = Response::ok(format!("{} is {}", self.app, snap.state));
                 let journal = self.output.is_journal();
-                r.status = Some(StatusReply::new(
-                    &self.app,
-                    &self.config_path,
-                    snap,
-                    journal,
-                ));
+                let generation = snap.generation;
+                let mut status = StatusReply::new(&self.app, &self.config_path, snap, journal);
+                if let Some(g) = self.gens.get(&generation) {
+                    status.listeners = g.listeners.status();
+                }
+                r.status = Some(status);
                 reply.send(r);
             }
             Command::Reload { mainpid } => {

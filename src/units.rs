@@ -35,8 +35,8 @@ const DEFAULT_WATCHDOG: &str = "30s";
 /// the soft limit, 1024 (kept for select(2), systemd.exec(5)), as they would as services of
 /// their own; an app that needs more sets it in a drop-in. corral raises only its own soft
 /// limit, to what its workers' files need (nofile.rs), within the hard limit, 524288, which a
-/// worker may raise its own to as well. Under these units listeners are socket units' and
-/// shared, never balanced.
+/// worker may raise its own to as well. Under these units the sockets are the socket units':
+/// corral opens none (nofile.rs overcounts there).
 const NOFILE_SOFT: u64 = 1024;
 const NOFILE_HARD: u64 = 524288;
 const _: () = assert!(crate::nofile::wanted(0) <= NOFILE_HARD);
@@ -160,13 +160,35 @@ fn sec(d: Duration) -> String {
     }
 }
 
-fn listen_lines(l: &Listen) -> String {
+/// How many sockets a balanced listener's socket unit holds: one per worker, and one for each
+/// worker a reload batch starts beside the old ones (an old worker keeps its socket while it
+/// drains). More workers than that (`corral scale`) share sockets until the next
+/// `daemon-reload` regenerates the unit.
+pub fn balanced_sockets(config: &Config) -> u32 {
+    let workers = config.workers.resolve().max(1);
+    workers + config.reload.batch.slots(workers).max(1)
+}
+
+fn listen_lines(l: &Listen, config: &Config) -> String {
     let mut s = String::new();
     let addr = match &l.address {
         Address::Tcp(a) => a.to_string(),
         Address::Unix(p) => p.display().to_string(),
     };
-    let _ = writeln!(s, "ListenStream={}", escape(&addr));
+    let balanced = l.balance.per_worker() && matches!(l.address, Address::Tcp(_));
+    let sockets = if balanced {
+        balanced_sockets(config)
+    } else {
+        1
+    };
+    for _ in 0..sockets {
+        let _ = writeln!(s, "ListenStream={}", escape(&addr));
+    }
+    if balanced {
+        // One SO_REUSEPORT group (socket(7)), in which corral steers each new connection to
+        // a worker's socket (balance.rs); systemd.socket(5) ReusePort=.
+        s += "ReusePort=yes\n";
+    }
     let _ = writeln!(s, "FileDescriptorName={}", escape(&l.name));
     let _ = writeln!(s, "Backlog={}", l.backlog);
     if let Address::Tcp(a) = &l.address {
@@ -313,7 +335,7 @@ pub fn render(config: &Config, source: &Path, flavor: &Flavor) -> Vec<UnitFile> 
                         header(source),
                         source.display(),
                         siblings(i, &sockets),
-                        listen_lines(l)
+                        listen_lines(l, config)
                     ),
                 });
             }
@@ -348,7 +370,7 @@ pub fn render(config: &Config, source: &Path, flavor: &Flavor) -> Vec<UnitFile> 
                         header(source),
                         escape(&l.name),
                         siblings(i, &sockets),
-                        listen_lines(l)
+                        listen_lines(l, config)
                     ),
                 });
             }

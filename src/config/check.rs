@@ -12,8 +12,8 @@ use super::diagnostics::Earliest;
 use super::environment_file::MAX_ENVIRONMENT_FILES;
 use super::values::{parse_address, parse_duration, parse_signal, parse_size};
 use super::{
-    Address, Batch, Config, Diagnostic, EnvironmentFile, Limits, Listen, Logs, Node, Readiness,
-    ReadinessMode, Reload, Restart, RestartPolicy, Service, Stop, WorkerCount,
+    Address, Balance, Batch, Config, Diagnostic, EnvironmentFile, Limits, Listen, Logs, Node,
+    Readiness, ReadinessMode, Reload, Restart, RestartPolicy, Service, Stop, WorkerCount,
 };
 
 /// Environment variables corral sets itself; apps may not set them.
@@ -794,7 +794,7 @@ impl<'a> Checker<'a> {
         let mut mode = None;
         let mut owner = None;
         let mut group = None;
-        let mut balance: Option<(bool, Option<Range<usize>>)> = None;
+        let mut balance: Option<(Balance, Option<Range<usize>>)> = None;
         // Positions of the unix-only keys, to complain about them on TCP.
         let mut unix_only: Vec<(&str, Option<Range<usize>>)> = Vec::new();
         let mut ok = true;
@@ -814,13 +814,32 @@ impl<'a> Checker<'a> {
                     Some(n) => backlog = n as u32,
                     None => ok = false,
                 },
-                "balance" => match v.as_bool() {
-                    Some(b) => balance = Some((b, loc(k, v))),
-                    None => {
-                        self.type_error("listen.balance", k, v, "true or false");
-                        ok = false;
+                "balance" => {
+                    // true and false, as before "source" was there: "even" and "shared".
+                    let b = match v.as_bool() {
+                        Some(true) => Some(Balance::Even),
+                        Some(false) => Some(Balance::Shared),
+                        None if v.as_str().is_none() => {
+                            let what = "true, false, \"even\", \"source\" or \"shared\"";
+                            self.type_error("listen.balance", k, v, what);
+                            None
+                        }
+                        None => self.choice(
+                            "listen.balance",
+                            k,
+                            v,
+                            &[
+                                ("even", Balance::Even),
+                                ("source", Balance::Source),
+                                ("shared", Balance::Shared),
+                            ],
+                        ),
+                    };
+                    match b {
+                        Some(b) => balance = Some((b, loc(k, v))),
+                        None => ok = false,
                     }
-                },
+                }
                 "mode" => {
                     unix_only.push(("mode", loc(k, v)));
                     mode = self.socket_mode(k, v);
@@ -861,7 +880,9 @@ impl<'a> Checker<'a> {
                 ok = false;
             }
         }
-        if let (Some(Address::Unix(path)), Some((_, at))) = (&address, &balance) {
+        if let (Some(Address::Unix(path)), Some((Balance::Even | Balance::Source, at))) =
+            (&address, &balance)
+        {
             self.error(
                 at.clone(),
                 format!(
@@ -883,7 +904,7 @@ impl<'a> Checker<'a> {
             mode,
             owner,
             group,
-            balance: tcp && balance.is_some_and(|(b, _)| b),
+            balance: balance.filter(|_| tcp).map_or(Balance::Shared, |(b, _)| b),
             span_line: header_line,
         })
     }

@@ -146,11 +146,39 @@ pub struct Listen {
     pub owner: Option<String>,
     /// Unix socket file group.
     pub group: Option<String>,
-    /// TCP, bound by corral: a socket per worker, with connections steered (balance.rs).
-    /// False (the default): one socket all workers share.
-    pub balance: bool,
+    /// How new connections reach the workers: a socket all share (the default), or a socket
+    /// per worker with connections steered (balance.rs).
+    pub balance: Balance,
     /// Line of the `[[listen]]` header, for later messages.
     pub span_line: usize,
+}
+
+/// How a TCP listener's new connections are shared out (`listen.balance`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Balance {
+    /// One socket every worker accepts from: the kernel wakes whichever waits.
+    #[default]
+    Shared,
+    /// A socket per worker, each new connection sent to a serving worker at random.
+    Even,
+    /// A socket per worker, a client address always sent to the same slot while it serves.
+    Source,
+}
+
+impl Balance {
+    /// A socket per worker.
+    pub fn per_worker(self) -> bool {
+        self != Balance::Shared
+    }
+
+    /// As the config and `corral status` write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Balance::Shared => "shared",
+            Balance::Even => "even",
+            Balance::Source => "source",
+        }
+    }
 }
 
 /// Where a socket listens.

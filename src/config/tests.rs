@@ -753,11 +753,12 @@ fn readiness_errors() {
 
 #[test]
 fn listen_balance() {
-    let c = ok("command = [\"x\"]\n[[listen]]\nname = \"a\"\naddress = \"8080\"\nbalance = true\n[[listen]]\nname = \"b\"\naddress = \"8081\"\n[[listen]]\nname = \"c\"\naddress = \"/run/c.sock\"\n");
-    let b: Vec<bool> = c.listen.iter().map(|l| l.balance).collect();
+    let c = ok("command = [\"x\"]\n[[listen]]\nname = \"a\"\naddress = \"8080\"\nbalance = true\n[[listen]]\nname = \"b\"\naddress = \"8081\"\n[[listen]]\nname = \"c\"\naddress = \"/run/c.sock\"\n[[listen]]\nname = \"d\"\naddress = \"8082\"\nbalance = \"source\"\n[[listen]]\nname = \"e\"\naddress = \"8083\"\nbalance = \"even\"\n[[listen]]\nname = \"f\"\naddress = \"8084\"\nbalance = false\n[[listen]]\nname = \"g\"\naddress = \"/run/g.sock\"\nbalance = \"shared\"\n");
+    let b: Vec<Balance> = c.listen.iter().map(|l| l.balance).collect();
+    use Balance::*;
     assert_eq!(
         b,
-        [true, false, false],
+        [Even, Shared, Shared, Source, Even, Shared, Shared],
         "TCP balanced when asked, unix never"
     );
     assert_error_after_command(
@@ -770,7 +771,19 @@ fn listen_balance() {
         "[[listen]]\nname = \"a\"\naddress = \"8080\"\nbalance = 1\n",
         5,
         11,
-        "listen.balance: expected true or false",
+        "listen.balance: expected true, false, \"even\", \"source\" or \"shared\"",
+    );
+    assert_error_after_command(
+        "[[listen]]\nname = \"a\"\naddress = \"8080\"\nbalance = \"sorce\"\n",
+        5,
+        11,
+        "listen.balance: expected \"even\", \"source\" or \"shared\", found \"sorce\"; did you mean \"source\"?",
+    );
+    assert_error_after_command(
+        "[[listen]]\nname = \"c\"\naddress = \"/run/c.sock\"\nbalance = \"source\"\n",
+        5,
+        11,
+        "listen.balance: only applies to TCP addresses",
     );
 }
 
