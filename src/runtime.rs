@@ -295,6 +295,7 @@ impl Loop {
         );
         let mut params = Params::from_config(&config, workers);
         params.balanced = listeners.balanced();
+        params.sticky = listeners.sticky();
         let gen = self
             .add_generation(config, listeners)
             .map_err(Error::Refused)?;
@@ -1019,6 +1020,7 @@ impl Loop {
         let workers = config.workers.resolve();
         let mut params = Params::from_config(&config, workers);
         params.balanced = listeners.balanced();
+        params.sticky = listeners.sticky();
         // Said before the roll, whose new workers would otherwise fail with EMFILE.
         if let Some(w) = crate::nofile::check(workers, balanced_listeners(&listeners)) {
             warn!("{w}");
@@ -1040,6 +1042,7 @@ impl Loop {
     ) {
         let mut params = Params::from_config(&config, workers);
         params.balanced = listeners.balanced();
+        params.sticky = listeners.sticky();
         // Said before the roll, whose new workers would otherwise fail with EMFILE.
         if let Some(w) = crate::nofile::check(workers, balanced_listeners(&listeners)) {
             warn!("{w}");

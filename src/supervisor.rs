@@ -62,6 +62,10 @@ pub struct Params {
     /// (balance.rs): a worker is drained (steered away from, its queue emptied) before it is
     /// asked to stop. Set by the runtime, which knows where the sockets came from.
     pub balanced: bool,
+    /// A balanced listener keeps each client address on its slot (`balance = "source"`): a
+    /// worker whose queue backs up is not stepped around, or its clients would lose their
+    /// slot for a passing stall (supervisor_drain.rs).
+    pub sticky: bool,
 }
 
 impl Params {
@@ -87,6 +91,7 @@ impl Params {
             stop_exit_codes: config.restart.stop_exit_codes.clone(),
             max_memory: config.limits.max_memory,
             balanced: false,
+            sticky: false,
         }
     }
 }

@@ -9,7 +9,9 @@
 //! comes), and a server that closes connections it has accepted but not read when its
 //! graceful shutdown begins (uvicorn, hypercorn, Node.js's `server.close()`) loses none. A
 //! ready worker whose queue was not empty at [`STALL_CHECKS`] checks in a row (its event loop
-//! is blocked, or it cannot keep up) gets no new connections until its queue is empty again.
+//! is blocked, or it cannot keep up) gets no new connections until its queue is empty again,
+//! unless its clients must stay with it (`balance = "source"`: a session in its memory is
+//! worth a wait, as with nginx's `ip_hash`, which moves a client only off a failed server).
 //! Connections go to ready workers; when none is, to starting ones (which serve soon); never
 //! to a draining or stopping one while there is another.
 
@@ -98,7 +100,7 @@ impl Supervisor {
             self.workers
                 .iter()
                 .filter(|(_, w)| w.state == state && balanced(w) && !w.said_stopping)
-                .map(|(&id, w)| (id, w.stalled))
+                .map(|(&id, w)| (id, w.stalled && !self.params[&w.generation].sticky))
                 .collect()
         };
         let ready = in_state(WorkerState::Ready);

@@ -74,6 +74,7 @@ impl P {
             reset_after: secs(10),
             max_memory: None,
             balanced: false,
+            sticky: false,
             max_failures: 10,
             failure_interval: secs(60),
             stop_exit_codes: Vec::new(),
@@ -2584,6 +2585,23 @@ fn a_ready_worker_whose_queue_backs_up_is_stepped_around_until_it_empties() {
     answer_checks(&mut h, &ids);
     answer_checks(&mut h, &ids);
     check_eq!(h, serving(&h), ids);
+}
+
+#[test]
+fn a_sticky_workers_queue_backing_up_keeps_its_clients_waiting_for_it() {
+    let mut p = P::new(2).balanced();
+    p.0.sticky = true;
+    let mut h = Harness::started(p);
+    let ids: Vec<WorkerId> = (0..2).map(|s| h.last_spawn(s)).collect();
+    for _ in 0..5 {
+        answer_checks(&mut h, &[ids[1]]);
+    }
+    check_eq!(
+        h,
+        serving(&h),
+        ids,
+        "source balancing keeps the slot's clients on it"
+    );
 }
 
 #[test]

@@ -982,6 +982,95 @@ fn a_balanced_listener_spreads_connections_evenly() {
     assert_eq!(distinct.len(), 3, "{inodes:?}");
 }
 
+/// The slot that answers a client at `source`.
+fn slot_from(c: &Corral, source: std::net::Ipv4Addr) -> String {
+    let w = common::http_get_from(source, c.port, "/").expect("served");
+    w["slot"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn source_balancing_keeps_each_client_on_its_slot_across_a_restart_and_a_reload() {
+    let c = Corral::start(&config(3, r#"WORKER_TAG = "v1""#).replace(
+        "address = \"127.0.0.1:{port}\"\n",
+        "address = \"127.0.0.1:{port}\"\nbalance = \"source\"\n",
+    ));
+    c.wait_ready(3, 1);
+    let clients: Vec<std::net::Ipv4Addr> = (2..42).map(|i| [127, 0, 0, i].into()).collect();
+    let slots = |c: &Corral| -> Vec<String> { clients.iter().map(|s| slot_from(c, *s)).collect() };
+    let first = slots(&c);
+    let used: std::collections::BTreeSet<&String> = first.iter().collect();
+    assert_eq!(used.len(), 3, "40 addresses reach every slot: {first:?}");
+    assert_eq!(slots(&c), first, "a client keeps its slot");
+    let status = c.status();
+    assert_eq!(status["listeners"][0]["balance"], "source", "{status}");
+
+    // A crashed worker: its clients go to the others meanwhile, and back to its
+    // replacement.
+    let mark = c.mark();
+    let crashed = c.get("/crash").unwrap();
+    let slot = crashed["slot"].as_str().unwrap().to_string();
+    c.wait_for_after(mark, "3/3 ready · generation 1 ", SECS(20));
+    // A round trip through the event loop: what the log says is applied by now.
+    c.status();
+    assert_eq!(
+        slots(&c),
+        first,
+        "slot {slot} restarted: its clients are back"
+    );
+
+    // A rolling restart and a reload: new workers, the same slots for the same clients.
+    let out = c.ctl(&["restart", "demo"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(slots(&c), first, "after corral restart");
+    c.write_config(&config(3, r#"WORKER_TAG = "v2""#).replace(
+        "address = \"127.0.0.1:{port}\"\n",
+        "address = \"127.0.0.1:{port}\"\nbalance = \"source\"\n",
+    ));
+    let out = c.ctl(&["reload", "demo"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(slots(&c), first, "after a reload");
+    assert_eq!(c.get("/").unwrap()["tag"], "v2");
+}
+
+#[test]
+fn a_balanced_slot_waiting_out_its_restart_delay_gets_no_connections() {
+    let c = Corral::start(&balanced(3, "").replace("delay = \"50ms\"", "delay = \"4s\""));
+    c.wait_ready(3, 1);
+    let crashed = c.get("/crash").unwrap();
+    c.wait_for(
+        &format!("pid {} (generation 1): exited with code 3", crashed["pid"]),
+        SECS(10),
+    );
+    // A round trip through the event loop: what the exit changed is applied by now.
+    c.status();
+    // For the next 4 s slot's socket has no worker: every client is served by the others,
+    // at once (a connection sent to the slot would wait out the delay, and the read timeout).
+    let start = std::time::Instant::now();
+    for _ in 0..60 {
+        let w = c.get("/").expect("served by another worker");
+        assert_ne!(w["slot"], crashed["slot"]);
+    }
+    assert!(start.elapsed() < SECS(3), "{:?}", start.elapsed());
+}
+
+#[test]
+fn scaling_a_balanced_listener_down_and_up_under_load_fails_no_request() {
+    let c = Corral::start(&balanced(4, ""));
+    c.wait_ready(4, 1);
+    let load = Load::start(c.port);
+    c.get("/").unwrap();
+    for n in ["2", "4", "1", "3"] {
+        let out = c.ctl(&["scale", "demo", n]);
+        assert!(out.status.success(), "{out:?}");
+    }
+    load.finish_without_failures(20);
+    c.wait_ready(3, 1);
+    let slots: std::collections::BTreeSet<String> = (0..60)
+        .map(|_| c.get("/").unwrap()["slot"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(slots.len(), 3, "{slots:?}");
+}
+
 #[test]
 fn turning_balance_on_or_off_takes_a_restart_and_a_reload_says_so() {
     let c = Corral::start(&config(2, ""));

@@ -542,3 +542,125 @@ fn a_workers_extension_reaches_systemd_for_systemctl_reload_and_not_for_corral_r
         "1/1 ready · generation 3 · 0 restarts"
     );
 }
+
+/// `demo` with `balance = "BALANCE"` on its listener.
+fn balanced(workers: u32, env: &str, balance: &str) -> String {
+    demo(workers, env, "").replace(
+        &format!("address = \"127.0.0.1:{PORT}\"\n"),
+        &format!("address = \"127.0.0.1:{PORT}\"\nbalance = \"{balance}\"\n"),
+    )
+}
+
+fn status_json(sb: &Sandbox) -> serde_json::Value {
+    serde_json::from_str(&sb.ok("corral status demo --json")).unwrap()
+}
+
+#[test]
+fn balanced_listeners_take_a_socket_per_worker_from_the_socket_unit_or_say_why_not() {
+    // A socket unit generated for a shared listener: one socket.
+    let Some(sb) = setup(&demo(3, r#"WORKER_TAG = "v1""#, "")) else {
+        return;
+    };
+    start(&sb);
+    // Balancing asked of it: the reload goes on with the one socket, and status says why.
+    sb.write(
+        "/etc/corral/demo.toml",
+        &balanced(3, r#"WORKER_TAG = "v2""#, "source"),
+    );
+    sb.ok("systemctl reload corral@demo.service");
+    let l = &status_json(&sb)["listeners"][0];
+    assert_eq!(l["balance"], "shared", "{l}");
+    assert!(
+        l["note"].as_str().unwrap().contains("passes one socket"),
+        "{l}"
+    );
+    assert!(sb.ok("corral status demo").contains("daemon-reload"));
+    assert_eq!(get(&sb, PORT).unwrap()["tag"], "v2");
+
+    // Regenerated: a socket per worker and one for the reload batch, in one SO_REUSEPORT
+    // group; corral takes them as one balanced listener.
+    sb.ok("systemctl daemon-reload");
+    let unit = sb.ok("systemctl cat corral@demo.socket");
+    assert_eq!(
+        unit.matches(&format!("ListenStream=127.0.0.1:{PORT}\n"))
+            .count(),
+        4,
+        "{unit}"
+    );
+    assert!(unit.contains("ReusePort=yes"), "{unit}");
+    sb.ok("systemctl stop corral@demo.service corral@demo.socket");
+    start(&sb);
+    let l = &status_json(&sb)["listeners"][0];
+    assert_eq!(
+        (
+            l["balance"].as_str(),
+            l["sockets"].as_u64(),
+            l["note"].as_str()
+        ),
+        (Some("source"), Some(4), None),
+        "{l}"
+    );
+    // Each worker finds a socket of its own at fd 3, and each client address its slot.
+    let clients: Vec<std::net::Ipv4Addr> = (2..42).map(|i| [127, 0, 0, i].into()).collect();
+    let answers = |sb: &Sandbox| -> Vec<serde_json::Value> {
+        sb.in_netns(|| {
+            clients
+                .iter()
+                .map(|c| common::http_get_from(*c, PORT, "/").expect("served"))
+                .collect()
+        })
+    };
+    let first = answers(&sb);
+    let slot_of = |v: &[serde_json::Value]| -> Vec<String> {
+        v.iter()
+            .map(|w| w["slot"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let inodes: BTreeSet<(String, u64)> = first
+        .iter()
+        .map(|w| {
+            assert_eq!(w["listen_fds"], "1");
+            (
+                w["slot"].as_str().unwrap().to_string(),
+                w["listen_inode"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(inodes.len(), 3, "3 slots, 3 sockets: {inodes:?}");
+    let sockets: BTreeSet<u64> = inodes.iter().map(|(_, i)| *i).collect();
+    assert_eq!(sockets.len(), 3, "{inodes:?}");
+    assert_eq!(
+        slot_of(&answers(&sb)),
+        slot_of(&first),
+        "a client keeps its slot"
+    );
+
+    // systemctl reload under load: no failed request, and every client keeps its slot.
+    let load = load(&sb, PORT);
+    sb.write(
+        "/etc/corral/demo.toml",
+        &balanced(3, r#"WORKER_TAG = "v3""#, "source"),
+    );
+    sb.ok("systemctl reload corral@demo.service");
+    load.finish_without_failures(10);
+    let after = answers(&sb);
+    assert_eq!(slot_of(&after), slot_of(&first), "after the reload");
+    assert!(after.iter().all(|w| w["tag"] == "v3"));
+
+    // "even" on a reload: connections from one address spread over every worker.
+    sb.write(
+        "/etc/corral/demo.toml",
+        &balanced(3, r#"WORKER_TAG = "v4""#, "even"),
+    );
+    sb.ok("systemctl reload corral@demo.service");
+    assert_eq!(status_json(&sb)["listeners"][0]["balance"], "even");
+    let slots: BTreeSet<String> = (0..60)
+        .map(|_| {
+            get(&sb, PORT).unwrap()["slot"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(slots.len(), 3, "{slots:?}");
+}

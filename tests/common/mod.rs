@@ -200,6 +200,9 @@ impl Corral {
             &format!("{n}/{n} ready · generation {generation} "),
             Duration::from_secs(20),
         );
+        // A round trip through the event loop: what came with the line (the steering of
+        // balanced listeners) is applied by now.
+        let _ = self.ctl(&["status", "demo"]);
     }
 
     /// Runs `corral ARGS --control <this socket>`.
@@ -274,7 +277,18 @@ impl Drop for Corral {
 
 /// One request on a new connection, as a client without keep-alive makes it.
 pub fn http_get(port: u16, path: &str) -> std::io::Result<Value> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    request(TcpStream::connect(("127.0.0.1", port))?, path)
+}
+
+/// [`http_get`] from a client at `source` (any of 127.0.0.0/8 reaches the loopback).
+pub fn http_get_from(source: std::net::Ipv4Addr, port: u16, path: &str) -> std::io::Result<Value> {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    s.bind(&std::net::SocketAddr::from((source, 0)).into())?;
+    s.connect(&std::net::SocketAddr::from(([127, 0, 0, 1], port)).into())?;
+    request(s.into(), path)
+}
+
+fn request(mut s: TcpStream, path: &str) -> std::io::Result<Value> {
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     write!(
         s,
