@@ -1,14 +1,22 @@
 //! Balanced listeners: every worker accepts from a socket of its own, and corral tells the
 //! kernel which of them each new connection goes to.
 //!
-//! A TCP `[[listen]]` that corral binds itself becomes a `SO_REUSEPORT` group (socket(7)): one
-//! socket per worker, all bound to the address. A classic BPF program attached to the group
+//! A balanced TCP `[[listen]]` is a `SO_REUSEPORT` group (socket(7)): one socket per worker,
+//! all bound to the address, by corral itself or by systemd (a socket unit with a
+//! `ListenStream=` per socket and `ReusePort=yes`, whose sockets corral adopts in the order
+//! systemd opened them). A classic BPF program attached to the group
 //! (`SO_ATTACH_REUSEPORT_CBPF`) picks, for each new connection, one of the sockets of the
-//! workers that serve: at random, so that connections spread evenly however the workers'
-//! event loops wake, and never to a worker that is starting, draining or stalled (the
-//! decisions are supervisor_drain.rs's). A worker being replaced is thus steered away from and
-//! drained before it is asked to stop. Classic BPF needs no privilege, unlike an eBPF socket
-//! map, and is what a hardened unit may use.
+//! workers that serve, never one of a worker that is starting, draining or stalled (the
+//! decisions are supervisor_drain.rs's): at random ("even"), so that connections spread evenly
+//! however the workers' event loops wake, or by a hash of the client's address ("source"), so
+//! that a client keeps its slot. A worker being replaced is thus steered away from and drained
+//! before it is asked to stop.
+//!
+//! Why classic BPF: an eBPF `SK_REUSEPORT` program with a socket map would name sockets by key
+//! rather than by position, and could count; but loading one takes CAP_BPF (or CAP_SYS_ADMIN),
+//! even with `kernel.unprivileged_bpf_disabled` at 0, and corral@.service runs with no
+//! capability at all (`CapabilityBoundingSet=`, `systemd-analyze security` 1.1). Classic BPF
+//! needs none, and gives a random number and the packet's IP header: enough for both modes.
 //!
 //! The program names sockets by their index in the kernel's group, which is the order they
 //! started listening in; when one leaves the group, the last takes its place (the kernel's

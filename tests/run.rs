@@ -1063,8 +1063,9 @@ fn scaling_a_balanced_listener_down_and_up_under_load_fails_no_request() {
         let out = c.ctl(&["scale", "demo", n]);
         assert!(out.status.success(), "{out:?}");
     }
-    load.finish_without_failures(20);
+    // The load goes on while the scaled-away workers drain and the new ones start.
     c.wait_ready(3, 1);
+    load.finish_without_failures(20);
     let slots: std::collections::BTreeSet<String> = (0..60)
         .map(|_| c.get("/").unwrap()["slot"].as_str().unwrap().to_string())
         .collect();
