@@ -37,6 +37,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::rc::Rc;
+use std::time::Duration;
 
 use socket2::{Domain, Socket, Type};
 
@@ -364,6 +365,16 @@ impl Group {
             .local_addr()?
             .as_socket()
             .ok_or_else(|| io::Error::other("not a TCP socket"))?;
+        for s in &sockets {
+            let other = socket2::SockRef::from(&**s).local_addr()?.as_socket();
+            if other != Some(addr) {
+                return Err(io::Error::other(format!(
+                    "the sockets of one name listen on {addr} and {}, not all on one address",
+                    other.map_or("?".into(), |a| a.to_string())
+                )));
+            }
+        }
+        let order = kernel_order(sockets, addr);
         let g = Group {
             addr,
             backlog: Cell::new(backlog),
@@ -373,6 +384,7 @@ impl Group {
         };
         {
             let mut i = g.inner.borrow_mut();
+            let sockets = order;
             i.order = sockets.clone();
             // Taken from the front: the first worker gets the first socket.
             i.spare = sockets.into_iter().rev().collect();
@@ -605,6 +617,88 @@ fn source_steering(i: &Inner) -> Vec<Insn> {
         })
         .collect();
     source_program(&table)
+}
+
+/// How long a probe connection may take to reach a socket of the group (over the loopback it
+/// takes microseconds).
+const PROBE_WAIT: u16 = 200;
+
+/// The sockets of a group systemd made, in the kernel's order. systemd listens on them in the
+/// order it passes them, but a socket that was shut down and listened on again (a worker's
+/// shutdown(2), mended by an earlier corral) has moved to the end since, and a wrong order
+/// would send connections to sockets no worker takes. So each index `k` is probed before any
+/// worker runs: with a program sending every new connection to `k`, a connection from here
+/// shows which socket is `k`, and is then taken off its queue. A socket where connections
+/// already wait (clients that came before corral) shows nothing new, and keeps the probe, which
+/// its worker reads as an empty connection: what no probe placed keeps the order systemd gave. A probe that does not arrive ends the probing (a firewall
+/// on the loopback, an address of another host's): the order is then systemd's.
+fn kernel_order(given: Vec<Rc<ListenSocket>>, addr: SocketAddr) -> Vec<Rc<ListenSocket>> {
+    use nix::poll::{poll, PollFd, PollFlags};
+    let targets: Vec<SocketAddr> = match addr.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => {
+            vec![(std::net::Ipv4Addr::LOCALHOST, addr.port()).into()]
+        }
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => vec![
+            (std::net::Ipv6Addr::LOCALHOST, addr.port()).into(),
+            (std::net::Ipv4Addr::LOCALHOST, addr.port()).into(),
+        ],
+        _ => vec![addr],
+    };
+    let n = given.len();
+    let mut placed: Vec<Option<usize>> = vec![None; n];
+    let mut taken = vec![false; n];
+    let connect = || {
+        targets.iter().find_map(|t| {
+            std::net::TcpStream::connect_timeout(t, Duration::from_millis(PROBE_WAIT.into())).ok()
+        })
+    };
+    for (k, place) in placed.iter_mut().enumerate() {
+        if attach(&*given[0], &program(&[k as u32])).is_err() {
+            break;
+        }
+        let quiet: Vec<usize> = (0..n)
+            .filter(|&i| !taken[i] && !waiting(&*given[i]).unwrap_or(true))
+            .collect();
+        if quiet.is_empty() {
+            break;
+        }
+        let Some(probe) = connect() else { break };
+        let mut fds: Vec<PollFd> = quiet
+            .iter()
+            .map(|&i| PollFd::new(given[i].as_fd(), PollFlags::POLLIN))
+            .collect();
+        if !matches!(poll(&mut fds, PROBE_WAIT), Ok(1..)) {
+            // It reached a socket where connections wait already: that k stays unplaced.
+            continue;
+        }
+        let hit = fds
+            .iter()
+            .position(|f| f.revents().is_some_and(|r| r.contains(PollFlags::POLLIN)));
+        drop(fds);
+        if let Some(i) = hit.map(|h| quiet[h]) {
+            // The probe came first to an empty queue: the first accepted is it.
+            let _ = socket2::SockRef::from(&*given[i]).accept();
+            taken[i] = true;
+            *place = Some(i);
+        }
+        drop(probe);
+    }
+    let mut rest = (0..n).filter(|i| !taken[*i]);
+    let order: Vec<Rc<ListenSocket>> = placed
+        .iter()
+        .map(|p| given[p.unwrap_or_else(|| rest.next().expect("as many left as unplaced"))].clone())
+        .collect();
+    let moved = order
+        .iter()
+        .zip(&given)
+        .filter(|(a, b)| !Rc::ptr_eq(a, b))
+        .count();
+    if moved > 0 {
+        tracing::info!(
+            "{addr}: the kernel's order of systemd's sockets differs from theirs ({moved} moved)"
+        );
+    }
+    order
 }
 
 /// The indices of the serving workers' sockets in the kernel's order.
@@ -904,6 +998,46 @@ mod tests {
         let reloaded = slot_of_source(&sockets);
         for (a, b) in first.iter().zip(&reloaded) {
             assert_eq!(*b, if *a == 2 { 4 } else { *a });
+        }
+    }
+
+    #[test]
+    fn systemds_sockets_are_taken_in_the_kernels_order_even_after_one_moved() {
+        // Four sockets as a socket unit makes them, then the second shut down and listened on
+        // again, as a worker's shutdown(2) mended by corral leaves it: the kernel's order is
+        // now a, d, c, b.
+        let first = listen_socket("127.0.0.1:0".parse().unwrap(), 64).unwrap();
+        let addr = first.local_addr().unwrap().as_socket().unwrap();
+        let mut given = vec![Rc::new(ListenSocket::new(first.into()))];
+        for _ in 0..3 {
+            given.push(Rc::new(ListenSocket::new(
+                listen_socket(addr, 64).unwrap().into(),
+            )));
+        }
+        let b = socket2::SockRef::from(&*given[1]);
+        b.shutdown(std::net::Shutdown::Both).unwrap();
+        b.listen(64).unwrap();
+        // A client came before corral, to the last socket.
+        attach(&*given[0], &program(&[1])).unwrap();
+        let early = std::net::TcpStream::connect(addr).unwrap();
+        let g = Group::adopt(given.clone(), 64, Balance::Even).unwrap();
+        let sockets: Vec<Rc<ListenSocket>> = (0..4).map(|w| g.take(w, w as u32).unwrap()).collect();
+        // The first worker takes the socket where the early client waits.
+        assert!(Rc::ptr_eq(&sockets[0], &given[3]));
+        // The early client, and the probe that reached its queue: that one cannot be told
+        // from the client's, and its worker reads an empty connection.
+        assert_eq!(accept_all(&sockets[0]), 2);
+        assert!(
+            sockets[1..].iter().all(|s| accept_all(s) == 0),
+            "no other probe is left"
+        );
+        drop(early);
+        for w in 0..4 {
+            g.steer(&[w], 4);
+            let q = queues_after(addr, 3, &sockets);
+            let mut want = [0; 4];
+            want[w as usize] = 3;
+            assert_eq!(q, want, "worker {w}");
         }
     }
 }
