@@ -118,11 +118,12 @@ pub fn program(indices: &[u32]) -> Vec<Insn> {
 }
 
 /// The program that sends each new connection to a socket chosen by its source address:
-/// `table[hash(address) % table.len()]`, `table.len()` a power of two. IPv4 (also reaching an
-/// IPv6 socket) hashes its 4 bytes, IPv6 its 16. Classic BPF has no tables, so the lookup is a
-/// chain of comparisons, 2 instructions a bucket.
+/// `table[hash(address) % BUCKETS]`. IPv4 (also reaching an IPv6 socket) hashes its 4 bytes,
+/// IPv6 its 16. Classic BPF has no tables, so the lookup is comparisons: first among 32 groups
+/// of 32 buckets, then within the group, 32 comparisons on average where one chain would take
+/// 512.
 pub fn source_program(table: &[u32]) -> Vec<Insn> {
-    assert!(table.len().is_power_of_two(), "{} buckets", table.len());
+    assert_eq!(table.len(), BUCKETS, "a table of BUCKETS");
     let ld = |off: u32| insn(BPF_LD | BPF_W | BPF_ABS, SKF_NET_OFF + off);
     let mul = insn(BPF_ALU | BPF_MUL | BPF_K, GOLDEN);
     let xor_m0 = [
@@ -155,9 +156,34 @@ pub fn source_program(table: &[u32]) -> Vec<Insn> {
         insn(BPF_MISC | BPF_TAX, 0),
         insn(BPF_ALU | BPF_RSH | BPF_K, 16),
         insn(BPF_ALU | BPF_XOR | BPF_X, 0),
-        insn(BPF_ALU | BPF_AND | BPF_K, table.len() as u32 - 1),
+        insn(BPF_ALU | BPF_AND | BPF_K, BUCKETS as u32 - 1),
+        // M[1] = bucket; A = its group.
+        insn(BPF_ST, 1),
+        insn(BPF_ALU | BPF_RSH | BPF_K, GROUP_BITS),
     ]);
-    p.extend(lookup(table));
+    let groups = BUCKETS >> GROUP_BITS;
+    let block_len = 2 + 2 * (1 << GROUP_BITS) - 1;
+    // "if A == g goto block g", the last without a test; BPF_JA jumps 32 bits far.
+    let first_block = p.len() + 2 * groups - 1;
+    for g in 0..groups {
+        let ja_at = p.len() + usize::from(g + 1 < groups);
+        if g + 1 < groups {
+            p.push(Insn {
+                code: BPF_JMP | BPF_JEQ | BPF_K,
+                jt: 0,
+                jf: 1,
+                k: g as u32,
+            });
+        }
+        let target = first_block + g * block_len;
+        p.push(insn(BPF_JMP | BPF_JA, (target - ja_at - 1) as u32));
+    }
+    debug_assert_eq!(p.len(), first_block);
+    for chunk in table.chunks(1 << GROUP_BITS) {
+        p.push(insn(BPF_LD | BPF_W | BPF_MEM, 1));
+        p.push(insn(BPF_ALU | BPF_AND | BPF_K, (1 << GROUP_BITS) - 1));
+        p.extend(lookup(chunk));
+    }
     p
 }
 
@@ -208,15 +234,16 @@ pub fn run(program: &[Insn], c: &Connection) -> u32 {
         }
         other => panic!("not a load of ours: {other:#x}"),
     };
-    let (mut a, mut x, mut m0) = (0u32, 0u32, 0u32);
+    let (mut a, mut x, mut m) = (0u32, 0u32, [0u32; 16]);
     let mut pc = 0;
     loop {
         let i = program[pc];
         pc += 1;
         match i.code {
             c if c == BPF_LD | BPF_W | BPF_ABS => a = load(i.k),
-            c if c == BPF_LDX | BPF_W | BPF_MEM => x = m0,
-            BPF_ST => m0 = a,
+            c if c == BPF_LDX | BPF_W | BPF_MEM => x = m[i.k as usize],
+            c if c == BPF_LD | BPF_W | BPF_MEM => a = m[i.k as usize],
+            BPF_ST => m[i.k as usize] = a,
             c if c == BPF_MISC | BPF_TAX => x = a,
             c if c == BPF_ALU | BPF_MUL | BPF_K => a = a.wrapping_mul(i.k),
             c if c == BPF_ALU | BPF_XOR | BPF_X => a ^= x,
@@ -249,11 +276,17 @@ pub fn slot_of(bucket: u32, slots: u32) -> u32 {
     b.max(0) as u32
 }
 
-/// How many buckets source balancing hashes into for `slots` slots: enough that every slot
-/// gets a fair share, within classic BPF's 4096 instructions (BPF_MAXINSNS).
-pub fn buckets_for(slots: u32) -> usize {
-    (slots as usize * 16).next_power_of_two().clamp(64, 1024)
-}
+/// How many buckets source balancing hashes addresses into, for every slot count (one that
+/// changed with it would move clients between slots that stay): each slot gets about
+/// BUCKETS / slots of them, so up to about 128 slots the addresses spread evenly, and beyond,
+/// unevenly (with 1024 slots, some get none). The program is then about 2,200 instructions,
+/// within classic BPF's 4096 (BPF_MAXINSNS).
+pub const BUCKETS: usize = 1024;
+/// Buckets in a group of the program's two-level lookup: 2^5.
+const GROUP_BITS: u32 = 5;
+/// The most sockets an even program chooses among: 2 + 2 per socket but the last + 1 within
+/// BPF_MAXINSNS (a reload of 1024 workers in one batch serves 2048 for a moment).
+const MAX_EVEN: usize = 2047;
 
 fn attach(socket: &impl AsFd, program: &[Insn]) -> io::Result<()> {
     let mut filters: Vec<libc::sock_filter> = program
@@ -312,6 +345,8 @@ struct Inner {
     /// Sockets no worker has taken yet (the first one, bound when the group is made).
     spare: Vec<Rc<ListenSocket>>,
     serving: Vec<WorkerId>,
+    /// The same, with the workers stepped around for a backed-up queue: source balancing's.
+    keeping: Vec<WorkerId>,
     /// How many slots the app has: source balancing hashes addresses over them.
     slots: u32,
 }
@@ -389,6 +424,9 @@ impl Group {
             // Taken from the front: the first worker gets the first socket.
             i.spare = sockets.into_iter().rev().collect();
         }
+        // Whatever an earlier corral left attached (or the last probe) goes: until workers
+        // serve, connections wait where the first worker will take them.
+        g.apply();
         Ok(Rc::new(g))
     }
 
@@ -411,12 +449,7 @@ impl Group {
     /// another worker of its slot or of the fewest workers, to share.
     pub fn take(&self, worker: WorkerId, slot: u32) -> io::Result<Rc<ListenSocket>> {
         let mut i = self.inner.borrow_mut();
-        let queued = i.spare.iter().rposition(|s| waiting(&**s).unwrap_or(false));
-        let spare = match queued {
-            Some(p) => Some(i.spare.remove(p)),
-            None => i.spare.pop(),
-        };
-        let s = match i.kept.remove(&slot).or(spare) {
+        let s = match i.kept.remove(&slot).or_else(|| next_spare(&mut i)) {
             Some(s) => s,
             None if self.owned => {
                 let s = Rc::new(ListenSocket::new(
@@ -426,9 +459,12 @@ impl Group {
                 s
             }
             None => {
+                // Another worker's: of its slot (a reload's old worker, which leaves it soon),
+                // or the one the fewest workers share. Never a socket kept for a slot, which
+                // that slot's next worker takes.
                 let same_slot = i.by_worker.values().find(|(s, _)| *s == slot);
                 let fewest = || {
-                    i.order.iter().min_by_key(|o| {
+                    i.by_worker.values().map(|(_, s)| s).min_by_key(|o| {
                         i.by_worker
                             .values()
                             .filter(|(_, s)| Rc::ptr_eq(s, o))
@@ -438,6 +474,7 @@ impl Group {
                 let s = same_slot
                     .map(|(_, s)| s)
                     .or_else(fewest)
+                    .or_else(|| i.kept.values().next())
                     .ok_or_else(|| io::Error::other("no socket"))?
                     .clone();
                 tracing::warn!(
@@ -480,18 +517,11 @@ impl Group {
             }
         }
         // The last socket is about to take s's place: until the program says so, connections
-        // go only to serving sockets that stay where they are.
-        let last = i.order.last().cloned();
-        let staying: Vec<u32> = serving_indices(&i)
-            .into_iter()
-            .filter(|&x| {
-                last.as_ref()
-                    .is_none_or(|l| !Rc::ptr_eq(&i.order[x as usize], l))
-            })
-            .collect();
-        if !staying.is_empty() {
-            attach_through(&i, &program(&staying), self.addr);
-        }
+        // go only to sockets that stay where they are.
+        let mut moving = vec![s.clone()];
+        moving.extend(i.order.last().cloned());
+        let p = steering(&i, self.mode.get(), self.owned, &moving);
+        attach_through(&i, &p, self.addr);
         remove(&mut i, &s);
         drop(i);
         self.apply();
@@ -553,10 +583,11 @@ impl Group {
     /// New connections go to these workers' sockets (see [`program`] and
     /// [`source_program`]); sockets kept for slots at or above `slots` (scaled away) leave the
     /// group.
-    pub fn steer(&self, serving: &[WorkerId], slots: u32) {
+    pub fn steer(&self, serving: &[WorkerId], keeping: &[WorkerId], slots: u32) {
         {
             let mut i = self.inner.borrow_mut();
             i.serving = serving.to_vec();
+            i.keeping = keeping.to_vec();
             i.slots = slots;
             let gone: Vec<u32> = i.kept.keys().copied().filter(|&s| s >= slots).collect();
             for slot in gone {
@@ -575,10 +606,7 @@ impl Group {
         // A socket that no longer listens left the kernel's group behind corral's back.
         self.mend();
         let i = self.inner.borrow();
-        let p = match self.mode.get() {
-            Balance::Source => source_steering(&i),
-            _ => program(&serving_indices(&i)),
-        };
+        let p = steering(&i, self.mode.get(), self.owned, &[]);
         attach_through(&i, &p, self.addr);
     }
 
@@ -589,34 +617,75 @@ impl Group {
     }
 }
 
-/// Source balancing: each bucket of addresses goes to its slot's serving worker (the newest,
-/// while an old and a new one both serve during a reload); a slot with none lends its buckets
-/// to the serving slots in turn, until it serves again.
-fn source_steering(i: &Inner) -> Vec<Insn> {
-    let mut by_slot: std::collections::BTreeMap<u32, (WorkerId, u32)> = Default::default();
-    for w in &i.serving {
-        let Some((slot, s)) = i.by_worker.get(w) else {
-            continue;
-        };
-        let Some(index) = i.order.iter().position(|o| Rc::ptr_eq(o, s)) else {
-            continue;
-        };
-        let e = by_slot.entry(*slot).or_insert((*w, index as u32));
-        if *w > e.0 {
-            *e = (*w, index as u32);
+/// The program for the group as it is, steering clear of `avoid` (sockets about to move).
+///
+/// Even: the serving workers' sockets, at random. Source: each bucket of addresses goes to
+/// its slot's worker (the newest, while an old and a new one both serve during a reload); a
+/// slot with none lends its buckets to the serving slots in turn, until it serves again.
+/// Nothing serving (every slot waits out a restart delay): the sockets kept for the slots,
+/// whose next workers take what waits there; failing those, for systemd's sockets, the one the
+/// next worker takes (a socket no worker takes would keep what the kernel sends it), and for
+/// corral's own, the kernel's choice among all.
+fn steering(i: &Inner, mode: Balance, owned: bool, avoid: &[Rc<ListenSocket>]) -> Vec<Insn> {
+    let index_of = |s: &Rc<ListenSocket>| -> Option<u32> {
+        if avoid.iter().any(|a| Rc::ptr_eq(a, s)) {
+            return None;
         }
+        i.order
+            .iter()
+            .position(|o| Rc::ptr_eq(o, s))
+            .map(|p| p as u32)
+    };
+    let workers = if mode == Balance::Source {
+        &i.keeping
+    } else {
+        &i.serving
+    };
+    // (slot, worker, index): the newest worker of a slot last.
+    let mut serving: Vec<(u32, WorkerId, u32)> = workers
+        .iter()
+        .filter_map(|w| {
+            let (slot, s) = i.by_worker.get(w)?;
+            Some((*slot, *w, index_of(s)?))
+        })
+        .collect();
+    serving.sort_unstable();
+    if serving.is_empty() {
+        let mut fallback: Vec<u32> = i.kept.values().filter_map(index_of).collect();
+        if fallback.is_empty() && !owned {
+            fallback.extend(i.spare.last().and_then(index_of));
+        }
+        fallback.sort_unstable();
+        return program(&fallback);
     }
-    if by_slot.is_empty() {
-        return program(&[]);
+    if mode != Balance::Source {
+        let mut indices: Vec<u32> = serving.iter().map(|&(_, _, x)| x).collect();
+        indices.sort_unstable();
+        indices.dedup();
+        indices.truncate(MAX_EVEN);
+        return program(&indices);
     }
-    let serving: Vec<u32> = by_slot.values().map(|&(_, index)| index).collect();
-    let table: Vec<u32> = (0..buckets_for(i.slots) as u32)
+    let mut by_slot: std::collections::BTreeMap<u32, u32> = Default::default();
+    for &(slot, _, index) in &serving {
+        by_slot.insert(slot, index);
+    }
+    let lenders: Vec<u32> = by_slot.values().copied().collect();
+    let table: Vec<u32> = (0..BUCKETS as u32)
         .map(|b| match by_slot.get(&slot_of(b, i.slots.max(1))) {
-            Some(&(_, index)) => index,
-            None => serving[b as usize % serving.len()],
+            Some(&index) => index,
+            None => lenders[b as usize % lenders.len()],
         })
         .collect();
     source_program(&table)
+}
+
+/// The spare socket the next worker takes: one where connections wait (they are its), or
+/// the last.
+fn next_spare(i: &mut Inner) -> Option<Rc<ListenSocket>> {
+    match i.spare.iter().rposition(|s| waiting(&**s).unwrap_or(false)) {
+        Some(p) => Some(i.spare.remove(p)),
+        None => i.spare.pop(),
+    }
 }
 
 /// How long a probe connection may take to reach a socket of the group (over the loopback it
@@ -701,16 +770,6 @@ fn kernel_order(given: Vec<Rc<ListenSocket>>, addr: SocketAddr) -> Vec<Rc<Listen
     order
 }
 
-/// The indices of the serving workers' sockets in the kernel's order.
-fn serving_indices(i: &Inner) -> Vec<u32> {
-    i.serving
-        .iter()
-        .filter_map(|w| i.by_worker.get(w).map(|(_, s)| s))
-        .filter_map(|s| i.order.iter().position(|o| Rc::ptr_eq(o, s)))
-        .map(|p| p as u32)
-        .collect()
-}
-
 /// Whether a socket is listening (`SO_ACCEPTCONN`, socket(7)).
 pub fn listening(s: &ListenSocket) -> bool {
     nix::sys::socket::getsockopt(s, nix::sys::socket::sockopt::AcceptConn).unwrap_or(false)
@@ -756,6 +815,13 @@ fn listen_socket(addr: SocketAddr, backlog: i32) -> io::Result<Socket> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl Group {
+        /// [`Group::steer`] with the same workers for both kinds of balancing.
+        fn steer_all(&self, workers: &[WorkerId], slots: u32) {
+            self.steer(workers, workers, slots);
+        }
+    }
 
     #[test]
     fn programs_pick_only_among_the_serving_sockets_and_evenly() {
@@ -813,18 +879,18 @@ mod tests {
         let b = g.take(2, 1).unwrap();
         let c = g.take(3, 2).unwrap();
         let all = [a.clone(), b.clone(), c.clone()];
-        g.steer(&[2], 3);
+        g.steer_all(&[2], 3);
         assert_eq!(queues_after(addr, 5, &all), [0, 5, 0]);
-        g.steer(&[1, 3], 3);
+        g.steer_all(&[1, 3], 3);
         let q = queues_after(addr, 40, &all);
         assert_eq!(q[1], 0, "{q:?}");
         assert!(q[0] > 5 && q[2] > 5 && q[0] + q[2] == 40, "{q:?}");
         // Worker 1 leaves: socket c takes a's place in the kernel's order; the program follows.
         g.release(1, None);
-        g.steer(&[3], 3);
+        g.steer_all(&[3], 3);
         assert_eq!(queues_after(addr, 4, &all[1..]), [0, 4]);
         // A crashed worker's socket is kept for its slot, connections and all.
-        g.steer(&[2], 3);
+        g.steer_all(&[2], 3);
         assert_eq!(g.waiting(2), Some(false));
         let conns: Vec<_> = (0..2)
             .map(|_| std::net::TcpStream::connect(addr).unwrap())
@@ -841,7 +907,7 @@ mod tests {
     }
 
     /// The source hash, written plainly: what the program must compute.
-    fn bucket_of(source: std::net::IpAddr, buckets: usize) -> u32 {
+    fn bucket_of(source: std::net::IpAddr) -> u32 {
         let words: Vec<u32> = match source {
             std::net::IpAddr::V4(a) => vec![u32::from(a)],
             std::net::IpAddr::V6(a) => a
@@ -854,12 +920,12 @@ mod tests {
         for w in words {
             h = (h ^ w).wrapping_mul(GOLDEN);
         }
-        (h ^ (h >> 16)) & (buckets as u32 - 1)
+        (h ^ (h >> 16)) & (BUCKETS as u32 - 1)
     }
 
     #[test]
     fn the_source_program_hashes_every_byte_of_the_address() {
-        let table: Vec<u32> = (0..64).map(|b| b * 3).collect();
+        let table: Vec<u32> = (0..BUCKETS as u32).map(|b| b * 3).collect();
         let p = source_program(&table);
         assert!(p.len() <= 4096);
         let mut seen = std::collections::HashSet::new();
@@ -878,11 +944,15 @@ mod tests {
             .into();
             for source in [v4, v6] {
                 let got = run(&p, &Connection { random: i, source });
-                assert_eq!(got, table[bucket_of(source, 64) as usize], "{source}");
+                assert_eq!(got, table[bucket_of(source) as usize], "{source}");
                 seen.insert(got);
             }
         }
-        assert_eq!(seen.len(), 64, "every bucket is reached");
+        assert!(
+            seen.len() > BUCKETS * 8 / 10,
+            "{} buckets reached",
+            seen.len()
+        );
         // Only the address counts: not the random number.
         let one = |random| {
             run(
@@ -894,14 +964,13 @@ mod tests {
             )
         };
         assert!((0..100).all(|r| one(r) == one(0)));
-        // The largest table fits in a program.
-        assert!(source_program(&vec![0; buckets_for(1024)]).len() <= 4096);
+        assert!(p.len() <= 4096, "{}", p.len());
     }
 
     #[test]
     fn one_slot_more_moves_only_what_the_new_slot_takes() {
-        for slots in [1u32, 2, 3, 4, 7, 8, 16, 63, 64] {
-            let b = buckets_for(slots + 1) as u32;
+        for slots in [1u32, 2, 3, 4, 7, 8, 16, 63, 64, 127] {
+            let b = BUCKETS as u32;
             let before: Vec<u32> = (0..b).map(|k| slot_of(k, slots)).collect();
             let after: Vec<u32> = (0..b).map(|k| slot_of(k, slots + 1)).collect();
             for (x, y) in before.iter().zip(&after) {
@@ -952,7 +1021,7 @@ mod tests {
         let addr = g.addr();
         let mut sockets: Vec<Rc<ListenSocket>> =
             (0..4).map(|w| g.take(w, w as u32).unwrap()).collect();
-        g.steer(&[0, 1, 2, 3], 4);
+        g.steer_all(&[0, 1, 2, 3], 4);
         let sources: Vec<std::net::Ipv4Addr> = (2..60)
             .map(|i| std::net::Ipv4Addr::new(127, 0, 0, i))
             .collect();
@@ -964,9 +1033,8 @@ mod tests {
         };
         let first = slot_of_source(&sockets);
         // What the program computes is what the kernel does: the bucket's slot's socket.
-        let b = buckets_for(4);
         for (s, &slot) in sources.iter().zip(&first) {
-            assert_eq!(slot as u32, slot_of(bucket_of((*s).into(), b), 4), "{s}");
+            assert_eq!(slot as u32, slot_of(bucket_of((*s).into()), 4), "{s}");
         }
         assert_eq!(
             first,
@@ -979,7 +1047,7 @@ mod tests {
         // Slot 1's worker restarts: while it has none, its clients go to other slots, and
         // the others' stay where they were.
         g.release(1, Some(1));
-        g.steer(&[0, 2, 3], 4);
+        g.steer_all(&[0, 2, 3], 4);
         let during = slot_of_source(&sockets);
         for (a, b) in first.iter().zip(&during) {
             assert_ne!(*b, 1);
@@ -989,11 +1057,11 @@ mod tests {
         }
         // Its next worker is slot 1 again: every client back where it was.
         sockets[1] = g.take(9, 1).unwrap();
-        g.steer(&[0, 9, 2, 3], 4);
+        g.steer_all(&[0, 9, 2, 3], 4);
         assert_eq!(slot_of_source(&sockets), first);
         // A reload: a new worker of slot 2 beside the old one takes its clients.
         let new = g.take(10, 2).unwrap();
-        g.steer(&[0, 9, 2, 3, 10], 4);
+        g.steer_all(&[0, 9, 2, 3, 10], 4);
         sockets.push(new);
         let reloaded = slot_of_source(&sockets);
         for (a, b) in first.iter().zip(&reloaded) {
@@ -1033,11 +1101,72 @@ mod tests {
         );
         drop(early);
         for w in 0..4 {
-            g.steer(&[w], 4);
+            g.steer_all(&[w], 4);
             let q = queues_after(addr, 3, &sockets);
             let mut want = [0; 4];
             want[w as usize] = 3;
             assert_eq!(q, want, "worker {w}");
+        }
+    }
+
+    /// `n` sockets as a socket unit makes them: one group on one address.
+    fn systemd_sockets(n: usize) -> (SocketAddr, Vec<Rc<ListenSocket>>) {
+        let first = listen_socket("127.0.0.1:0".parse().unwrap(), 64).unwrap();
+        let addr = first.local_addr().unwrap().as_socket().unwrap();
+        let mut v = vec![Rc::new(ListenSocket::new(first.into()))];
+        for _ in 1..n {
+            v.push(Rc::new(ListenSocket::new(
+                listen_socket(addr, 64).unwrap().into(),
+            )));
+        }
+        (addr, v)
+    }
+
+    #[test]
+    fn systemds_spare_socket_survives_a_crash_and_no_connection_waits_where_none_takes_it() {
+        let (addr, given) = systemd_sockets(4);
+        let g = Group::adopt(given.clone(), 64, Balance::Even).unwrap();
+        // Before any worker: connections wait on the socket the first worker takes.
+        let early = std::net::TcpStream::connect(addr).unwrap();
+        let first = g.take(0, 0).unwrap();
+        assert_eq!(accept_all(&first), 1);
+        drop(early);
+        let mut held: Vec<Rc<ListenSocket>> = vec![first];
+        held.extend((1..3).map(|w| g.take(w, w as u32).unwrap()));
+        g.steer_all(&[0, 1, 2], 3);
+        // Slot 1 crashes; its next worker takes the socket it kept, and the spare stays spare.
+        g.release(1, Some(1));
+        held[1] = g.take(9, 1).unwrap();
+        let spare = g.take(10, 0).unwrap();
+        assert!(
+            held.iter().all(|h| !Rc::ptr_eq(h, &spare)),
+            "the spare, not a shared one"
+        );
+        g.release(10, None);
+        // Every worker crashed: connections wait on the sockets the slots kept, never on the
+        // spare, which no worker may take again.
+        for w in [0, 9, 2] {
+            g.release(w, Some(if w == 9 { 1 } else { w as u32 }));
+        }
+        g.steer_all(&[], 3);
+        let mut all = held.clone();
+        all.push(spare.clone());
+        let q = queues_after(addr, 30, &all);
+        assert_eq!(q[3], 0, "{q:?}");
+        assert_eq!(q.iter().sum::<u32>(), 30, "{q:?}");
+    }
+
+    #[test]
+    fn an_ipv4_client_of_a_dual_stack_group_is_hashed_as_over_ipv4() {
+        let g = Group::bind("[::]:0".parse().unwrap(), 64, Balance::Source).unwrap();
+        let port = g.addr().port();
+        let sockets: Vec<Rc<ListenSocket>> = (0..3).map(|w| g.take(w, w as u32).unwrap()).collect();
+        g.steer_all(&[0, 1, 2], 3);
+        let target: SocketAddr = (std::net::Ipv4Addr::LOCALHOST, port).into();
+        for i in 2..30u8 {
+            let source = std::net::Ipv4Addr::new(127, 0, 0, i);
+            let got = queued_on(source, target, &sockets);
+            assert_eq!(got as u32, slot_of(bucket_of(source.into()), 3), "{source}");
         }
     }
 }

@@ -152,11 +152,6 @@ impl Set {
             .collect()
     }
 
-    /// Whether a balanced listener keeps clients on their slots (`balance = "source"`).
-    pub fn sticky(&self) -> bool {
-        self.balance.iter().any(|(b, _)| *b == Balance::Source)
-    }
-
     /// Whether any listener is balanced.
     pub fn balanced(&self) -> bool {
         self.groups.iter().any(Option::is_some)

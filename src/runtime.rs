@@ -295,7 +295,6 @@ impl Loop {
         );
         let mut params = Params::from_config(&config, workers);
         params.balanced = listeners.balanced();
-        params.sticky = listeners.sticky();
         let gen = self
             .add_generation(config, listeners)
             .map_err(Error::Refused)?;
@@ -519,14 +518,18 @@ impl Loop {
             }
             Action::Probe { workers } => self.probe(workers),
             Action::Load => self.load(),
-            Action::Balance { serving, slots } => {
+            Action::Balance {
+                serving,
+                keeping,
+                slots,
+            } => {
                 // Every group a live generation uses, once.
                 let mut done: Vec<*const crate::balance::Group> = Vec::new();
                 for g in self.gens.values() {
                     for group in g.listeners.groups.iter().flatten() {
                         if !done.contains(&std::rc::Rc::as_ptr(group)) {
                             done.push(std::rc::Rc::as_ptr(group));
-                            group.steer(&serving, slots);
+                            group.steer(&serving, &keeping, slots);
                         }
                     }
                 }
@@ -1020,7 +1023,6 @@ impl Loop {
         let workers = config.workers.resolve();
         let mut params = Params::from_config(&config, workers);
         params.balanced = listeners.balanced();
-        params.sticky = listeners.sticky();
         // Said before the roll, whose new workers would otherwise fail with EMFILE.
         if let Some(w) = crate::nofile::check(workers, balanced_listeners(&listeners)) {
             warn!("{w}");
@@ -1042,7 +1044,6 @@ impl Loop {
     ) {
         let mut params = Params::from_config(&config, workers);
         params.balanced = listeners.balanced();
-        params.sticky = listeners.sticky();
         // Said before the roll, whose new workers would otherwise fail with EMFILE.
         if let Some(w) = crate::nofile::check(workers, balanced_listeners(&listeners)) {
             warn!("{w}");

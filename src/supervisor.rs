@@ -62,10 +62,6 @@ pub struct Params {
     /// (balance.rs): a worker is drained (steered away from, its queue emptied) before it is
     /// asked to stop. Set by the runtime, which knows where the sockets came from.
     pub balanced: bool,
-    /// A balanced listener keeps each client address on its slot (`balance = "source"`): a
-    /// worker whose queue backs up is not stepped around, or its clients would lose their
-    /// slot for a passing stall (supervisor_drain.rs).
-    pub sticky: bool,
 }
 
 impl Params {
@@ -91,7 +87,6 @@ impl Params {
             stop_exit_codes: config.restart.stop_exit_codes.clone(),
             max_memory: config.limits.max_memory,
             balanced: false,
-            sticky: false,
         }
     }
 }
@@ -250,9 +245,12 @@ pub enum Action {
         workers: Vec<(WorkerId, i32)>,
     },
     /// Balanced listeners: new connections go to these workers' sockets only (none: the
-    /// kernel's own choice among all). `slots` is the slot count, for sockets kept for a slot.
+    /// kernel's own choice among all). `serving` steps around a worker whose queue backs up,
+    /// for even spreading; `keeping` does not, for source balancing, whose clients wait for
+    /// their slot's worker. `slots` is the slot count, for sockets kept for a slot.
     Balance {
         serving: Vec<WorkerId>,
+        keeping: Vec<WorkerId>,
         slots: u32,
     },
     /// Report whether connections wait in each of these workers' own sockets' queues, as one
@@ -449,7 +447,7 @@ pub struct Supervisor {
     /// When memory is next sampled (only while some generation has `limits.max_memory`).
     next_sample: Option<Instant>,
     /// Balanced: the workers new connections go to, and the slot count, as last announced.
-    serving: (Vec<WorkerId>, u32),
+    serving: (Vec<WorkerId>, Vec<WorkerId>, u32),
     /// Balanced: when the accept queues are next looked at.
     next_queue_check: Option<Instant>,
     out: Vec<Action>,
@@ -497,7 +495,7 @@ impl Supervisor {
             last_failed: false,
             next_sample: None,
             stop_code: 0,
-            serving: (Vec::new(), 0),
+            serving: (Vec::new(), Vec::new(), 0),
             next_queue_check: None,
             out: Vec::new(),
         }

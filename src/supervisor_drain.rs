@@ -91,34 +91,37 @@ impl Supervisor {
         }
     }
 
-    /// The workers new connections should go to: the ready ones not stepped around (nor
-    /// about to stop, having said STOPPING=1), or, when every ready one is, all of them; when
-    /// none is ready, the starting ones, which serve soon.
-    fn serving_now(&self) -> Vec<WorkerId> {
+    /// The workers new connections should go to: the ready ones (not about to stop, having
+    /// said STOPPING=1), or, when none is ready, the starting ones, which serve soon. Then
+    /// the same without those stepped around, unless every ready one is: for even spreading.
+    fn serving_now(&self) -> (Vec<WorkerId>, Vec<WorkerId>) {
         let balanced = |w: &super::Worker| self.params[&w.generation].balanced;
         let in_state = |state: WorkerState| -> Vec<(WorkerId, bool)> {
             self.workers
                 .iter()
                 .filter(|(_, w)| w.state == state && balanced(w) && !w.said_stopping)
-                .map(|(&id, w)| (id, w.stalled && !self.params[&w.generation].sticky))
+                .map(|(&id, w)| (id, w.stalled))
                 .collect()
         };
         let ready = in_state(WorkerState::Ready);
+        let keeping: Vec<WorkerId> = if ready.is_empty() {
+            in_state(WorkerState::Starting)
+                .into_iter()
+                .map(|(id, _)| id)
+                .collect()
+        } else {
+            ready.iter().map(|&(id, _)| id).collect()
+        };
         let healthy: Vec<WorkerId> = ready
             .iter()
             .filter(|(_, s)| !s)
             .map(|&(id, _)| id)
             .collect();
-        if !healthy.is_empty() {
-            return healthy;
+        if healthy.is_empty() {
+            (keeping.clone(), keeping)
+        } else {
+            (healthy, keeping)
         }
-        if !ready.is_empty() {
-            return ready.into_iter().map(|(id, _)| id).collect();
-        }
-        in_state(WorkerState::Starting)
-            .into_iter()
-            .map(|(id, _)| id)
-            .collect()
     }
 
     /// After every event: announce a changed serving set (or slot count: a slot scaled away
@@ -131,14 +134,19 @@ impl Supervisor {
             .any(|w| self.params[&w.generation].balanced);
         if !balanced {
             self.next_queue_check = None;
-            self.serving = (Vec::new(), 0);
+            self.serving = (Vec::new(), Vec::new(), 0);
             return;
         }
-        let now_serving = (self.serving_now(), self.desired);
+        let (serving, keeping) = self.serving_now();
+        let now_serving = (serving, keeping, self.desired);
         if now_serving != self.serving {
             self.serving = now_serving.clone();
-            let (serving, slots) = now_serving;
-            self.out.push(Action::Balance { serving, slots });
+            let (serving, keeping, slots) = now_serving;
+            self.out.push(Action::Balance {
+                serving,
+                keeping,
+                slots,
+            });
         }
         if self.next_queue_check.is_none() && self.worth_checking() {
             self.next_queue_check = Some(now + self.check_every());

@@ -74,7 +74,6 @@ impl P {
             reset_after: secs(10),
             max_memory: None,
             balanced: false,
-            sticky: false,
             max_failures: 10,
             failure_interval: secs(60),
             stop_exit_codes: Vec::new(),
@@ -2490,6 +2489,18 @@ fn serving(h: &Harness) -> Vec<WorkerId> {
         .unwrap_or_default()
 }
 
+/// The set of the last `Balance` action for source balancing.
+fn keeping(h: &Harness) -> Vec<WorkerId> {
+    h.actions
+        .iter()
+        .rev()
+        .find_map(|a| match a {
+            Action::Balance { keeping, .. } => Some(keeping.clone()),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
 /// Advances to the next queue check and answers it: `waiting` for the workers listed.
 fn answer_checks(h: &mut Harness, waiting: &[WorkerId]) -> Vec<WorkerId> {
     let deadline = h.sup.next_deadline().expect("a check is scheduled");
@@ -2588,17 +2599,16 @@ fn a_ready_worker_whose_queue_backs_up_is_stepped_around_until_it_empties() {
 }
 
 #[test]
-fn a_sticky_workers_queue_backing_up_keeps_its_clients_waiting_for_it() {
-    let mut p = P::new(2).balanced();
-    p.0.sticky = true;
-    let mut h = Harness::started(p);
+fn a_stalled_worker_is_stepped_around_for_even_spreading_but_keeps_its_source_clients() {
+    let mut h = Harness::started(P::new(2).balanced());
     let ids: Vec<WorkerId> = (0..2).map(|s| h.last_spawn(s)).collect();
     for _ in 0..5 {
         answer_checks(&mut h, &[ids[1]]);
     }
+    check_eq!(h, serving(&h), vec![ids[0]]);
     check_eq!(
         h,
-        serving(&h),
+        keeping(&h),
         ids,
         "source balancing keeps the slot's clients on it"
     );

@@ -162,8 +162,8 @@ fn sec(d: Duration) -> String {
 
 /// How many sockets a balanced listener's socket unit holds: one per worker, and one for each
 /// worker a reload batch starts beside the old ones (an old worker keeps its socket while it
-/// drains). More workers than that (`corral scale`) share sockets until the next
-/// `daemon-reload` regenerates the unit.
+/// drains). More workers than that (`corral scale`) share sockets until the config counts
+/// them, `daemon-reload` regenerates the unit and the socket unit restarts.
 pub fn balanced_sockets(config: &Config) -> u32 {
     let workers = config.workers.resolve().max(1);
     workers + config.reload.batch.slots(workers).max(1)

@@ -1043,14 +1043,12 @@ fn a_balanced_slot_waiting_out_its_restart_delay_gets_no_connections() {
     );
     // A round trip through the event loop: what the exit changed is applied by now.
     c.status();
-    // For the next 4 s slot's socket has no worker: every client is served by the others,
-    // at once (a connection sent to the slot would wait out the delay, and the read timeout).
-    let start = std::time::Instant::now();
+    // For the next 4 s slot's socket has no worker: every client is served by the others (a
+    // connection sent to the slot would wait there, and be answered by the slot's next worker).
     for _ in 0..60 {
         let w = c.get("/").expect("served by another worker");
         assert_ne!(w["slot"], crashed["slot"]);
     }
-    assert!(start.elapsed() < SECS(3), "{:?}", start.elapsed());
 }
 
 #[test]

@@ -635,6 +635,20 @@ fn balanced_listeners_take_a_socket_per_worker_from_the_socket_unit_or_say_why_n
         "a client keeps its slot"
     );
 
+    // A crashed worker: its next worker takes its socket and its clients.
+    let cursor = sb.cursor();
+    sb.in_netns(|| common::http_get_from([127, 0, 0, 2].into(), PORT, "/crash"))
+        .unwrap();
+    sb.wait_journal(
+        &cursor,
+        "-u corral@demo.service",
+        "3/3 ready · generation 1 · 1 restart",
+        SECS(20),
+    );
+    // A round trip through corral's event loop: what came with the line is applied by now.
+    sb.ok("corral status demo");
+    assert_eq!(slot_of(&answers(&sb)), slot_of(&first), "after a crash");
+
     // systemctl reload under load: no failed request, and every client keeps its slot.
     let load = load(&sb, PORT);
     sb.write(
@@ -663,4 +677,21 @@ fn balanced_listeners_take_a_socket_per_worker_from_the_socket_unit_or_say_why_n
         })
         .collect();
     assert_eq!(slots.len(), 3, "{slots:?}");
+
+    // Shared asked of a socket unit with a socket per worker: it stays balanced (connections
+    // the kernel spread over sockets no worker takes would wait there), and status says why.
+    sb.write(
+        "/etc/corral/demo.toml",
+        &demo(3, r#"WORKER_TAG = "v5""#, ""),
+    );
+    sb.ok("systemctl reload corral@demo.service");
+    let l = &status_json(&sb)["listeners"][0];
+    assert_eq!(l["balance"], "even", "{l}");
+    assert!(
+        l["note"].as_str().unwrap().contains("passes 4 sockets"),
+        "{l}"
+    );
+    for _ in 0..20 {
+        assert_eq!(get(&sb, PORT).unwrap()["tag"], "v5");
+    }
 }
