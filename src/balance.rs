@@ -321,6 +321,21 @@ pub fn waiting(socket: &impl AsFd) -> io::Result<bool> {
         .is_some_and(|r| r.contains(PollFlags::POLLIN)))
 }
 
+/// [`waiting`] for many sockets, in one poll(2).
+pub fn waiting_many(sockets: &[Rc<ListenSocket>]) -> Vec<bool> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let mut fds: Vec<PollFd> = sockets
+        .iter()
+        .map(|s| PollFd::new(s.as_fd(), PollFlags::POLLIN))
+        .collect();
+    if poll(&mut fds, PollTimeout::ZERO).is_err() {
+        return vec![false; sockets.len()];
+    }
+    fds.iter()
+        .map(|f| f.revents().is_some_and(|r| r.contains(PollFlags::POLLIN)))
+        .collect()
+}
+
 /// A TCP listener of corral's own, as a group of sockets, one per worker.
 pub struct Group {
     /// The address every socket is bound to (its port as the first one got it, for port 0).
@@ -608,6 +623,11 @@ impl Group {
         let i = self.inner.borrow();
         let p = steering(&i, self.mode.get(), self.owned, &[]);
         attach_through(&i, &p, self.addr);
+    }
+
+    /// The worker's own socket.
+    pub fn socket_of(&self, worker: WorkerId) -> Option<Rc<ListenSocket>> {
+        Some(self.inner.borrow().by_worker.get(&worker)?.1.clone())
     }
 
     /// Whether connections wait in the worker's socket's queue.

@@ -164,12 +164,13 @@ impl Set {
         }
     }
 
-    /// Whether connections wait in the queue of any of the worker's own sockets.
-    pub fn waiting(&self, worker: WorkerId) -> bool {
+    /// The worker's own sockets (of the balanced listeners).
+    pub fn own_sockets(&self, worker: WorkerId) -> Vec<Rc<ListenSocket>> {
         self.groups
             .iter()
             .flatten()
-            .any(|g| g.waiting(worker) == Some(true))
+            .filter_map(|g| g.socket_of(worker))
+            .collect()
     }
     /// The `LISTEN_FDNAMES` value.
     pub fn fdnames(&self) -> String {

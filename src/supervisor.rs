@@ -450,6 +450,8 @@ pub struct Supervisor {
     serving: (Vec<WorkerId>, Vec<WorkerId>, u32),
     /// Balanced: when the accept queues are next looked at.
     next_queue_check: Option<Instant>,
+    /// Connections waited at a serving worker at the last queue check.
+    queues_busy: bool,
     out: Vec<Action>,
 }
 
@@ -497,6 +499,7 @@ impl Supervisor {
             stop_code: 0,
             serving: (Vec::new(), Vec::new(), 0),
             next_queue_check: None,
+            queues_busy: false,
             out: Vec::new(),
         }
     }
@@ -536,11 +539,7 @@ impl Supervisor {
             Event::Stop => self.on_stop(now),
             Event::Memory { id, rss } => self.on_memory(id, rss, now),
             Event::Listening { id, how } => self.on_listening(id, how, now),
-            Event::Queued { waiting } => {
-                for (id, w) in waiting {
-                    self.on_queued(id, w, now);
-                }
-            }
+            Event::Queued { waiting } => self.on_queues(waiting, now),
         }
         self.settle(now);
         std::mem::take(&mut self.out)

@@ -2586,10 +2586,30 @@ fn a_ready_worker_whose_queue_backs_up_is_stepped_around_until_it_empties() {
     let mut h = Harness::started(P::new(3).balanced());
     let ids: Vec<WorkerId> = (0..3).map(|s| h.last_spawn(s)).collect();
     check_eq!(h, serving(&h), ids.clone());
+    answer_checks(&mut h, &[]);
+    check_eq!(
+        h,
+        h.sup.next_deadline(),
+        Some(h.now + drain::CHECK_SERVING),
+        "empty queues: an idle pace"
+    );
     answer_checks(&mut h, &[ids[1]]);
     check_eq!(h, serving(&h), ids.clone(), "once is not a stall");
+    check_eq!(
+        h,
+        h.sup.next_deadline(),
+        Some(h.now + drain::CHECK_BUSY),
+        "connections waiting: the next look comes soon"
+    );
+    let start = h.now;
     answer_checks(&mut h, &[ids[1]]);
     check_eq!(h, serving(&h), vec![ids[0], ids[2]]);
+    check_eq!(
+        h,
+        h.now - start,
+        drain::CHECK_BUSY,
+        "stepped around within 10 ms"
+    );
     answer_checks(&mut h, &[]);
     check_eq!(h, serving(&h), ids.clone(), "back once its queue is empty");
     // When every worker backs up, all of them serve.
