@@ -12,9 +12,17 @@
 //! that a client keeps its slot. A worker being replaced is thus steered away from and drained
 //! before it is asked to stop.
 //!
+//! Why a socket per worker rather than per slot: during a reload a slot has two workers, the
+//! old one finishing what it accepted and the new one taking new connections. With one socket
+//! per slot the old worker would go on accepting until it stops, and servers that drop what
+//! they accepted but had not read when their graceful stop begins (uvicorn, Node.js) would
+//! fail those requests. A socket still outlives its worker where that matters: a crashed
+//! worker's socket, and what waits on it, goes to its slot's next worker.
+//!
 //! Why classic BPF: an eBPF `SK_REUSEPORT` program with a socket map would name sockets by key
 //! rather than by position, and could count; but loading one takes CAP_BPF (or CAP_SYS_ADMIN),
-//! even with `kernel.unprivileged_bpf_disabled` at 0, and corral@.service runs with no
+//! even with `kernel.unprivileged_bpf_disabled` at 0 (it is 2 on the project's machine, Linux
+//! 6.18, Debian 12's default), and corral@.service runs with no
 //! capability at all (`CapabilityBoundingSet=`, `systemd-analyze security` 1.1). Classic BPF
 //! needs none, and gives a random number and the packet's IP header: enough for both modes.
 //!
