@@ -111,6 +111,7 @@ METRICS = {
     "p99_ka": ("p99 latency, keep-alive", "ms", False, 2),
     "share_ka": ("busiest/least busy worker, keep-alive 16", "×", False, 2),
     "share_close": ("busiest/least busy worker, new connection", "×", False, 2),
+    "conns_ka": ("busiest/least busy worker by connections held, keep-alive 16", "×", False, 2),
     "sup_rss": ("supervisor RSS", "MiB", False, 1),
     "idle_cpu": ("supervisor idle CPU", "ms/10 s", False, 0),
     "reload_ms": ("reload under load, duration", "ms", False, 0),
@@ -133,7 +134,7 @@ METRICS = {
 
 SECTIONS = [
     ("Throughput and latency (4 workers)", ["rps_close", "rps_ka", "p50_close", "p99_close", "p50_ka", "p99_ka"]),
-    ("Per-worker share of requests (4 workers)", ["share_ka", "share_close"]),
+    ("Per-worker share of requests (4 workers)", ["share_ka", "share_close", "conns_ka"]),
     ("Supervisor footprint (4 workers)", ["sup_rss", "idle_cpu"]),
     ("Rolling reload under load (4 workers)", ["reload_ms", "reload_fail_close", "reload_fail_ka", "reload_fail_rec", "reload_max"]),
     ("Start and crash", ["start64_ms", "crash_ms", "crash_fail_close", "crash_fail_ka"]),
@@ -178,10 +179,13 @@ def ratio(a, b, higher):
     if a != a or b != b:
         return "–"
     if b == 0 and a == 0:
-        return "="
+        return "= (0)"
+    if a == float("inf") and b == float("inf"):
+        return "= (∞)"
     if b == 0 or a == float("inf") or b == float("inf"):
-        return "–"
-    return f"{a / b:.2f}×"
+        return f"{fmt(a, 0)} : {fmt(b, 0)}"
+    r = a / b
+    return f"{r:.2f}×" if r >= 0.1 else f"{r:.2g}×"
 
 
 def report(results, machine, out, png=None, recdir=None, stall_png=None):
@@ -213,7 +217,7 @@ def report(results, machine, out, png=None, recdir=None, stall_png=None):
     L.append("| figure | " + " | ".join(NAMES[p] for p in peers) + " |")
     L.append("|---|" + "---|" * len(peers))
     for metric in ["rps_close", "rps_ka", "p50_close", "p99_close", "p50_ka", "p99_ka", "share_ka", "share_close",
-                   "sup_rss", "idle_cpu", "reload_ms", "reload_max", "start64_ms", "crash_ms", "stall_p99", "stall_max", "stall_rec_slow"]:
+                   "sup_rss", "idle_cpu", "reload_ms", "reload_max", "start64_ms", "crash_ms", "stall_rps", "stall_p99", "stall_rec_slow", "stall_rec_max"]:
         label = METRICS[metric][0]
         row = []
         for p in peers:
@@ -222,7 +226,10 @@ def report(results, machine, out, png=None, recdir=None, stall_png=None):
             row.append(" / ".join(parts))
         L.append(f"| {label} | " + " | ".join(row) + " |")
     L.append("")
-    L.append("Failed requests are not ratios: see the raw tables (a 0 against a 0 is what counts).")
+    L.append("`A : B` where a ratio has no meaning (a 0 or ∞ on one side). Failed requests are not "
+             "ratios: see the raw tables, where a 0 against a 0 is what counts. Latency percentiles are wrk's, "
+             "which wrk corrects for coordinated omission (see the notes below the tables): the recording "
+             "client's figures are each request counted once.")
     L.append("")
 
     for title, metrics in SECTIONS:
@@ -271,14 +278,14 @@ def report(results, machine, out, png=None, recdir=None, stall_png=None):
                      f"{fmt(fails['crash_fail_ka'], 0)} keep-alive).")
     L.append("")
     if png:
-        L.append(f"![client latency through a reload]({os.path.relpath(png, os.path.dirname(os.path.abspath(out)))})")
+        L.append(f"![client latency through a reload]({os.path.relpath(png)})")
         L.append("")
         L.append("The recording client's requests (one new connection each, 100/s, beside the two wrk clients) "
                  "through one rolling reload of the last round; the shaded band is the reload, red crosses "
                  "are failed requests.")
         L.append("")
     if stall_png:
-        L.append(f"![client latency while a worker stalls]({os.path.relpath(stall_png, os.path.dirname(os.path.abspath(out)))})")
+        L.append(f"![client latency while a worker stalls]({os.path.relpath(stall_png)})")
         L.append("")
         L.append("The recording client's requests during the stall test of the last round: each shaded band is "
                  "one /stall request, from its sending to its answer (the worker's event loop is blocked for 1 s "
