@@ -175,7 +175,7 @@ def cell(vals, dec):
     return f"{m} ({fmt(min(vals), dec)}–{fmt(max(vals), dec)})"
 
 
-def ratio(a, b, higher):
+def ratio(a, b, dec):
     if a != a or b != b:
         return "–"
     if b == 0 and a == 0:
@@ -183,7 +183,7 @@ def ratio(a, b, higher):
     if a == float("inf") and b == float("inf"):
         return "= (∞)"
     if b == 0 or a == float("inf") or b == float("inf"):
-        return f"{fmt(a, 0)} : {fmt(b, 0)}"
+        return f"{fmt(a, dec)} : {fmt(b, dec)}"
     r = a / b
     return f"{r:.2f}×" if r >= 0.1 else f"{r:.2g}×"
 
@@ -222,13 +222,13 @@ def report(results, machine, out, png=None, recdir=None, stall_png=None):
         row = []
         for p in peers:
             pv = med(data.get((p, metric), []))
-            parts = [ratio(med(data.get((c, metric), [])), pv, METRICS[metric][2]) for c in corrals]
+            parts = [ratio(med(data.get((c, metric), [])), pv, METRICS[metric][3]) for c in corrals]
             row.append(" / ".join(parts))
         L.append(f"| {label} | " + " | ".join(row) + " |")
     L.append("")
     L.append("`A : B` where a ratio has no meaning (a 0 or ∞ on one side). Failed requests are not "
              "ratios: see the raw tables, where a 0 against a 0 is what counts. Latency percentiles are wrk's, "
-             "which wrk corrects for coordinated omission (see the notes below the tables): the recording "
+             "which wrk corrects for coordinated omission (bench/README.md): the recording "
              "client's figures are each request counted once.")
     L.append("")
 
