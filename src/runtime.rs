@@ -81,6 +81,9 @@ pub fn run(opts: RunOptions) -> Result<i32, Error> {
     let control_path = opts
         .control
         .unwrap_or_else(|| control::default_path(&config.app));
+    // Absolute: the notify socket and the Node.js preload are beside it, and workers that run
+    // elsewhere (`directory`) find them by this path.
+    let control_path = std::path::absolute(&control_path).unwrap_or(control_path);
     let devnull: OwnedFd = std::fs::File::open("/dev/null")
         .map_err(|e| Error::io("cannot open /dev/null", e))?
         .into();

@@ -1887,3 +1887,46 @@ fn environment_files_are_reread_at_each_reload_and_their_values_never_shown() {
     }
     std::fs::remove_dir_all(&files).unwrap();
 }
+
+#[test]
+fn a_relative_control_path_reaches_workers_that_run_in_another_directory() {
+    // `--control demo.sock` from corral's directory; the worker runs in / and finds the notify
+    // socket beside the control socket all the same.
+    let dir = scratch_dir();
+    let port = free_port();
+    let template = config(1, "").replace("command = [", "directory = \"/\"\ncommand = [");
+    std::fs::write(dir.join("demo.toml"), render(&template, port)).unwrap();
+    let mut child = std::process::Command::new(CORRAL)
+        .current_dir(&dir)
+        .args(["run", "demo.toml", "--control", "demo.sock"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = std::time::Instant::now() + SECS(20);
+    let mut seen = Vec::new();
+    let ready = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.contains("1/1 ready") => break true,
+            Ok(line) => seen.push(line),
+            Err(_) => break false,
+        }
+    };
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        Signal::SIGTERM,
+    );
+    let _ = child.wait();
+    assert!(ready, "never ready: {seen:#?}");
+}
