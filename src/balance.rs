@@ -543,7 +543,7 @@ impl Group {
         // go only to sockets that stay where they are.
         let mut moving = vec![s.clone()];
         moving.extend(i.order.last().cloned());
-        let p = steering(&i, self.mode.get(), self.owned, &moving);
+        let p = placement(&i, self.mode.get(), self.owned, &moving);
         attach_through(&i, &p, self.addr);
         remove(&mut i, &s);
         drop(i);
@@ -629,7 +629,7 @@ impl Group {
         // A socket that no longer listens left the kernel's group behind corral's back.
         self.mend();
         let i = self.inner.borrow();
-        let p = steering(&i, self.mode.get(), self.owned, &[]);
+        let p = placement(&i, self.mode.get(), self.owned, &[]);
         attach_through(&i, &p, self.addr);
     }
 
@@ -645,7 +645,7 @@ impl Group {
     }
 }
 
-/// The program for the group as it is, steering clear of `avoid` (sockets about to move).
+/// The program for the group as it is, keeping clear of `avoid` (sockets about to move).
 ///
 /// Even: the serving workers' sockets, at random. Source: each bucket of addresses goes to
 /// its slot's worker (the newest, while an old and a new one both serve during a reload); a
@@ -654,7 +654,7 @@ impl Group {
 /// whose next workers take what waits there; failing those, for systemd's sockets, the one the
 /// next worker takes (a socket no worker takes would keep what the kernel sends it), and for
 /// corral's own, the kernel's choice among all.
-fn steering(i: &Inner, mode: Balance, owned: bool, avoid: &[Rc<ListenSocket>]) -> Vec<Insn> {
+fn placement(i: &Inner, mode: Balance, owned: bool, avoid: &[Rc<ListenSocket>]) -> Vec<Insn> {
     let index_of = |s: &Rc<ListenSocket>| -> Option<u32> {
         if avoid.iter().any(|a| Rc::ptr_eq(a, s)) {
             return None;

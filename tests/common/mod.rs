@@ -200,7 +200,7 @@ impl Corral {
             &format!("{n}/{n} ready · generation {generation} "),
             Duration::from_secs(20),
         );
-        // A round trip through the event loop: what came with the line (the steering of
+        // A round trip through the event loop: what came with the line (the BPF program of
         // balanced listeners) is applied by now.
         let _ = self.ctl(&["status", "demo"]);
     }
