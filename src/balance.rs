@@ -393,19 +393,30 @@ impl Group {
             .as_socket()
             .unwrap_or(addr);
         let first = Rc::new(ListenSocket::new(first.into()));
-        let g = Group {
+        Ok(Rc::new(Group::of(addr, backlog, mode, true, vec![first])))
+    }
+
+    /// A group of `sockets`, in the kernel's order, none taken yet: the first worker takes the
+    /// first.
+    fn of(
+        addr: SocketAddr,
+        backlog: i32,
+        mode: Balance,
+        owned: bool,
+        sockets: Vec<Rc<ListenSocket>>,
+    ) -> Group {
+        let inner = Inner {
+            order: sockets.clone(),
+            spare: sockets.into_iter().rev().collect(),
+            ..Inner::default()
+        };
+        Group {
             addr,
             backlog: Cell::new(backlog),
             mode: Cell::new(mode),
-            owned: true,
-            inner: RefCell::new(Inner::default()),
-        };
-        {
-            let mut i = g.inner.borrow_mut();
-            i.order.push(first.clone());
-            i.spare.push(first);
+            owned,
+            inner: RefCell::new(inner),
         }
-        Ok(Rc::new(g))
     }
 
     /// A group of the sockets systemd passed for one listener (a socket unit with a
@@ -432,21 +443,7 @@ impl Group {
                 )));
             }
         }
-        let order = kernel_order(sockets, addr);
-        let g = Group {
-            addr,
-            backlog: Cell::new(backlog),
-            mode: Cell::new(mode),
-            owned: false,
-            inner: RefCell::new(Inner::default()),
-        };
-        {
-            let mut i = g.inner.borrow_mut();
-            let sockets = order;
-            i.order = sockets.clone();
-            // Taken from the front: the first worker gets the first socket.
-            i.spare = sockets.into_iter().rev().collect();
-        }
+        let g = Group::of(addr, backlog, mode, false, kernel_order(sockets, addr));
         // Whatever an earlier corral left attached (or the last probe) goes: until workers
         // serve, connections wait where the first worker will take them.
         g.apply();

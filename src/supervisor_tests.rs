@@ -2477,28 +2477,26 @@ fn a_worker_stopped_before_it_was_ready_gets_the_signal_not_the_message() {
 
 // ---- balanced listeners: the serving set and draining ----
 
-/// The serving set of the last `Balance` action.
-fn serving(h: &Harness) -> Vec<WorkerId> {
+/// The two sets of the last `Balance` action: for even spreading, and for source balancing.
+fn balance_sets(h: &Harness) -> (Vec<WorkerId>, Vec<WorkerId>) {
     h.actions
         .iter()
         .rev()
         .find_map(|a| match a {
-            Action::Balance { serving, .. } => Some(serving.clone()),
+            Action::Balance {
+                serving, keeping, ..
+            } => Some((serving.clone(), keeping.clone())),
             _ => None,
         })
         .unwrap_or_default()
 }
 
-/// The set of the last `Balance` action for source balancing.
+fn serving(h: &Harness) -> Vec<WorkerId> {
+    balance_sets(h).0
+}
+
 fn keeping(h: &Harness) -> Vec<WorkerId> {
-    h.actions
-        .iter()
-        .rev()
-        .find_map(|a| match a {
-            Action::Balance { keeping, .. } => Some(keeping.clone()),
-            _ => None,
-        })
-        .unwrap_or_default()
+    balance_sets(h).1
 }
 
 /// Advances to the next queue check and answers it: `waiting` for the workers listed.
