@@ -531,18 +531,8 @@ mod tests {
     fn relays_lines_with_prefix_and_splits_long_ones() {
         let got = Arc::new(Mutex::new(Vec::new()));
         let out = Output::start_with(Sink::Stream(Box::new(Shared(got.clone()))));
-        let (r, w) = nix::unistd::pipe().unwrap();
-        let mut w = std::fs::File::from(w);
         let long = vec![b'x'; MAX_LINE + 10];
-        w.write_all(b"one\ntwo\n").unwrap();
-        w.write_all(&long).unwrap();
-        w.write_all(b"\nno newline at end").unwrap();
-        drop(w);
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(out.clone().relay(r, tag()));
+        relay_all(&out, &[b"one\ntwo\n", &long, b"\nno newline at end"]);
         drop(out);
         // The writer thread ends when every sender is gone; wait for its last line.
         let deadline = Instant::now() + Duration::from_secs(5);

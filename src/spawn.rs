@@ -602,15 +602,16 @@ mod tests {
         );
     }
 
-    #[test]
-    fn exec_failure_is_reported_with_errno_text() {
-        let devnull = std::fs::File::open("/dev/null").unwrap();
+    /// `program` with no argument, environment or listener, its stdio on `devnull`.
+    fn to_devnull<'a>(program: &'a Path, devnull: &std::fs::File) -> Command<'a> {
+        static ARGV: std::sync::LazyLock<Vec<String>> =
+            std::sync::LazyLock::new(|| vec!["program".into()]);
         let fd = devnull.as_raw_fd();
-        let cmd = Command {
-            program: Path::new("/nonexistent/program"),
-            argv: &["program".into()],
+        Command {
+            program,
+            argv: &ARGV,
             env: &[],
-            listen_pid: true,
+            listen_pid: false,
             die_with_parent: true,
             nofile: None,
             watchdog_pid: false,
@@ -619,6 +620,15 @@ mod tests {
             stdout: fd,
             stderr: fd,
             directory: None,
+        }
+    }
+
+    #[test]
+    fn exec_failure_is_reported_with_errno_text() {
+        let devnull = std::fs::File::open("/dev/null").unwrap();
+        let cmd = Command {
+            listen_pid: true,
+            ..to_devnull(Path::new("/nonexistent/program"), &devnull)
         };
         let err = spawn(&cmd).unwrap_err();
         assert_eq!(
@@ -640,25 +650,11 @@ mod tests {
     #[test]
     fn only_errors_that_trying_again_will_not_change_mean_the_program_cannot_execute() {
         let devnull = std::fs::File::open("/dev/null").unwrap();
-        let fd = devnull.as_raw_fd();
         // A file that is not executable: EACCES at exec.
         let not_executable =
             std::env::temp_dir().join(format!("corral-noexec-{}", std::process::id()));
         std::fs::write(&not_executable, "#!/bin/sh\n").unwrap();
-        let cmd = Command {
-            program: &not_executable,
-            argv: &["program".into()],
-            env: &[],
-            listen_pid: false,
-            die_with_parent: true,
-            nofile: None,
-            watchdog_pid: false,
-            fds: &[],
-            stdin: fd,
-            stdout: fd,
-            stderr: fd,
-            directory: None,
-        };
+        let cmd = to_devnull(&not_executable, &devnull);
         let err = spawn(&cmd).unwrap_err();
         let _ = std::fs::remove_file(&not_executable);
         assert!(err.to_string().ends_with("Permission denied"), "{err}");
