@@ -450,9 +450,9 @@ impl Group {
         Ok(Rc::new(g))
     }
 
-    /// How many sockets the group has; systemd's cannot grow.
-    pub fn sockets(&self) -> (usize, bool) {
-        (self.inner.borrow().order.len(), self.owned)
+    /// How many sockets the group has.
+    pub fn sockets(&self) -> usize {
+        self.inner.borrow().order.len()
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -596,10 +596,6 @@ impl Group {
         }
     }
 
-    pub fn mode(&self) -> Balance {
-        self.mode.get()
-    }
-
     /// New connections go to these workers' sockets (see [`program`] and
     /// [`source_program`]); sockets kept for slots at or above `slots` (scaled away) leave the
     /// group.
@@ -633,12 +629,6 @@ impl Group {
     /// The worker's own socket.
     pub fn socket_of(&self, worker: WorkerId) -> Option<Rc<ListenSocket>> {
         Some(self.inner.borrow().by_worker.get(&worker)?.1.clone())
-    }
-
-    /// Whether connections wait in the worker's socket's queue.
-    pub fn waiting(&self, worker: WorkerId) -> Option<bool> {
-        let i = self.inner.borrow();
-        waiting(&*i.by_worker.get(&worker)?.1).ok()
     }
 }
 
@@ -842,6 +832,11 @@ mod tests {
     use super::*;
 
     impl Group {
+        /// Whether connections wait in the worker's socket's queue.
+        fn waiting(&self, worker: WorkerId) -> Option<bool> {
+            waiting(&*self.socket_of(worker)?).ok()
+        }
+
         /// [`Group::steer`] with the same workers for both kinds of balancing.
         fn steer_all(&self, workers: &[WorkerId], slots: u32) {
             self.steer(workers, workers, slots);

@@ -119,6 +119,23 @@ impl Set {
         fixed
     }
 
+    /// Adds a listener: its shared socket (or, balanced, one of its group's), its group, its
+    /// backlog, and its balancing as it is with why that is not what the config asks.
+    fn push(
+        &mut self,
+        name: &str,
+        socket: Rc<ListenSocket>,
+        group: Option<Rc<Group>>,
+        backlog: i32,
+        balance: (Balance, Option<String>),
+    ) {
+        self.names.push(name.to_string());
+        self.sockets.push(socket);
+        self.groups.push(group);
+        self.backlogs.push(backlog);
+        self.balance.push(balance);
+    }
+
     /// Each listener as `corral status` shows it.
     pub fn status(&self) -> Vec<crate::control::ListenerStatus> {
         (0..self.names.len())
@@ -136,7 +153,7 @@ impl Set {
                     name: self.names[i].clone(),
                     address,
                     balance: self.balance[i].0.as_str().into(),
-                    sockets: self.groups[i].as_ref().map(|g| g.sockets().0),
+                    sockets: self.groups[i].as_ref().map(|g| g.sockets()),
                     note: self.balance[i].1.clone(),
                 }
             })
@@ -309,18 +326,19 @@ impl Pool {
                 if config.listen.is_empty() {
                     // No [[listen]]: hand on whatever the socket unit passed, as systemd would.
                     for (name, s) in inherited {
-                        set.names.push(name.clone());
-                        set.sockets.push(s.clone());
-                        set.groups.push(None);
-                        set.backlogs.push(libc::SOMAXCONN);
-                        set.balance.push((Balance::Shared, None));
+                        set.push(
+                            name,
+                            s.clone(),
+                            None,
+                            libc::SOMAXCONN,
+                            (Balance::Shared, None),
+                        );
                     }
                     return Ok(set);
                 }
                 let passed: Vec<&str> = inherited.iter().map(|(n, _)| n.as_str()).collect();
                 let mut missing = Vec::new();
                 for l in &config.listen {
-                    let backlog = i32::try_from(l.backlog).unwrap_or(i32::MAX);
                     let named: Vec<Rc<ListenSocket>> = inherited
                         .iter()
                         .filter(|(n, _)| *n == l.name)
@@ -333,11 +351,7 @@ impl Pool {
                     let tcp = socket2::SockRef::from(&*first)
                         .local_addr()
                         .is_ok_and(|a| a.as_socket().is_some());
-                    set.names.push(l.name.clone());
-                    set.backlogs.push(backlog);
                     if named.len() < 2 || !tcp {
-                        set.sockets.push(first);
-                        set.groups.push(None);
                         let why = l.balance.per_worker().then(|| {
                             format!(
                                 "balance = \"{}\" asked, but the socket unit passes one socket: \
@@ -346,7 +360,7 @@ impl Pool {
                                 l.balance.as_str()
                             )
                         });
-                        set.balance.push((Balance::Shared, why));
+                        set.push(&l.name, first, None, backlog(l), (Balance::Shared, why));
                         continue;
                     }
                     // A socket per worker: balanced, whatever the config says, or connections
@@ -366,7 +380,7 @@ impl Pool {
                             g
                         }
                         None => {
-                            let g = Group::adopt(named.clone(), backlog, mode)
+                            let g = Group::adopt(named.clone(), backlog(l), mode)
                                 .map_err(|e| listen_error(config, l, e))?;
                             groups.borrow_mut().push((l.name.clone(), g.clone()));
                             g
@@ -380,9 +394,7 @@ impl Pool {
                             named.len()
                         )
                     });
-                    set.sockets.push(group.any());
-                    set.groups.push(Some(group));
-                    set.balance.push((mode, why));
+                    set.push(&l.name, group.any(), Some(group), backlog(l), (mode, why));
                 }
                 if !missing.is_empty() {
                     return Err(Error::Listen(format!(
@@ -426,15 +438,13 @@ impl Pool {
                     if let (true, Address::Tcp(addr)) = (l.balance.per_worker(), &l.address) {
                         let group = match group_there(addr) {
                             Some(g) => {
-                                let backlog = i32::try_from(l.backlog).unwrap_or(i32::MAX);
-                                g.set_backlog(backlog)
+                                g.set_backlog(backlog(l))
                                     .map_err(|e| listen_error(config, l, e))?;
                                 g.set_mode(l.balance);
                                 g
                             }
                             None => {
-                                let backlog = i32::try_from(l.backlog).unwrap_or(i32::MAX);
-                                let g = Group::bind(*addr, backlog, l.balance)
+                                let g = Group::bind(*addr, backlog(l), l.balance)
                                     .map_err(|e| listen_error(config, l, e))?;
                                 let mut gs = groups.borrow_mut();
                                 gs.retain(|(_, w)| w.strong_count() > 0);
@@ -442,12 +452,13 @@ impl Pool {
                                 g
                             }
                         };
-                        set.names.push(l.name.clone());
-                        set.sockets.push(group.any());
-                        set.groups.push(Some(group));
-                        set.backlogs
-                            .push(i32::try_from(l.backlog).unwrap_or(i32::MAX));
-                        set.balance.push((l.balance, None));
+                        set.push(
+                            &l.name,
+                            group.any(),
+                            Some(group),
+                            backlog(l),
+                            (l.balance, None),
+                        );
                         continue;
                     }
                     let existing = bound
@@ -468,12 +479,7 @@ impl Pool {
                             s
                         }
                     };
-                    set.names.push(l.name.clone());
-                    set.sockets.push(sock);
-                    set.groups.push(None);
-                    set.backlogs
-                        .push(i32::try_from(l.backlog).unwrap_or(i32::MAX));
-                    set.balance.push((Balance::Shared, None));
+                    set.push(&l.name, sock, None, backlog(l), (Balance::Shared, None));
                 }
             }
         }
@@ -531,13 +537,12 @@ fn listen_error(config: &Config, l: &Listen, e: io::Error) -> Error {
 /// Binds and listens. TCP gets SO_REUSEADDR (so a restart does not wait out TIME_WAIT); a unix
 /// path left over by a dead process is replaced, one a live process answers on is not.
 fn bind(l: &Listen) -> io::Result<ListenSocket> {
-    let backlog = i32::try_from(l.backlog).unwrap_or(i32::MAX);
     match &l.address {
         Address::Tcp(addr) => {
             let s = Socket::new(Domain::for_address(*addr), Type::STREAM, None)?;
             s.set_reuse_address(true)?;
             s.bind(&(*addr).into())?;
-            s.listen(backlog)?;
+            s.listen(backlog(l))?;
             Ok(ListenSocket {
                 fd: s.into(),
                 unix_path: None,
@@ -559,7 +564,7 @@ fn bind(l: &Listen) -> io::Result<ListenSocket> {
             }
             chown(path, l)?;
             let s = socket2::SockRef::from(&ours.fd);
-            s.listen(backlog)?;
+            s.listen(backlog(l))?;
             Ok(ours)
         }
     }
@@ -591,10 +596,14 @@ fn chown(path: &std::path::Path, l: &Listen) -> io::Result<()> {
 /// A socket reused by a new generation takes its new backlog and mode (listen(2) on a listening
 /// socket only updates the backlog).
 fn adjust(s: &ListenSocket, l: &Listen) -> io::Result<()> {
-    let backlog = i32::try_from(l.backlog).unwrap_or(i32::MAX);
-    socket2::SockRef::from(&s.fd).listen(backlog)?;
+    socket2::SockRef::from(&s.fd).listen(backlog(l))?;
     if let (Some(mode), Address::Unix(path)) = (l.mode, &l.address) {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
     }
     Ok(())
+}
+
+/// `listen.backlog` as listen(2) takes it (the config keeps it within 1..=65535).
+fn backlog(l: &Listen) -> i32 {
+    i32::try_from(l.backlog).unwrap_or(i32::MAX)
 }
