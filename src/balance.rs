@@ -50,6 +50,7 @@ use std::time::Duration;
 use socket2::{Domain, Socket, Type};
 
 use crate::config::Balance;
+use crate::ebpf::Dealer;
 use crate::listen::ListenSocket;
 use crate::supervisor::WorkerId;
 
@@ -372,6 +373,21 @@ struct Inner {
     keeping: Vec<WorkerId>,
     /// How many slots the app has: source balancing hashes addresses over them.
     slots: u32,
+    /// Even placement's program, when it could be loaded (ebpf.rs), or why not.
+    dealer: Option<Result<Dealer, String>>,
+    /// Whether the group's program is the dealer's (else a classic one).
+    dealing: bool,
+    /// The dealer's socket map: each key's socket.
+    keys: Vec<Option<Rc<ListenSocket>>>,
+    /// How many sockets the dealer deals among.
+    dealt: u32,
+}
+
+/// What the group's program does: deal among sockets (their indices in the kernel's order),
+/// or look each source address's bucket up.
+enum Placement {
+    Deal(Vec<u32>),
+    Table(Vec<u32>),
 }
 
 impl Group {
@@ -408,6 +424,7 @@ impl Group {
         let inner = Inner {
             order: sockets.clone(),
             spare: sockets.into_iter().rev().collect(),
+            dealer: (mode == Balance::Even).then(|| Dealer::new().map_err(|e| e.to_string())),
             ..Inner::default()
         };
         Group {
@@ -541,7 +558,7 @@ impl Group {
         let mut moving = vec![s.clone()];
         moving.extend(i.order.last().cloned());
         let p = placement(&i, self.mode.get(), self.owned, &moving);
-        attach_through(&i, &p, self.addr);
+        place(&mut i, p, self.addr);
         remove(&mut i, &s);
         drop(i);
         self.apply();
@@ -568,6 +585,8 @@ impl Group {
                 self.addr
             );
             let s = i.order.swap_remove(p);
+            // Its shutdown took it out of the dealer's map too.
+            forget(&mut i, &s);
             if socket2::SockRef::from(&*s)
                 .listen(self.backlog.get())
                 .is_ok()
@@ -621,9 +640,27 @@ impl Group {
     fn apply(&self) {
         // A socket that no longer listens left the kernel's group behind corral's back.
         self.mend();
-        let i = self.inner.borrow();
+        let mut i = self.inner.borrow_mut();
+        if self.mode.get() == Balance::Even && i.dealer.is_none() {
+            i.dealer = Some(Dealer::new().map_err(|e| e.to_string()));
+        }
         let p = placement(&i, self.mode.get(), self.owned, &[]);
-        attach_through(&i, &p, self.addr);
+        place(&mut i, p, self.addr);
+    }
+
+    /// Why connections are placed at random rather than dealt in turn, for an even group.
+    pub fn at_random(&self) -> Option<String> {
+        let i = self.inner.borrow();
+        if self.mode.get() != Balance::Even {
+            return None;
+        }
+        match &i.dealer {
+            Some(Err(e)) => Some(format!(
+                "connections go to the workers at random, not in turn: the eBPF program that \
+                 deals them needs CAP_BPF ({e})"
+            )),
+            _ => None,
+        }
     }
 
     /// The worker's own socket.
@@ -641,7 +678,7 @@ impl Group {
 /// whose next workers take what waits there; failing those, for systemd's sockets, the one the
 /// next worker takes (a socket no worker takes would keep what the kernel sends it), and for
 /// corral's own, the kernel's choice among all.
-fn placement(i: &Inner, mode: Balance, owned: bool, avoid: &[Rc<ListenSocket>]) -> Vec<Insn> {
+fn placement(i: &Inner, mode: Balance, owned: bool, avoid: &[Rc<ListenSocket>]) -> Placement {
     let index_of = |s: &Rc<ListenSocket>| -> Option<u32> {
         if avoid.iter().any(|a| Rc::ptr_eq(a, s)) {
             return None;
@@ -671,14 +708,13 @@ fn placement(i: &Inner, mode: Balance, owned: bool, avoid: &[Rc<ListenSocket>]) 
             fallback.extend(i.spare.last().and_then(index_of));
         }
         fallback.sort_unstable();
-        return program(&fallback);
+        return Placement::Deal(fallback);
     }
     if mode != Balance::Source {
         let mut indices: Vec<u32> = serving.iter().map(|&(_, _, x)| x).collect();
         indices.sort_unstable();
         indices.dedup();
-        indices.truncate(MAX_EVEN);
-        return program(&indices);
+        return Placement::Deal(indices);
     }
     let mut by_slot: std::collections::BTreeMap<u32, u32> = Default::default();
     for &(slot, _, index) in &serving {
@@ -691,7 +727,7 @@ fn placement(i: &Inner, mode: Balance, owned: bool, avoid: &[Rc<ListenSocket>]) 
             None => lenders[b as usize % lenders.len()],
         })
         .collect();
-    source_program(&table)
+    Placement::Table(table)
 }
 
 /// The spare socket the next worker takes: one where connections wait (they are its), or
@@ -790,12 +826,92 @@ pub fn listening(s: &ListenSocket) -> bool {
     nix::sys::socket::getsockopt(s, nix::sys::socket::sockopt::AcceptConn).unwrap_or(false)
 }
 
-/// Attaches `program` to the group through one of its sockets: the program belongs to the
-/// group, but only a socket still in it reaches it.
-fn attach_through(i: &Inner, program: &[Insn], addr: SocketAddr) {
-    let Some(s) = i.order.first() else { return };
-    if let Err(e) = attach(&**s, program) {
-        tracing::warn!("cannot steer connections on {addr} (SO_ATTACH_REUSEPORT_CBPF): {e}");
+/// Has the group place connections so: the dealer's program when it is loaded and the
+/// placement deals, else a classic program. A program belongs to the group, but is attached
+/// through one of its sockets, one still in it.
+fn place(i: &mut Inner, p: Placement, addr: SocketAddr) {
+    let Some(first) = i.order.first().cloned() else {
+        return;
+    };
+    if let (Placement::Deal(indices), Some(Ok(_))) = (&p, &i.dealer) {
+        match deal(i, indices, &first) {
+            Ok(()) => return,
+            Err(e) => tracing::warn!("cannot deal connections on {addr} in turn (eBPF): {e}"),
+        }
+    }
+    let program = match p {
+        Placement::Deal(mut indices) => {
+            indices.truncate(MAX_EVEN);
+            program(&indices)
+        }
+        Placement::Table(table) => source_program(&table),
+    };
+    match attach(&*first, &program) {
+        Ok(()) => i.dealing = false,
+        Err(e) => {
+            tracing::warn!("cannot steer connections on {addr} (SO_ATTACH_REUSEPORT_CBPF): {e}")
+        }
+    }
+}
+
+/// The dealer's part of [`place`]: its socket map made the group's sockets (each keeps its key
+/// while it stays), then the list of those to deal to.
+fn deal(i: &mut Inner, indices: &[u32], first: &Rc<ListenSocket>) -> io::Result<()> {
+    let Some(Ok(dealer)) = &i.dealer else {
+        return Err(io::Error::other("no program"));
+    };
+    for k in 0..i.keys.len() {
+        if let Some(s) = &i.keys[k] {
+            if !i.order.iter().any(|o| Rc::ptr_eq(o, s)) {
+                dealer.clear(k as u32);
+                i.keys[k] = None;
+            }
+        }
+    }
+    for s in &i.order {
+        if i.keys.iter().flatten().any(|k| Rc::ptr_eq(k, s)) {
+            continue;
+        }
+        let free = match i.keys.iter().position(Option::is_none) {
+            Some(k) => k,
+            None if i.keys.len() < crate::ebpf::CAPACITY as usize => {
+                i.keys.push(None);
+                i.keys.len() - 1
+            }
+            None => {
+                return Err(io::Error::other(
+                    "more sockets than the program's map holds",
+                ))
+            }
+        };
+        dealer.put(free as u32, &**s)?;
+        i.keys[free] = Some(s.clone());
+    }
+    let keys: Vec<u32> = indices
+        .iter()
+        .filter_map(|&x| {
+            let s = i.order.get(x as usize)?;
+            i.keys
+                .iter()
+                .position(|k| k.as_ref().is_some_and(|k| Rc::ptr_eq(k, s)))
+        })
+        .map(|k| k as u32)
+        .collect();
+    dealer.deal(&keys, i.dealt)?;
+    i.dealt = keys.len() as u32;
+    if !i.dealing {
+        dealer.attach(&**first)?;
+        i.dealing = true;
+    }
+    Ok(())
+}
+
+/// A socket shut down has left the dealer's map (the kernel's `bpf_sk_reuseport_detach`).
+fn forget(i: &mut Inner, s: &Rc<ListenSocket>) {
+    for k in i.keys.iter_mut() {
+        if k.as_ref().is_some_and(|k| Rc::ptr_eq(k, s)) {
+            *k = None;
+        }
     }
 }
 
@@ -809,6 +925,7 @@ fn remove(i: &mut Inner, s: &Rc<ListenSocket>) {
     if let Some(p) = i.order.iter().position(|o| Rc::ptr_eq(o, s)) {
         i.order.swap_remove(p);
     }
+    forget(i, s);
 }
 
 /// A TCP socket listening on `addr` in the group of every socket bound there with
@@ -893,6 +1010,21 @@ mod tests {
     #[test]
     fn a_group_steers_to_the_serving_workers_and_mirrors_the_kernels_order() {
         let g = Group::bind("127.0.0.1:0".parse().unwrap(), 64, Balance::Even).unwrap();
+        g.inner.borrow_mut().dealer = Some(Err("left out by this test".into()));
+        steers_to_the_serving_workers(g, false);
+    }
+
+    #[test]
+    fn an_even_group_with_the_ebpf_program_deals_in_turn_to_the_serving_workers() {
+        let g = Group::bind("127.0.0.1:0".parse().unwrap(), 64, Balance::Even).unwrap();
+        if let Some(why) = g.at_random() {
+            eprintln!("SKIPPED: {why}");
+            return;
+        }
+        steers_to_the_serving_workers(g, true);
+    }
+
+    fn steers_to_the_serving_workers(g: Rc<Group>, in_turn: bool) {
         let addr = g.addr();
         assert_ne!(addr.port(), 0);
         let a = g.take(1, 0).unwrap();
@@ -903,8 +1035,12 @@ mod tests {
         assert_eq!(queues_after(addr, 5, &all), [0, 5, 0]);
         g.steer_all(&[1, 3], 3);
         let q = queues_after(addr, 40, &all);
-        assert_eq!(q[1], 0, "{q:?}");
-        assert!(q[0] > 5 && q[2] > 5 && q[0] + q[2] == 40, "{q:?}");
+        if in_turn {
+            assert_eq!(q, [20, 0, 20]);
+        } else {
+            assert_eq!(q[1], 0, "{q:?}");
+            assert!(q[0] > 5 && q[2] > 5 && q[0] + q[2] == 40, "{q:?}");
+        }
         // Worker 1 leaves: socket c takes a's place in the kernel's order; the program follows.
         g.release(1, None);
         g.steer_all(&[3], 3);

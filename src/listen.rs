@@ -154,7 +154,7 @@ impl Set {
                     address,
                     balance: self.balance[i].0.as_str().into(),
                     sockets: self.groups[i].as_ref().map(|g| g.sockets()),
-                    note: self.balance[i].1.clone(),
+                    note: self.note(i),
                 }
             })
             .collect()
@@ -162,11 +162,17 @@ impl Set {
 
     /// Why listeners are not balanced as the config asks, one line each.
     pub fn notes(&self) -> Vec<String> {
-        self.names
-            .iter()
-            .zip(&self.balance)
-            .filter_map(|(n, (_, why))| Some(format!("listener `{n}`: {}", why.as_ref()?)))
+        (0..self.names.len())
+            .filter_map(|i| Some(format!("listener `{}`: {}", self.names[i], self.note(i)?)))
             .collect()
+    }
+
+    /// Why listener `i` is not balanced as the config asks, or not as well as it could be.
+    fn note(&self, i: usize) -> Option<String> {
+        self.balance[i]
+            .1
+            .clone()
+            .or_else(|| self.groups[i].as_ref()?.at_random())
     }
 
     /// Whether any listener is balanced.

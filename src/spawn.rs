@@ -1,6 +1,6 @@
-//! fork + exec of a worker. The only `unsafe` code in corral lives here: besides fork and exec,
-//! the two signal-disposition calls signals.rs decides on ([`ignore_signal`],
-//! [`signal_is_default`]).
+//! fork + exec of a worker. The only `unsafe` code in corral but ebpf.rs's bpf(2) lives here:
+//! besides fork and exec, the two signal-disposition calls signals.rs decides on
+//! ([`ignore_signal`], [`signal_is_default`]).
 //!
 //! Everything the child needs is allocated before `fork()`: argv, envp (with `LISTEN_PID=` and
 //! `WATCHDOG_PID=` buffers that the child fills with its own pid), the fd plan. Between fork and
@@ -396,6 +396,18 @@ unsafe fn child(plan: ChildPlan<'_>) -> ! {
     if libc::getppid() != plan.parent {
         libc::_exit(1);
     }
+    // CAP_BPF is corral's alone (the generator's drop-in gives it for ebpf.rs): out of the
+    // ambient set, exec gives a worker of a non-root user none of it (capabilities(7)); it
+    // stays inheritable, which only a file's capabilities could use, and NoNewPrivileges=
+    // ignores those. What else the unit makes ambient was meant for the workers, and stays.
+    const CAP_BPF: libc::c_ulong = 39;
+    libc::prctl(
+        libc::PR_CAP_AMBIENT,
+        libc::PR_CAP_AMBIENT_LOWER as libc::c_ulong,
+        CAP_BPF,
+        0,
+        0,
+    );
     if let Some((soft, hard)) = plan.nofile {
         let limit = libc::rlimit {
             rlim_cur: soft as libc::rlim_t,

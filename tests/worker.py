@@ -139,6 +139,11 @@ if env.get("WORKER_SAY_ERR"):
     print(env["WORKER_SAY_ERR"].replace("{slot}", env.get("CORRAL_WORKER", "")), file=sys.stderr, flush=True)
 
 
+def capabilities() -> dict:
+    with open("/proc/self/status") as f:
+        return {k: v.strip() for k, v in (line.split(":", 1) for line in f) if k.startswith("Cap")}
+
+
 def describe() -> dict:
     return {
         "pid": os.getpid(),
@@ -152,6 +157,8 @@ def describe() -> dict:
         "notify_socket": env.get("NOTIFY_SOCKET"),
         # Which socket this worker's fd 3 is (its inode): shared, or its own.
         "listen_inode": os.fstat(3).st_ino if env.get("LISTEN_FDS") else None,
+        # The capability sets it runs with (hex, as proc(5) shows them).
+        "capabilities": capabilities(),
         "watchdog_usec": env.get("WATCHDOG_USEC"),
         "watchdog_pid": env.get("WATCHDOG_PID"),
         "fds": FDS_AT_START,
