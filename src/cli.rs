@@ -57,12 +57,15 @@ pub enum Cmd {
         #[arg(long, value_name = "PATH")]
         control: Option<PathBuf>,
     },
-    /// Rolling restart of every worker, or one, without re-reading the config.
+    /// Rolling restart of every worker, or one, or the agent, without re-reading the config.
     Restart {
         app: String,
         /// Only this slot.
         #[arg(long, value_name = "N")]
         worker: Option<u32>,
+        /// Only the agent (`[agent]`): stopped, then started again.
+        #[arg(long, conflicts_with = "worker")]
+        agent: bool,
         /// Control socket path (default: found from APP, see corral(1)).
         #[arg(long, value_name = "PATH")]
         control: Option<PathBuf>,
@@ -76,6 +79,9 @@ pub enum Cmd {
         /// Only this slot's lines (CORRAL_WORKER=N).
         #[arg(long, value_name = "N")]
         worker: Option<u32>,
+        /// Only the agent's lines (CORRAL_WORKER=agent).
+        #[arg(long, conflicts_with = "worker")]
+        agent: bool,
         /// How many of the last lines to show.
         #[arg(short = 'n', long, value_name = "N", default_value_t = 50)]
         lines: u32,

@@ -56,6 +56,11 @@ pub enum Command {
     Restart {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         worker: Option<u32>,
+        /// The agent alone. A corral older than the field would read this as a restart of
+        /// every worker: the client asks first whether the app has an agent, which an older
+        /// corral's status never shows.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        agent: bool,
     },
     Scale {
         /// "4", "+2" or "-1"
@@ -111,6 +116,9 @@ pub struct StatusReply {
     /// The current generation's listeners.
     #[serde(default)]
     pub listeners: Vec<ListenerStatus>,
+    /// The app's agent (`[agent]`), if it has one.
+    #[serde(default)]
+    pub agent: Option<WorkerStatus>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -135,7 +143,9 @@ pub struct ReloadProgress {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct WorkerStatus {
-    pub slot: u32,
+    /// None for the agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<u32>,
     pub pid: Option<i32>,
     pub state: String,
     pub generation: u32,
@@ -154,12 +164,36 @@ pub struct WorkerStatus {
 
 impl StatusReply {
     pub fn new(app: &str, config: &Path, snap: Snapshot, journal: bool) -> StatusReply {
-        let pids: Vec<i32> = snap.workers.iter().filter_map(|w| w.pid).collect();
+        let pids: Vec<i32> = snap
+            .workers
+            .iter()
+            .chain(&snap.agent)
+            .filter_map(|w| w.pid)
+            .collect();
         let usage = crate::procfs::usage_of(&pids);
         let of = |pid: Option<i32>| {
             pid.and_then(|p| usage.get(&p))
                 .copied()
                 .filter(|u| u.processes > 0)
+        };
+        let status = |w: crate::supervisor::WorkerView| WorkerStatus {
+            slot: w.slot,
+            pid: w.pid,
+            state: w.state.to_string(),
+            generation: w.generation,
+            restarts: w.restarts,
+            uptime_s: w.uptime_s.map(|u| (u * 10.0).round() / 10.0),
+            cpu_percent: of(w.pid).zip(w.uptime_s).map(|(t, u)| {
+                let pct = if u > 0.0 {
+                    t.cpu_seconds / u * 100.0
+                } else {
+                    0.0
+                };
+                (pct * 10.0).round() / 10.0
+            }),
+            rss_bytes: of(w.pid).map(|t| t.rss_bytes),
+            processes: of(w.pid).map(|t| t.processes),
+            status: w.status,
         };
         StatusReply {
             app: app.to_string(),
@@ -177,29 +211,8 @@ impl StatusReply {
                 replaced: r.replaced,
                 total: r.total,
             }),
-            workers: snap
-                .workers
-                .into_iter()
-                .map(|w| WorkerStatus {
-                    slot: w.slot,
-                    pid: w.pid,
-                    state: w.state.to_string(),
-                    generation: w.generation,
-                    restarts: w.restarts,
-                    uptime_s: w.uptime_s.map(|u| (u * 10.0).round() / 10.0),
-                    cpu_percent: of(w.pid).zip(w.uptime_s).map(|(t, u)| {
-                        let pct = if u > 0.0 {
-                            t.cpu_seconds / u * 100.0
-                        } else {
-                            0.0
-                        };
-                        (pct * 10.0).round() / 10.0
-                    }),
-                    rss_bytes: of(w.pid).map(|t| t.rss_bytes),
-                    processes: of(w.pid).map(|t| t.processes),
-                    status: w.status,
-                })
-                .collect(),
+            agent: snap.agent.map(status),
+            workers: snap.workers.into_iter().map(status).collect(),
         }
     }
 }
@@ -783,7 +796,10 @@ mod tests {
     fn requests_have_a_stable_wire_form() {
         let r = Request {
             version: 1,
-            command: Command::Restart { worker: Some(2) },
+            command: Command::Restart {
+                worker: Some(2),
+                agent: false,
+            },
         };
         assert_eq!(
             serde_json::to_string(&r).unwrap(),

@@ -75,9 +75,16 @@ fn dispatch(cmd: Cmd) -> Result<i32, Error> {
             app,
             follow,
             worker,
+            agent,
             lines,
             control,
-        } => logs(&app, follow, worker, lines, control),
+        } => {
+            let who = match (agent, worker) {
+                (true, _) => Some("agent".to_string()),
+                (false, w) => w.map(|w| w.to_string()),
+            };
+            logs(&app, follow, who, lines, control)
+        }
         Cmd::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "corral", &mut std::io::stdout());
@@ -115,13 +122,22 @@ fn dispatch(cmd: Cmd) -> Result<i32, Error> {
         Cmd::Restart {
             app,
             worker,
+            agent,
             control,
-        } => remote(
-            &control_path(&app, control),
-            Command::Restart { worker },
-            "restarted",
-            None,
-        ),
+        } => {
+            let path = control_path(&app, control);
+            if agent {
+                let status = control::request(&path, Command::Status, Some(QUICK));
+                if let Ok(r) = status {
+                    if r.status.is_some_and(|s| s.agent.is_none()) {
+                        return Err(Error::Refused(format!(
+                            "{app} has no agent (no [agent] in its config)"
+                        )));
+                    }
+                }
+            }
+            remote(&path, Command::Restart { worker, agent }, "restarted", None)
+        }
         Cmd::Scale {
             app,
             workers,
@@ -152,7 +168,7 @@ fn dispatch(cmd: Cmd) -> Result<i32, Error> {
 fn logs(
     app: &str,
     follow: bool,
-    worker: Option<u32>,
+    worker: Option<String>,
     lines: u32,
     control: Option<PathBuf>,
 ) -> Result<i32, Error> {
@@ -397,7 +413,7 @@ fn table(s: &StatusReply, color: bool) -> String {
         "{:>4}  {:>8}  {:<8}  {:>3}  {:>8}  {:>7}  {:>6}  {:>9}  {}\n",
         "SLOT", "PID", "STATE", "GEN", "RESTARTS", "UPTIME", "CPU", "RSS", "STATUS"
     );
-    for w in &s.workers {
+    for w in s.agent.iter().chain(&s.workers) {
         let state = if color {
             let c = match w.state.as_str() {
                 "ready" => "32",
@@ -410,7 +426,7 @@ fn table(s: &StatusReply, color: bool) -> String {
         };
         t += &format!(
             "{:>4}  {:>8}  {}  {:>3}  {:>8}  {:>7}  {:>6}  {:>9}  {}\n",
-            w.slot,
+            w.slot.map_or("agent".into(), |s| s.to_string()),
             w.pid.map_or("-".into(), |p| p.to_string()),
             state,
             w.generation,

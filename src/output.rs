@@ -165,7 +165,7 @@ impl Drop for Closer {
 #[derive(Clone, Debug)]
 pub struct Tag {
     pub app: String,
-    pub slot: u32,
+    pub seat: crate::supervisor::Seat,
     pub pid: i32,
     pub generation: u32,
     /// syslog priority of a line without a `<N>` prefix.
@@ -256,7 +256,7 @@ impl Output {
         let Ok(pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else {
             return;
         };
-        let prefix = format!("{}[{}]: ", tag.app, tag.slot);
+        let prefix = format!("{}[{}]: ", tag.app, tag.seat);
         let mut lines = Lines::new(self.partials.clone());
         let mut emit = |text: &[u8], end: Break| self.emit(&tag, &prefix, text, end);
         loop {
@@ -301,7 +301,7 @@ impl Output {
                 journal::field(&mut e, "PRIORITY", prio.to_string().as_bytes());
                 journal::field(&mut e, "SYSLOG_IDENTIFIER", tag.app.as_bytes());
                 journal::field(&mut e, "CORRAL_APP", tag.app.as_bytes());
-                journal::field(&mut e, "CORRAL_WORKER", tag.slot.to_string().as_bytes());
+                journal::field(&mut e, "CORRAL_WORKER", tag.seat.to_string().as_bytes());
                 journal::field(&mut e, "CORRAL_WORKER_PID", tag.pid.to_string().as_bytes());
                 journal::field(
                     &mut e,
@@ -487,7 +487,7 @@ mod tests {
     fn tag() -> Tag {
         Tag {
             app: "app".into(),
-            slot: 0,
+            seat: crate::supervisor::Seat::Slot(0),
             pid: 1,
             generation: 1,
             priority: 6,

@@ -28,7 +28,7 @@ use crate::notify::{Notification, NotifySocket, Systemd};
 use crate::output::{Output, Tag};
 use crate::spawn;
 use crate::supervisor::{
-    self, Action, Event, ExitStatus, Level, Params, RequestId, Scope, Supervisor, WorkerId,
+    self, Action, Event, ExitStatus, Level, Params, RequestId, Scope, Seat, Supervisor, WorkerId,
 };
 use crate::terminal::{Hup, Note};
 
@@ -181,10 +181,17 @@ fn systemd_watchdog() -> Option<Duration> {
 }
 
 struct Generation {
+    workers: Launch,
+    /// The agent's (`[agent]`), with no listeners.
+    agent: Option<Launch>,
+}
+
+/// What a process is started with: its config, listeners and environment.
+struct Launch {
     config: Config,
     listeners: Set,
     env: Vec<CString>,
-    /// The workers' PATH, for finding the program.
+    /// Its PATH, for finding the program.
     path: Option<OsString>,
     program: Result<PathBuf, String>,
 }
@@ -214,7 +221,7 @@ const KEEPER_STARTS: u32 = 5;
 
 /// What the runtime keeps of a worker it spawned, until it is reaped.
 struct WorkerIo {
-    slot: u32,
+    seat: Seat,
     /// Its generation's listeners, where its own sockets are.
     listeners: Set,
     /// The inodes of its listening sockets, for readiness mode `listen`.
@@ -492,27 +499,8 @@ impl Loop {
                 id,
                 slot,
                 generation,
-            } => {
-                // An earlier action's answer may have made corral stop meanwhile: no fork for a
-                // worker that would only be stopped.
-                if !self.machine.spawn_wanted(id) {
-                    self.step(Event::SpawnSkipped { id });
-                    return;
-                }
-                let event = match self.spawn(id, slot, generation) {
-                    Ok(pid) => {
-                        // The worker leads its own process group (spawn.rs).
-                        self.tell_keeper(true, pid);
-                        Event::Spawned { id, pid }
-                    }
-                    Err((error, cannot_execute)) => Event::SpawnFailed {
-                        id,
-                        error,
-                        cannot_execute,
-                    },
-                };
-                self.step(event);
-            }
+            } => self.start(id, Seat::Slot(slot), generation),
+            Action::SpawnAgent { id, generation } => self.start(id, Seat::Agent, generation),
             Action::Message { pid, .. } => {
                 // stop.message, alone: as PM2's shutdown_with_message sends it.
                 if let Some((channel, Some(message))) = self.ipc.get(&pid) {
@@ -529,7 +517,7 @@ impl Loop {
                 // Every group a live generation uses, once.
                 let mut done: Vec<*const crate::balance::Group> = Vec::new();
                 for g in self.gens.values() {
-                    for group in g.listeners.groups.iter().flatten() {
+                    for group in g.workers.listeners.groups.iter().flatten() {
                         if !done.contains(&std::rc::Rc::as_ptr(group)) {
                             done.push(std::rc::Rc::as_ptr(group));
                             group.steer(&serving, &keeping, slots);
@@ -610,19 +598,21 @@ impl Loop {
             },
             Action::Log {
                 level,
-                slot,
+                seat,
                 pid,
                 generation,
                 message,
             } => {
                 let mut who = String::new();
-                if let Some(s) = slot {
-                    who += &format!("worker {s} ");
+                match seat {
+                    Some(Seat::Slot(s)) => who += &format!("worker {s} "),
+                    Some(Seat::Agent) => who += "agent ",
+                    None => {}
                 }
                 if let Some(p) = pid {
                     who += &format!("pid {p} ");
                 }
-                if let (Some(g), Some(_)) = (generation, slot) {
+                if let (Some(g), Some(_)) = (generation, seat) {
                     who += &format!("(generation {g}) ");
                 }
                 if !who.is_empty() {
@@ -630,13 +620,17 @@ impl Loop {
                     who += ": ";
                 }
                 // -1: not about one worker (tracing fields are fixed per call site).
-                let slot = slot.map(i64::from).unwrap_or(-1);
+                let agent = seat == Some(Seat::Agent);
+                let slot = match seat {
+                    Some(Seat::Slot(s)) => i64::from(s),
+                    _ => -1,
+                };
                 let pid = pid.map(i64::from).unwrap_or(-1);
                 let generation = generation.map(i64::from).unwrap_or(-1);
                 match level {
-                    Level::Info => info!(slot, pid, generation, "{who}{message}"),
-                    Level::Warn => warn!(slot, pid, generation, "{who}{message}"),
-                    Level::Error => error!(slot, pid, generation, "{who}{message}"),
+                    Level::Info => info!(slot, agent, pid, generation, "{who}{message}"),
+                    Level::Warn => warn!(slot, agent, pid, generation, "{who}{message}"),
+                    Level::Error => error!(slot, agent, pid, generation, "{who}{message}"),
                 }
             }
             Action::SampleMemory { workers } => {
@@ -668,6 +662,18 @@ impl Loop {
     /// be made, as when the Node.js preload cannot be written.
     fn add_generation(&mut self, config: Config, listeners: Set) -> Result<u32, String> {
         let gen = self.next_gen;
+        let agent = match config.agent_config() {
+            Some(own) => Some(self.launch(own, Set::default(), gen)?),
+            None => None,
+        };
+        let workers = self.launch(config, listeners, gen)?;
+        self.gens.insert(gen, Generation { workers, agent });
+        self.next_gen += 1;
+        Ok(gen)
+    }
+
+    /// What the processes of generation `gen` run with `config` get.
+    fn launch(&mut self, config: Config, listeners: Set, gen: u32) -> Result<Launch, String> {
         let mut env: Vec<(OsString, OsString)> = self.base_env.clone();
         for (k, v) in &config.environment {
             env.retain(|(ek, _)| ek.as_bytes() != k.as_bytes());
@@ -706,32 +712,57 @@ impl Loop {
                 CString::new(e).ok()
             })
             .collect();
-        self.gens.insert(
-            gen,
-            Generation {
-                config,
-                listeners,
-                env,
-                path,
-                program,
+        Ok(Launch {
+            config,
+            listeners,
+            env,
+            path,
+            program,
+        })
+    }
+
+    /// Performs a `Spawn` (or `SpawnAgent`) action and reports how it went.
+    fn start(&mut self, id: WorkerId, seat: Seat, generation: u32) {
+        // An earlier action's answer may have made corral stop meanwhile: no fork for a
+        // worker that would only be stopped.
+        if !self.machine.spawn_wanted(id) {
+            self.step(Event::SpawnSkipped { id });
+            return;
+        }
+        let event = match self.spawn(id, seat, generation) {
+            Ok(pid) => {
+                // The worker leads its own process group (spawn.rs).
+                self.tell_keeper(true, pid);
+                Event::Spawned { id, pid }
+            }
+            Err((error, cannot_execute)) => Event::SpawnFailed {
+                id,
+                error,
+                cannot_execute,
             },
-        );
-        self.next_gen += 1;
-        Ok(gen)
+        };
+        self.step(event);
     }
 
     /// Forks and execs a worker; the error says why not, and whether the program cannot be
     /// executed at all (spawn.rs, `SpawnError::cannot_execute`).
-    fn spawn(&mut self, id: WorkerId, slot: u32, generation: u32) -> Result<i32, (String, bool)> {
+    fn spawn(&mut self, id: WorkerId, seat: Seat, generation: u32) -> Result<i32, (String, bool)> {
         let g = self
             .gens
             .get_mut(&generation)
             .expect("a generation being spawned exists");
+        let g = match seat {
+            Seat::Slot(_) => &mut g.workers,
+            Seat::Agent => g
+                .agent
+                .as_mut()
+                .ok_or_else(|| ("the generation has no agent".to_string(), true))?,
+        };
         if g.program.is_err() {
             // Not found before: it may have been installed (or its mount come up) since.
             g.program = resolve(&g.config, g.path.as_deref());
         }
-        let g = &self.gens[&generation];
+        let g = &*g;
         // Not found on PATH: it cannot be executed.
         let program = g.program.clone().map_err(|e| (e, true))?;
         let pipe = || {
@@ -741,19 +772,25 @@ impl Loop {
         let (out_r, out_w) = pipe()?;
         let (err_r, err_w) = pipe()?;
         let mut env = g.env.clone();
-        env.push(CString::new(format!("CORRAL_WORKER={slot}")).expect("no NUL"));
-        if g.config.node.preload {
+        env.push(CString::new(format!("CORRAL_WORKER={seat}")).expect("no NUL"));
+        if let (true, Seat::Slot(slot)) = (g.config.node.preload, seat) {
             // PM2's instance number (NODE_APP_INSTANCE): the slot.
             env.push(CString::new(format!("NODE_APP_INSTANCE={slot}")).expect("no NUL"));
         }
-        // Its listeners: shared ones, and its own socket of each balanced one (balance.rs).
-        let sockets = g
-            .listeners
-            .sockets_for(id, slot)
-            .map_err(|e| (format!("cannot open a listening socket: {e}"), false))?;
+        // Its listeners: shared ones, and its own socket of each balanced one (balance.rs);
+        // the agent has none.
+        let sockets = match seat {
+            Seat::Slot(slot) => g
+                .listeners
+                .sockets_for(id, slot)
+                .map_err(|e| (format!("cannot open a listening socket: {e}"), false))?,
+            Seat::Agent => Vec::new(),
+        };
         let listeners = g.listeners.clone();
         let release = |why: String| {
-            listeners.release(id, Some(slot));
+            if let Seat::Slot(slot) = seat {
+                listeners.release(id, Some(slot));
+            }
             why
         };
         let mut fds: Vec<std::os::fd::RawFd> = sockets.iter().map(|s| s.as_raw_fd()).collect();
@@ -795,7 +832,7 @@ impl Loop {
         self.worker_io.insert(
             id,
             WorkerIo {
-                slot,
+                seat,
                 listeners,
                 inodes,
             },
@@ -807,7 +844,7 @@ impl Loop {
         }
         let tag = Tag {
             app: self.app.clone(),
-            slot,
+            seat,
             pid,
             generation,
             priority: 6, // info, as journald gives a service's stdout (journald.conf(5))
@@ -861,7 +898,7 @@ impl Loop {
     /// Puts back in listen() any listener of a live generation that a worker shut down.
     fn relisten(&mut self) {
         for g in self.gens.values() {
-            for name in g.listeners.relisten() {
+            for name in g.workers.listeners.relisten() {
                 warn!("listener `{name}` was shut down by a worker: listening again");
             }
         }
@@ -899,9 +936,14 @@ impl Loop {
             self.step(Event::Exited { id, status });
             // Its own sockets: kept, with what is queued on them, for the next worker of a
             // slot that now has none (a crash), else out of their groups.
-            if let Some(io) = self.worker_io.remove(&id) {
-                let keep = self.machine.slot_is_empty(io.slot).then_some(io.slot);
-                io.listeners.release(id, keep);
+            if let Some(WorkerIo {
+                seat: Seat::Slot(slot),
+                listeners,
+                ..
+            }) = self.worker_io.remove(&id)
+            {
+                let keep = self.machine.slot_is_empty(slot).then_some(slot);
+                listeners.release(id, keep);
             }
         }
     }
@@ -1108,7 +1150,7 @@ impl Loop {
                 let generation = snap.generation;
                 let mut status = StatusReply::new(&self.app, &self.config_path, snap, journal);
                 if let Some(g) = self.gens.get(&generation) {
-                    status.listeners = g.listeners.status();
+                    status.listeners = g.workers.listeners.status();
                 }
                 r.status = Some(status);
                 reply.send(r);
@@ -1121,7 +1163,7 @@ impl Loop {
                 reply.systemd_waits = self.systemd.is_some() && mainpid == Some(std::process::id());
                 self.reload(Some(reply))
             }
-            Command::Restart { worker } => {
+            Command::Restart { worker, agent } => {
                 // The newest config asked for, so that a restart never undoes a reload under
                 // way; with no reload pending, the live count (a `corral scale` included).
                 let latest = self.machine.latest_generation();
@@ -1129,13 +1171,17 @@ impl Loop {
                     reply.send(Response::err("nothing is running"));
                     return;
                 };
-                let (config, listeners) = (g.config.clone(), g.listeners.clone());
+                let (config, listeners) = (g.workers.config.clone(), g.workers.listeners.clone());
                 let workers = if latest == self.machine.active_generation() {
                     self.machine.desired()
                 } else {
                     config.workers.resolve()
                 };
-                let scope = worker.map_or(Scope::All, Scope::Slot);
+                let scope = match (worker, agent) {
+                    (_, true) => Scope::Agent,
+                    (Some(n), false) => Scope::Slot(n),
+                    (None, false) => Scope::All,
+                };
                 self.roll_to(config, listeners, workers, scope, Some(reply));
             }
             Command::Signal { signal, worker } => reply.send(self.signal_workers(&signal, worker)),
@@ -1149,7 +1195,8 @@ impl Loop {
                 };
                 let active = self.machine.active_generation();
                 if let Some(g) = self.gens.get(&active) {
-                    if let Some(w) = crate::nofile::check(target, balanced_listeners(&g.listeners))
+                    if let Some(w) =
+                        crate::nofile::check(target, balanced_listeners(&g.workers.listeners))
                     {
                         warn!("{w}");
                     }
@@ -1247,6 +1294,7 @@ struct LogLayer {
 struct Fields {
     message: String,
     slot: Option<i64>,
+    agent: bool,
     pid: Option<i64>,
     generation: Option<i64>,
 }
@@ -1259,6 +1307,11 @@ impl tracing::field::Visit for Fields {
             "pid" => self.pid = v,
             "generation" => self.generation = v,
             _ => {}
+        }
+    }
+    fn record_bool(&mut self, field: &tracing::field::Field, v: bool) {
+        if field.name() == "agent" {
+            self.agent = v;
         }
     }
     fn record_debug(&mut self, field: &tracing::field::Field, v: &dyn std::fmt::Debug) {
@@ -1286,6 +1339,9 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for LogLayer {
             field(&mut e, "PRIORITY", prio);
             field(&mut e, "SYSLOG_IDENTIFIER", b"corral");
             field(&mut e, "CORRAL_APP", self.app.as_bytes());
+            if f.agent {
+                field(&mut e, "CORRAL_WORKER", b"agent");
+            }
             for (name, v) in [
                 ("CORRAL_WORKER", f.slot),
                 ("CORRAL_WORKER_PID", f.pid),

@@ -28,6 +28,22 @@ pub type WorkerId = u64;
 /// Identifies a control-socket request waiting for a roll to end.
 pub type RequestId = u64;
 
+/// Where a process sits: a worker's slot (its `CORRAL_WORKER`), or the app's one agent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Seat {
+    Slot(u32),
+    Agent,
+}
+
+impl fmt::Display for Seat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Seat::Slot(n) => write!(f, "{n}"),
+            Seat::Agent => f.write_str("agent"),
+        }
+    }
+}
+
 /// What the state machine needs from one generation's config.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Params {
@@ -62,6 +78,8 @@ pub struct Params {
     /// (balance.rs): a worker is drained (steered away from, its queue emptied) before it is
     /// asked to stop. Set by the runtime, which knows where the sockets came from.
     pub balanced: bool,
+    /// The app's agent (`[agent]`), if it has one.
+    pub agent: Option<Box<agent::AgentParams>>,
 }
 
 impl Params {
@@ -87,6 +105,20 @@ impl Params {
             stop_exit_codes: config.restart.stop_exit_codes.clone(),
             max_memory: config.limits.max_memory,
             balanced: false,
+            agent: config.agent_config().map(|own| {
+                use std::hash::{Hash, Hasher};
+                // What the agent runs with: its own settings, and the environment it gets,
+                // which the app's `environment` (and its files, read again) is part of.
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                config.agent.hash(&mut h);
+                own.environment.hash(&mut h);
+                own.node.preload.hash(&mut h);
+                Box::new(agent::AgentParams {
+                    process: Params::from_config(&own, 1),
+                    workers_wait: config.agent.as_ref().is_none_or(|a| a.workers_wait),
+                    key: h.finish(),
+                })
+            }),
         }
     }
 }
@@ -132,6 +164,8 @@ pub enum Scope {
     All,
     /// One slot (`corral restart --worker N`).
     Slot(u32),
+    /// The agent alone (`corral restart --agent`).
+    Agent,
 }
 
 /// Everything that can happen to the supervisor.
@@ -228,6 +262,12 @@ pub enum Action {
         slot: u32,
         generation: u32,
     },
+    /// Fork and exec the app's agent with `generation`'s `[agent]`, then report `Spawned` or
+    /// `SpawnFailed` for `id` before anything else.
+    SpawnAgent {
+        id: WorkerId,
+        generation: u32,
+    },
     /// Send `signal` to the worker; SIGKILL goes to its whole process group.
     Signal {
         id: WorkerId,
@@ -273,7 +313,7 @@ pub enum Action {
     Systemd(Systemd),
     Log {
         level: Level,
-        slot: Option<u32>,
+        seat: Option<Seat>,
         pid: Option<i32>,
         generation: Option<u32>,
         message: String,
@@ -307,7 +347,7 @@ enum StopKind {
 
 #[derive(Clone, Debug)]
 struct Worker {
-    slot: u32,
+    seat: Seat,
     generation: u32,
     pid: Option<i32>,
     state: WorkerState,
@@ -376,6 +416,9 @@ struct Roll {
     replaced: u32,
     /// Surplus slots (shrink) have been told to go; the roll then waits for `draining`.
     settled: bool,
+    /// What the roll does to the agent has been decided (supervisor_agent.rs): at its first
+    /// step.
+    agent_decided: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -397,7 +440,8 @@ enum Phase {
 /// A read-only view for `corral status`.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct WorkerView {
-    pub slot: u32,
+    /// None: the agent.
+    pub slot: Option<u32>,
     pub pid: Option<i32>,
     /// starting | ready | stopping | backoff
     pub state: &'static str,
@@ -424,6 +468,7 @@ pub struct Snapshot {
     pub restarts: u64,
     pub reload: Option<RollView>,
     pub workers: Vec<WorkerView>,
+    pub agent: Option<WorkerView>,
 }
 
 pub struct Supervisor {
@@ -452,6 +497,8 @@ pub struct Supervisor {
     next_queue_check: Option<Instant>,
     /// Connections waited at a serving worker at the last queue check.
     queues_busy: bool,
+    /// The app's agent, if it has one (supervisor_agent.rs).
+    agent: Option<agent::AgentSeat>,
     out: Vec<Action>,
 }
 
@@ -500,6 +547,7 @@ impl Supervisor {
             serving: (Vec::new(), Vec::new(), 0),
             next_queue_check: None,
             queues_busy: false,
+            agent: None,
             out: Vec::new(),
         }
     }
@@ -556,7 +604,11 @@ impl Supervisor {
                 [w.deadline, probe]
             })
             .flatten();
-        let slots = self.slots.iter().filter_map(|s| s.retry_at);
+        let slots = self
+            .slots
+            .iter()
+            .filter_map(|s| s.retry_at)
+            .chain(self.agent_retry_at());
         let timers = [self.next_sample, self.next_queue_check]
             .into_iter()
             .flatten();
@@ -603,9 +655,12 @@ impl Supervisor {
         let mut ws: Vec<&Worker> = self
             .workers
             .values()
-            .filter(|w| slot.is_none_or(|n| w.slot == n))
+            .filter(|w| match w.seat {
+                Seat::Slot(s) => slot.is_none_or(|n| s == n),
+                Seat::Agent => false,
+            })
             .collect();
-        ws.sort_by_key(|w| (w.slot, w.generation));
+        ws.sort_by_key(|w| (w.seat, w.generation));
         Ok(ws.into_iter().filter_map(|w| w.pid).collect())
     }
 
@@ -645,7 +700,7 @@ impl Supervisor {
             }
             if !any && slot.retry_at.is_some() {
                 workers.push(WorkerView {
-                    slot: i,
+                    slot: Some(i),
                     pid: None,
                     state: "backoff",
                     generation: slot.generation,
@@ -657,7 +712,8 @@ impl Supervisor {
         }
         // Replaced workers still draining belong to no slot field but are still running.
         for (&id, w) in &self.workers {
-            let slot = &self.slots[w.slot as usize];
+            let Seat::Slot(s) = w.seat else { continue };
+            let slot = &self.slots[s as usize];
             if slot.worker != Some(id) && slot.incoming != Some(id) {
                 workers.push(self.view(id, slot, now));
             }
@@ -681,6 +737,7 @@ impl Supervisor {
                 total: r.total,
             }),
             workers,
+            agent: self.agent_view(now),
         }
     }
 
@@ -692,7 +749,10 @@ impl Supervisor {
             w.state
         };
         WorkerView {
-            slot: w.slot,
+            slot: match w.seat {
+                Seat::Slot(n) => Some(n),
+                Seat::Agent => None,
+            },
             pid: w.pid,
             state: match state {
                 WorkerState::Starting => "starting",
@@ -718,9 +778,12 @@ impl Supervisor {
         self.desired = params.workers;
         let delay = params.delay;
         self.params.insert(1, params);
+        let wait = self.start_agent(now);
         for i in 0..self.desired {
             self.slots.push(Slot::new(1, delay));
-            self.spawn(i, false, 1, now);
+            if !wait {
+                self.spawn(Seat::Slot(i), false, 1, now);
+            }
         }
     }
 
@@ -729,7 +792,7 @@ impl Supervisor {
             return;
         };
         w.pid = Some(pid);
-        let (slot, generation) = (w.slot, w.generation);
+        let (seat, generation) = (w.seat, w.generation);
         if w.state == WorkerState::Stopping {
             // Given up on before its pid was known (a roll failed meanwhile): finish the job.
             if w.kill_sent {
@@ -742,12 +805,12 @@ impl Supervisor {
         }
         self.log(
             Level::Info,
-            Some(slot),
+            Some(seat),
             Some(pid),
             Some(generation),
             "started".into(),
         );
-        let p = &self.params[&generation];
+        let p = params_for(&self.params, seat, generation);
         if p.exec_ready {
             self.become_ready(id, now);
         } else if p.probe_listeners {
@@ -765,9 +828,7 @@ impl Supervisor {
         if let Some(roll) = &mut self.roll {
             roll.draining.remove(&id);
         }
-        let s = w.slot as usize;
         let uptime = now.saturating_duration_since(w.started_at);
-        let ready_for = w.ready_at.map(|t| now.saturating_duration_since(t));
         let expected = matches!(w.stop, Some(StopKind::Retire | StopKind::Abort));
         let failed = match (&w.stop, &how) {
             (Some(StopKind::Failed(_)), _) => true,
@@ -799,32 +860,39 @@ impl Supervisor {
         };
         // A worker never forked has nothing to report.
         if !matches!(how, Gone::Skipped) {
-            self.log(level, Some(w.slot), w.pid, Some(w.generation), what.clone());
+            self.log(level, Some(w.seat), w.pid, Some(w.generation), what.clone());
         }
+        let gone = Ended {
+            how,
+            failed,
+            expected,
+            what,
+        };
+        let s = match w.seat {
+            Seat::Slot(s) => s as usize,
+            Seat::Agent => return self.agent_gone(id, &w, gone, now),
+        };
 
         let slot = &mut self.slots[s];
         if slot.incoming == Some(id) {
             slot.incoming = None;
             let slot_has_worker = slot.worker.is_some();
             if let Some(roll) = &mut self.roll {
-                roll.in_flight.remove(&w.slot);
+                roll.in_flight.remove(&(s as u32));
                 if roll.failed.is_none() {
                     let reason = match &w.stop {
                         Some(StopKind::Failed(r)) => r.clone(),
-                        _ => what,
+                        _ => gone.what,
                     };
                     self.fail_roll(
-                        format!(
-                            "slot {}: the generation {} worker {reason}",
-                            w.slot, w.generation
-                        ),
+                        format!("slot {s}: the generation {} worker {reason}", w.generation),
                         now,
                     );
                 }
             }
             // A slot that had nothing serving (it was in backoff) goes back to its old plan.
             if !slot_has_worker && self.phase == Phase::Running && !self.slots[s].removing {
-                self.schedule_restart(w.slot, None, now);
+                self.schedule_restart(w.seat, None, now);
             }
             // A replacement for memory that failed: the old worker serves on; the next try
             // waits out the slot's backoff, doubling as crashes do.
@@ -836,7 +904,7 @@ impl Supervisor {
                 slot.replace_after = Some(now + wait);
                 self.log(
                     Level::Warn,
-                    Some(w.slot),
+                    Some(w.seat),
                     None,
                     None,
                     format!("its replacement failed; the next try waits {}", human(wait)),
@@ -846,106 +914,116 @@ impl Supervisor {
         }
         if slot.worker == Some(id) {
             slot.worker = None;
-            if self.phase != Phase::Running || slot.removing {
-                return;
-            }
-            if expected {
-                // Retired, then wanted again (scaled back up while it drained): refill at once.
-                if slot.incoming.is_none() {
-                    let gen = slot.generation;
-                    self.spawn(w.slot, false, gen, now);
-                }
-                return;
-            }
-            // A program that cannot be executed, at the app's start: nothing will change by
-            // trying again. A failure that may pass (EAGAIN, ENOMEM, EMFILE) backs off as a
-            // crash does, and counts towards restart.max_failures.
-            if let Gone::SpawnFailed(e, true) = &how {
-                if !self.announced_ready && self.roll.is_none() {
-                    self.give_up_app(format!("cannot start the app: {e}"), now);
-                    return;
-                }
-            }
-            let p = &self.params[&self.slots[s].generation];
-            if let Gone::Exited(ExitStatus::Code(c)) = how {
-                if p.stop_exit_codes.contains(&c) {
-                    self.last_failed = false;
-                    self.log(
-                        Level::Info,
-                        Some(w.slot),
-                        None,
-                        None,
-                        format!("exit code {c} is one of restart.stop_exit_codes: not restarted"),
-                    );
-                    return;
-                }
-            }
-            // A SIGKILL corral did not send, to a worker that was serving: the OOM killer, or an
-            // operator's `kill -9`. It is replaced as any failed worker is, but says nothing of
-            // whether the program can run, so it does not count towards a crash loop.
-            let killed_from_outside = w.ready_at.is_some()
-                && !w.kill_sent
-                && matches!(how, Gone::Exited(ExitStatus::Signal { signal, .. })
-                    if signal == Signal::SIGKILL as i32);
-            if failed && killed_from_outside {
-                self.log(
-                    Level::Warn,
-                    Some(w.slot),
-                    w.pid,
-                    Some(w.generation),
-                    "the SIGKILL was not corral's (the OOM killer, or an operator?): not \
-                     counted towards restart.max_failures"
-                        .into(),
-                );
-            }
-            if failed && !killed_from_outside {
-                if let Some(reason) = self.crash_loop(w.slot, ready_for, now) {
-                    let last = match &w.stop {
-                        Some(StopKind::Failed(why)) => why,
-                        _ => &what,
-                    };
-                    let reason = format!(
-                        "{reason} (the last: {last}): giving up on the app \
-                         (restart.max_failures)"
-                    );
-                    self.give_up_app(reason, now);
-                    return;
-                }
-            } else if ready_for
-                .is_some_and(|d| d >= self.params[&self.slots[s].generation].reset_after)
-            {
-                self.slots[s].failures_in_a_row = 0;
-            }
-            let slot = &mut self.slots[s];
-            self.last_failed = failed;
-            let policy = self.params[&slot.generation].policy;
-            let restart = match policy {
-                RestartPolicy::Always => true,
-                RestartPolicy::OnFailure => failed,
-                RestartPolicy::Never => false,
-            };
-            if slot.incoming.is_some() {
-                // Its replacement is already starting and will take the slot.
-                return;
-            }
-            if restart {
-                self.schedule_restart(w.slot, ready_for, now);
-            } else {
-                let policy = match policy {
-                    RestartPolicy::Always => "always",
-                    RestartPolicy::OnFailure => "on-failure",
-                    RestartPolicy::Never => "never",
-                };
-                self.log(
-                    Level::Warn,
-                    Some(w.slot),
-                    None,
-                    None,
-                    format!("not restarted (restart policy {policy})"),
-                );
-            }
+            self.refill(&w, gone, now);
         }
         // Otherwise: a replaced or retired worker finished draining.
+    }
+
+    /// The process serving a seat is gone: it is started again now (it was retired and is
+    /// wanted again), after its backoff, or not (a crash loop ends the app; the restart policy
+    /// or `restart.stop_exit_codes` may say no).
+    fn refill(&mut self, w: &Worker, gone: Ended, now: Instant) {
+        let seat = w.seat;
+        let ready_for = w.ready_at.map(|t| now.saturating_duration_since(t));
+        let slot = seat_slot(&mut self.slots, &mut self.agent, seat);
+        if self.phase != Phase::Running || slot.removing {
+            return;
+        }
+        if gone.expected {
+            // Retired, then wanted again (scaled back up while it drained): refill at once.
+            if slot.incoming.is_none() {
+                let gen = slot.generation;
+                self.spawn(seat, false, gen, now);
+            }
+            return;
+        }
+        // A program that cannot be executed, at the app's start: nothing will change by
+        // trying again. A failure that may pass (EAGAIN, ENOMEM, EMFILE) backs off as a
+        // crash does, and counts towards restart.max_failures.
+        if let Gone::SpawnFailed(e, true) = &gone.how {
+            if !self.announced_ready && self.roll.is_none() {
+                self.give_up_app(format!("cannot start the app: {e}"), now);
+                return;
+            }
+        }
+        let p = params_for(&self.params, seat, slot.generation);
+        let (policy, reset_after) = (p.policy, p.reset_after);
+        if let Gone::Exited(ExitStatus::Code(c)) = gone.how {
+            if p.stop_exit_codes.contains(&c) {
+                self.last_failed = false;
+                self.log(
+                    Level::Info,
+                    Some(seat),
+                    None,
+                    None,
+                    format!("exit code {c} is one of restart.stop_exit_codes: not restarted"),
+                );
+                return;
+            }
+        }
+        // A SIGKILL corral did not send, to a worker that was serving: the OOM killer, or an
+        // operator's `kill -9`. It is replaced as any failed worker is, but says nothing of
+        // whether the program can run, so it does not count towards a crash loop.
+        let killed_from_outside = w.ready_at.is_some()
+            && !w.kill_sent
+            && matches!(gone.how, Gone::Exited(ExitStatus::Signal { signal, .. })
+                if signal == Signal::SIGKILL as i32);
+        if gone.failed && killed_from_outside {
+            self.log(
+                Level::Warn,
+                Some(seat),
+                w.pid,
+                Some(w.generation),
+                "the SIGKILL was not corral's (the OOM killer, or an operator?): not \
+                 counted towards restart.max_failures"
+                    .into(),
+            );
+        }
+        if gone.failed && !killed_from_outside {
+            if let Some(reason) = self.crash_loop(seat, ready_for, now) {
+                let last = match &w.stop {
+                    Some(StopKind::Failed(why)) => why,
+                    _ => &gone.what,
+                };
+                let reason = format!(
+                    "{reason} (the last: {last}): giving up on the app \
+                     (restart.max_failures)"
+                );
+                self.give_up_app(reason, now);
+                return;
+            }
+        } else if ready_for.is_some_and(|d| d >= reset_after) {
+            seat_slot(&mut self.slots, &mut self.agent, seat).failures_in_a_row = 0;
+        }
+        self.last_failed = gone.failed;
+        let restart = match policy {
+            RestartPolicy::Always => true,
+            RestartPolicy::OnFailure => gone.failed,
+            RestartPolicy::Never => false,
+        };
+        if seat_slot(&mut self.slots, &mut self.agent, seat)
+            .incoming
+            .is_some()
+        {
+            // Its replacement is already starting and will take the slot.
+            return;
+        }
+        if restart {
+            self.schedule_restart(seat, ready_for, now);
+        } else {
+            let policy = match policy {
+                RestartPolicy::Always => "always",
+                RestartPolicy::OnFailure => "on-failure",
+                RestartPolicy::Never => "never",
+            };
+            self.log(
+                Level::Warn,
+                Some(seat),
+                None,
+                None,
+                format!("not restarted (restart policy {policy})"),
+            );
+        }
     }
 
     /// Counts a failure of a slot's worker (`ready_for`: how long it had been ready); says
@@ -956,12 +1034,16 @@ impl Supervisor {
     /// than the limit in any one interval, and would go on for ever.
     fn crash_loop(
         &mut self,
-        slot: u32,
+        seat: Seat,
         ready_for: Option<Duration>,
         now: Instant,
     ) -> Option<String> {
-        let s = &mut self.slots[slot as usize];
-        let p = &self.params[&s.generation];
+        let s = seat_slot(&mut self.slots, &mut self.agent, seat);
+        let p = params_for(&self.params, seat, s.generation);
+        let who = match seat {
+            Seat::Slot(n) => format!("slot {n}"),
+            Seat::Agent => "the agent".to_string(),
+        };
         if p.max_failures == 0 {
             return None;
         }
@@ -984,14 +1066,14 @@ impl Supervisor {
         }
         if s.failures.len() >= p.max_failures as usize {
             return Some(format!(
-                "slot {slot} failed {} times within {}",
+                "{who} failed {} times within {}",
                 p.max_failures,
                 human(p.failure_interval)
             ));
         }
         if s.failures_in_a_row >= p.max_failures {
             return Some(format!(
-                "slot {slot} failed {} times in a row, never ready for {} in between",
+                "{who} failed {} times in a row, never ready for {} in between",
                 p.max_failures,
                 human(p.reset_after)
             ));
@@ -1012,7 +1094,7 @@ impl Supervisor {
         let Some(w) = self.workers.get_mut(&id) else {
             return;
         };
-        let p = &self.params[&w.generation];
+        let p = params_for(&self.params, w.seat, w.generation);
         if let Some(status) = msg.status {
             w.status = Some(status);
         }
@@ -1072,7 +1154,9 @@ impl Supervisor {
         let Some(limit) = self.params[&w.generation].max_memory else {
             return;
         };
-        let slot = &self.slots[w.slot as usize];
+        // limits.max_memory is the workers'.
+        let Seat::Slot(s) = w.seat else { return };
+        let slot = &self.slots[s as usize];
         // At most reload.batch replacements at a time, as in a roll: each is a second process
         // with its memory until the old one is gone.
         let replacing = self.slots.iter().filter(|s| s.incoming.is_some()).count() as u32;
@@ -1088,10 +1172,10 @@ impl Supervisor {
         if rss <= limit || !replaceable {
             return;
         }
-        let (s, pid, gen) = (w.slot, w.pid, w.generation);
+        let (pid, gen) = (w.pid, w.generation);
         self.log(
             Level::Warn,
-            Some(s),
+            Some(w.seat),
             pid,
             Some(gen),
             format!(
@@ -1103,7 +1187,7 @@ impl Supervisor {
         let slot = &mut self.slots[s as usize];
         slot.restarts += 1;
         self.restarts += 1;
-        self.spawn(s, true, gen, now);
+        self.spawn(Seat::Slot(s), true, gen, now);
     }
 
     fn on_listening(&mut self, id: WorkerId, how: String, now: Instant) {
@@ -1150,7 +1234,7 @@ impl Supervisor {
             .collect();
         for id in due {
             let w = &self.workers[&id];
-            let p = &self.params[&w.generation];
+            let p = params_for(&self.params, w.seat, w.generation);
             match w.state {
                 WorkerState::Starting => {
                     let reason = format!("was not ready within {}", human(p.ready_timeout));
@@ -1162,7 +1246,7 @@ impl Supervisor {
                     self.give_up(id, reason, now);
                 }
                 WorkerState::Stopping if w.drain_pending => {
-                    let (slot, pid, gen) = (w.slot, w.pid, w.generation);
+                    let (slot, pid, gen) = (w.seat, w.pid, w.generation);
                     let msg = format!(
                         "its queue did not stay empty within {} of its drain: stopping it anyway",
                         human(p.drain + DRAIN_MAX)
@@ -1172,7 +1256,7 @@ impl Supervisor {
                 }
                 WorkerState::Stopping if w.signal_pending => {
                     // stop.message was not enough: now the stop signal, and its own timeout.
-                    let (slot, pid, gen) = (w.slot, w.pid, w.generation);
+                    let (slot, pid, gen) = (w.seat, w.pid, w.generation);
                     let (signal, timeout) = (p.stop_signal, p.stop_timeout);
                     let msg = format!(
                         "did not exit on stop.message in time: sending {}",
@@ -1187,7 +1271,7 @@ impl Supervisor {
                     }
                 }
                 WorkerState::Stopping => {
-                    let (slot, pid, gen) = (w.slot, w.pid, w.generation);
+                    let (slot, pid, gen) = (w.seat, w.pid, w.generation);
                     let msg = format!(
                         "still running {} after stop: killing",
                         human(p.stop_timeout)
@@ -1200,13 +1284,15 @@ impl Supervisor {
         if self.phase != Phase::Running {
             return;
         }
+        self.agent_tick(now);
         for i in 0..self.slots.len() {
             let slot = &mut self.slots[i];
             if slot.retry_at.is_some_and(|t| t <= now) {
                 slot.retry_at = None;
-                if slot.worker.is_none() && slot.incoming.is_none() && !slot.removing {
+                let gated = self.agent.as_ref().is_some_and(|a| a.gate);
+                if slot.worker.is_none() && slot.incoming.is_none() && !slot.removing && !gated {
                     let gen = slot.generation;
-                    self.spawn(i as u32, false, gen, now);
+                    self.spawn(Seat::Slot(i as u32), false, gen, now);
                 }
             }
         }
@@ -1293,6 +1379,7 @@ impl Supervisor {
                 "there is no worker {n} (slots are 0..{})",
                 self.desired
             )),
+            Scope::Agent if self.agent.is_none() => Err("the app has no agent".into()),
             _ => Ok(()),
         }
     }
@@ -1324,10 +1411,10 @@ impl Supervisor {
                 if slot.removing {
                     slot.removing = false;
                     if slot.worker.is_none() && slot.incoming.is_none() {
-                        self.spawn(i, false, gen, now);
+                        self.spawn(Seat::Slot(i), false, gen, now);
                     }
                 } else if i >= old {
-                    self.spawn(i, false, gen, now);
+                    self.spawn(Seat::Slot(i), false, gen, now);
                 }
             } else {
                 self.remove_slot(i, now);
@@ -1382,7 +1469,13 @@ impl Supervisor {
         for slot in &mut self.slots {
             slot.retry_at = None;
         }
-        let ids: Vec<WorkerId> = self.workers.keys().copied().collect();
+        // The workers first; the agent once they are gone (settle_agent).
+        let ids: Vec<WorkerId> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| w.seat != Seat::Agent)
+            .map(|(&id, _)| id)
+            .collect();
         for id in ids {
             // One that was draining is asked to stop now with the others.
             if self.workers[&id].drain_pending {
@@ -1405,7 +1498,7 @@ impl Supervisor {
         let old_count = self.desired;
         let new_count = match scope {
             Scope::All => params.workers,
-            Scope::Slot(_) => old_count,
+            Scope::Slot(_) | Scope::Agent => old_count,
         };
         let delay = params.delay;
         self.params.insert(generation, params);
@@ -1424,6 +1517,7 @@ impl Supervisor {
                 pending.extend(0..old_count.min(new_count));
             }
             Scope::Slot(n) => pending.push_back(n),
+            Scope::Agent => {}
         }
         let total = pending.len() as u32;
         self.log(
@@ -1451,14 +1545,25 @@ impl Supervisor {
             total,
             replaced: 0,
             settled: false,
+            agent_decided: false,
         });
     }
 
     /// Starts replacements up to the batch size.
     fn pump(&mut self, now: Instant) {
+        if let Some(roll) = &mut self.roll {
+            if !std::mem::replace(&mut roll.agent_decided, true) {
+                let (generation, scope) = (roll.generation, roll.scope);
+                self.roll_agent(generation, scope, now);
+            }
+        }
         loop {
             let Some(roll) = &mut self.roll else { return };
             if roll.failed.is_some() {
+                return;
+            }
+            // The workers roll once a new agent is ready.
+            if self.agent.as_ref().is_some_and(|a| a.swap.is_some()) {
                 return;
             }
             let batch = self.params[&roll.generation].batch.max(1) as usize;
@@ -1478,7 +1583,7 @@ impl Supervisor {
                 }
                 self.kill(old);
             }
-            self.spawn(s, true, gen, now);
+            self.spawn(Seat::Slot(s), true, gen, now);
         }
     }
 
@@ -1522,8 +1627,9 @@ impl Supervisor {
     /// Moves a roll forward: next batch, shrink at the end, reply when everything has drained.
     fn advance_roll(&mut self, now: Instant) {
         self.pump(now);
+        let swapping = self.swapping();
         let Some(roll) = &mut self.roll else { return };
-        if !roll.pending.is_empty() || !roll.in_flight.is_empty() {
+        if !roll.pending.is_empty() || !roll.in_flight.is_empty() || swapping {
             return;
         }
         if roll.failed.is_none() && !roll.settled {
@@ -1532,6 +1638,7 @@ impl Supervisor {
             if scope == Scope::All {
                 self.active = generation;
                 self.desired = new_count;
+                self.agent_rolled(generation, now);
             }
             for i in new_count..self.slots.len() as u32 {
                 self.remove_slot(i, now);
@@ -1584,14 +1691,14 @@ impl Supervisor {
 
     // ---- helpers ----
 
-    fn spawn(&mut self, slot: u32, incoming: bool, generation: u32, now: Instant) {
+    fn spawn(&mut self, seat: Seat, incoming: bool, generation: u32, now: Instant) {
         let id = self.next_id;
         self.next_id += 1;
-        let p = &self.params[&generation];
+        let p = params_for(&self.params, seat, generation);
         self.workers.insert(
             id,
             Worker {
-                slot,
+                seat,
                 generation,
                 pid: None,
                 state: WorkerState::Starting,
@@ -1613,17 +1720,20 @@ impl Supervisor {
                 errno: None,
             },
         );
-        let s = &mut self.slots[slot as usize];
+        let s = seat_slot(&mut self.slots, &mut self.agent, seat);
         if incoming {
             s.incoming = Some(id);
         } else {
             s.worker = Some(id);
             s.retry_at = None;
         }
-        self.out.push(Action::Spawn {
-            id,
-            slot,
-            generation,
+        self.out.push(match seat {
+            Seat::Slot(slot) => Action::Spawn {
+                id,
+                slot,
+                generation,
+            },
+            Seat::Agent => Action::SpawnAgent { id, generation },
         });
     }
 
@@ -1637,14 +1747,20 @@ impl Supervisor {
         w.state = WorkerState::Ready;
         w.ready_at = Some(now);
         w.probe_at = None;
-        w.deadline = self.params[&w.generation].watchdog.map(|d| now + d);
-        let (s, gen, pid) = (w.slot, w.generation, w.pid);
+        w.deadline = params_for(&self.params, w.seat, w.generation)
+            .watchdog
+            .map(|d| now + d);
+        let (seat, gen, pid) = (w.seat, w.generation, w.pid);
         let took = now.saturating_duration_since(w.started_at);
         let mut msg = format!("ready after {}", human(took));
         if let Some(why) = why {
             msg += &format!(": {why}");
         }
-        self.log(Level::Info, Some(s), pid, Some(gen), msg);
+        self.log(Level::Info, Some(seat), pid, Some(gen), msg);
+        let s = match seat {
+            Seat::Slot(s) => s,
+            Seat::Agent => return self.agent_ready(id, now),
+        };
         let slot = &mut self.slots[s as usize];
         if slot.incoming == Some(id) {
             slot.incoming = None;
@@ -1684,7 +1800,7 @@ impl Supervisor {
         if w.state == WorkerState::Stopping {
             return;
         }
-        let p = &self.params[&w.generation];
+        let p = params_for(&self.params, w.seat, w.generation);
         w.state = WorkerState::Stopping;
         w.stop = Some(StopKind::Retire);
         w.deadline = Some(now + p.stop_timeout);
@@ -1704,7 +1820,7 @@ impl Supervisor {
     fn first_stop_step(&mut self, id: WorkerId) {
         let w = self.workers.get_mut(&id).expect("worker exists");
         let Some(pid) = w.pid else { return };
-        let p = &self.params[&w.generation];
+        let p = params_for(&self.params, w.seat, w.generation);
         if p.stop_message && w.ready_at.is_some() {
             w.signal_pending = true;
             self.out.push(Action::Message { id, pid });
@@ -1724,13 +1840,14 @@ impl Supervisor {
             return;
         }
         let was_starting = w.state == WorkerState::Starting;
-        let (slot, pid, gen) = (w.slot, w.pid, w.generation);
+        let (seat, pid, gen) = (w.seat, w.pid, w.generation);
         w.state = WorkerState::Stopping;
         w.stop = Some(StopKind::Failed(reason.clone()));
-        self.log(Level::Error, Some(slot), pid, Some(gen), reason.clone());
+        self.log(Level::Error, Some(seat), pid, Some(gen), reason.clone());
         if was_starting {
             self.kill(id);
             // A replacement given up on stops its roll now, not when its exit is reaped.
+            let Seat::Slot(slot) = seat else { return };
             if self.slots[slot as usize].incoming == Some(id) {
                 self.fail_roll(
                     format!("slot {slot}: the generation {gen} worker {reason}"),
@@ -1739,7 +1856,7 @@ impl Supervisor {
             }
         } else {
             let w = self.workers.get_mut(&id).expect("worker exists");
-            let timeout = self.params[&gen].stop_timeout;
+            let timeout = params_for(&self.params, seat, gen).stop_timeout;
             w.deadline = Some(now + timeout);
             w.extend_until = now + timeout * EXTEND_FACTOR;
             if let Some(pid) = pid {
@@ -1779,9 +1896,9 @@ impl Supervisor {
         }
     }
 
-    fn schedule_restart(&mut self, i: u32, ready_for: Option<Duration>, now: Instant) {
-        let slot = &mut self.slots[i as usize];
-        let p = &self.params[&slot.generation];
+    fn schedule_restart(&mut self, seat: Seat, ready_for: Option<Duration>, now: Instant) {
+        let slot = seat_slot(&mut self.slots, &mut self.agent, seat);
+        let p = params_for(&self.params, seat, slot.generation);
         if ready_for.is_some_and(|d| d >= p.reset_after) {
             slot.next_delay = p.delay;
         }
@@ -1792,7 +1909,7 @@ impl Supervisor {
         self.restarts += 1;
         self.log(
             Level::Info,
-            Some(i),
+            Some(seat),
             None,
             None,
             format!("restarting in {}", human(wait)),
@@ -1821,13 +1938,15 @@ impl Supervisor {
         while let Some(last) = self.slots.last() {
             let i = self.slots.len() as u32 - 1;
             let empty = last.worker.is_none() && last.incoming.is_none();
-            if !(last.removing && empty) || self.workers.values().any(|w| w.slot == i) {
+            if !(last.removing && empty) || self.workers.values().any(|w| w.seat == Seat::Slot(i)) {
                 break;
             }
             self.slots.pop();
         }
+        self.settle_agent(now);
         let ready = self.ready_count();
-        if self.phase == Phase::Running && !self.announced_ready && ready == self.desired {
+        let all_ready = ready == self.desired && self.agent_is_ready();
+        if self.phase == Phase::Running && !self.announced_ready && all_ready {
             self.announced_ready = true;
             self.out.push(Action::Systemd(Systemd::Ready));
         }
@@ -1842,6 +1961,7 @@ impl Supervisor {
         // Forget configs nothing refers to any more.
         let mut used: BTreeSet<u32> = self.slots.iter().map(|s| s.generation).collect();
         used.extend(self.workers.values().map(|w| w.generation));
+        used.extend(self.agent_generations());
         used.insert(self.active);
         if let Some(r) = &self.roll {
             used.insert(r.generation);
@@ -1870,6 +1990,7 @@ impl Supervisor {
         }
         let idle = self.workers.is_empty()
             && self.slots.iter().all(|s| s.retry_at.is_none())
+            && self.agent_retry_at().is_none()
             && self.roll.is_none();
         match self.phase {
             Phase::Stopping if self.workers.is_empty() => {
@@ -1899,6 +2020,11 @@ impl Supervisor {
             self.restarts,
             if self.restarts == 1 { "" } else { "s" }
         );
+        if let Some(a) = self.agent_view(Instant::now()) {
+            if a.state != "ready" {
+                s += &format!(" · agent {}", a.state);
+            }
+        }
         if let Some(r) = &self.roll {
             s += &format!(
                 " · reloading to generation {}: {}/{} replaced",
@@ -1918,19 +2044,30 @@ impl Supervisor {
     fn log(
         &mut self,
         level: Level,
-        slot: Option<u32>,
+        seat: Option<Seat>,
         pid: Option<i32>,
         generation: Option<u32>,
         message: String,
     ) {
         self.out.push(Action::Log {
             level,
-            slot,
+            seat,
             pid,
             generation,
             message,
         });
     }
+}
+
+/// How a process ended, and what that means.
+struct Ended {
+    how: Gone,
+    /// A crash, as opposed to an exit corral asked for or a clean one.
+    failed: bool,
+    /// corral asked it to go.
+    expected: bool,
+    /// What happened, in words.
+    what: String,
 }
 
 enum Gone {
@@ -1958,6 +2095,32 @@ impl Slot {
     }
 }
 
+/// The slot of a seat: the agent's is its own (its backoff and failures).
+fn seat_slot<'a>(
+    slots: &'a mut [Slot],
+    agent: &'a mut Option<agent::AgentSeat>,
+    seat: Seat,
+) -> &'a mut Slot {
+    match seat {
+        Seat::Slot(n) => &mut slots[n as usize],
+        Seat::Agent => &mut agent.as_mut().expect("the app has an agent").slot,
+    }
+}
+
+/// The parameters a process of `seat` runs with in `generation`: the agent has its own.
+fn params_for(params: &BTreeMap<u32, Params>, seat: Seat, generation: u32) -> &Params {
+    let p = &params[&generation];
+    match seat {
+        Seat::Slot(_) => p,
+        Seat::Agent => {
+            &p.agent
+                .as_ref()
+                .expect("the generation has an agent")
+                .process
+        }
+    }
+}
+
 /// "250ms", "3.2s", "2m05s": short, for log lines.
 pub fn human(d: Duration) -> String {
     let ms = d.as_millis();
@@ -1977,6 +2140,9 @@ use drain::DRAIN_MAX;
 
 #[path = "supervisor_load.rs"]
 mod load;
+
+#[path = "supervisor_agent.rs"]
+pub mod agent;
 
 #[cfg(test)]
 #[path = "supervisor_tests.rs"]

@@ -38,14 +38,14 @@ impl Supervisor {
     pub(super) fn start_drain(&mut self, id: WorkerId, now: Instant) -> bool {
         let running = self.phase == super::Phase::Running;
         let w = self.workers.get_mut(&id).expect("worker exists");
-        let balanced = self.params[&w.generation].balanced;
+        let balanced = super::params_for(&self.params, w.seat, w.generation).balanced;
         if !(balanced && running && w.ready_at.is_some() && w.pid.is_some()) {
             return false;
         }
         w.drain_pending = true;
         w.drain_empty_since = None;
         w.deadline = Some(now + self.params[&w.generation].drain + DRAIN_MAX);
-        let (slot, pid, gen) = (w.slot, w.pid, w.generation);
+        let (slot, pid, gen) = (w.seat, w.pid, w.generation);
         self.log(
             super::Level::Info,
             Some(slot),
@@ -99,7 +99,8 @@ impl Supervisor {
     /// said STOPPING=1), or, when none is ready, the starting ones, which serve soon. Then
     /// the same without those stepped around, unless every ready one is: for even spreading.
     fn serving_now(&self) -> (Vec<WorkerId>, Vec<WorkerId>) {
-        let balanced = |w: &super::Worker| self.params[&w.generation].balanced;
+        let balanced =
+            |w: &super::Worker| super::params_for(&self.params, w.seat, w.generation).balanced;
         let in_state = |state: WorkerState| -> Vec<(WorkerId, bool)> {
             self.workers
                 .iter()
@@ -135,7 +136,7 @@ impl Supervisor {
         let balanced = self
             .workers
             .values()
-            .any(|w| self.params[&w.generation].balanced);
+            .any(|w| super::params_for(&self.params, w.seat, w.generation).balanced);
         if !balanced {
             self.next_queue_check = None;
             self.serving = (Vec::new(), Vec::new(), 0);

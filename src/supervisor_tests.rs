@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
+use super::agent::AgentParams;
 use super::*;
 use crate::config::{Batch, RestartPolicy};
 use crate::notify::Notification;
@@ -77,7 +78,25 @@ impl P {
             max_failures: 10,
             failure_interval: secs(60),
             stop_exit_codes: Vec::new(),
+            agent: None,
         })
+    }
+
+    /// An agent with `own` settings (its `workers` is ignored), which the workers wait for;
+    /// `key` stands for its config (another key: a changed agent).
+    fn agent(mut self, own: P, key: u64) -> P {
+        self.0.agent = Some(Box::new(AgentParams {
+            process: own.0,
+            workers_wait: true,
+            key,
+        }));
+        self
+    }
+
+    /// The workers start without waiting for the agent.
+    fn agent_no_wait(mut self) -> P {
+        self.0.agent.as_mut().expect("an agent").workers_wait = false;
+        self
     }
 
     fn max_memory(mut self, bytes: u64) -> P {
@@ -168,9 +187,11 @@ struct Harness {
     pids: BTreeMap<WorkerId, i32>,
     /// Spawn actions in order: (id, slot, generation).
     spawns: Vec<(WorkerId, u32, u32)>,
-    /// Spawns to answer with `SpawnFailed`: (slot, generation, error, cannot_execute), each
+    /// SpawnAgent actions in order: (id, generation).
+    agents: Vec<(WorkerId, u32)>,
+    /// Spawns to answer with `SpawnFailed`: (seat, generation, error, cannot_execute), each
     /// used once.
-    failing: Vec<(u32, u32, String, bool)>,
+    failing: Vec<(Seat, u32, String, bool)>,
     /// Spawn actions not performed because `spawn_wanted` said no, as the runtime skips them.
     skipped: Vec<WorkerId>,
     actions: Vec<Action>,
@@ -189,6 +210,7 @@ impl Harness {
             next_pid: 1000,
             pids: BTreeMap::new(),
             spawns: Vec::new(),
+            agents: Vec::new(),
             failing: Vec::new(),
             skipped: Vec::new(),
             actions: Vec::new(),
@@ -230,20 +252,34 @@ impl Harness {
         self.trace.push(line);
         let actions = self.sup.step(event, self.now);
         self.history.push(self.sup.snapshot(self.now));
+        let agents = self.sup.agent_processes();
+        check!(self, agents <= 1, "{agents} agent processes at once");
         for action in actions {
             self.trace
                 .push(format!("{:>9}    {}", "", describe_action(&action)));
             self.actions.push(action.clone());
             out.push(action.clone());
-            match action {
+            let spawned = match action {
                 Action::Spawn {
                     id,
                     slot,
                     generation,
                 } => {
-                    let reused = self.spawns.iter().any(|&(i, _, _)| i == id);
-                    check!(self, !reused, "worker id {id} spawned twice");
                     self.spawns.push((id, slot, generation));
+                    Some((id, Seat::Slot(slot), generation))
+                }
+                Action::SpawnAgent { id, generation } => {
+                    self.agents.push((id, generation));
+                    Some((id, Seat::Agent, generation))
+                }
+                _ => None,
+            };
+            match action {
+                Action::Spawn { .. } | Action::SpawnAgent { .. } => {
+                    let (id, seat, generation) = spawned.expect("a spawn");
+                    let reused = self.spawns.iter().filter(|s| s.0 == id).count()
+                        + self.agents.iter().filter(|s| s.0 == id).count();
+                    check!(self, reused == 1, "worker id {id} spawned twice");
                     if !self.sup.spawn_wanted(id) {
                         self.skipped.push(id);
                         self.feed(Event::SpawnSkipped { id }, out);
@@ -252,7 +288,7 @@ impl Harness {
                     let fail = self
                         .failing
                         .iter()
-                        .position(|(s, g, _, _)| (*s, *g) == (slot, generation));
+                        .position(|(s, g, _, _)| (*s, *g) == (seat, generation));
                     let answer = match fail {
                         Some(i) => {
                             let (_, _, error, cannot_execute) = self.failing.remove(i);
@@ -363,8 +399,30 @@ impl Harness {
         let cannot_execute = ["No such file or directory", "Permission denied"]
             .iter()
             .any(|e| error.contains(e));
+        self.failing.push((
+            Seat::Slot(slot),
+            generation,
+            error.to_string(),
+            cannot_execute,
+        ));
+    }
+
+    /// The next spawn of the agent with `generation` fails, as `fail_spawn`.
+    fn fail_agent_spawn(&mut self, generation: u32, error: &str) {
+        let cannot_execute = error.contains("No such file or directory");
         self.failing
-            .push((slot, generation, error.to_string(), cannot_execute));
+            .push((Seat::Agent, generation, error.to_string(), cannot_execute));
+    }
+
+    /// The newest agent spawned with `generation`.
+    fn agent_of(&self, generation: u32) -> WorkerId {
+        match self.agents.iter().rev().find(|a| a.1 == generation) {
+            Some(&(id, _)) => id,
+            None => panic!(
+                "no agent was spawned with generation {generation}\n{}",
+                self.context()
+            ),
+        }
     }
 
     // ---- looking at what happened ----
@@ -524,7 +582,7 @@ impl Harness {
         let snap = self.snap();
         snap.workers
             .iter()
-            .map(|v| (v.slot, v.generation, v.state))
+            .map(|v| (v.slot.expect("a worker's slot"), v.generation, v.state))
             .collect()
     }
 
@@ -533,7 +591,7 @@ impl Harness {
         let snap = self.snap();
         snap.workers
             .into_iter()
-            .filter(|v| v.slot == slot)
+            .filter(|v| v.slot == Some(slot))
             .collect()
     }
 
@@ -590,10 +648,10 @@ impl Harness {
             snap.ready,
             self.status()
         );
-        for v in &snap.workers {
+        for v in snap.agent.iter().chain(&snap.workers) {
             let _ = writeln!(
                 s,
-                "    slot {} generation {} pid {:?} {} (restarts {})",
+                "    slot {:?} generation {} pid {:?} {} (restarts {})",
                 v.slot, v.generation, v.pid, v.state, v.restarts
             );
         }
@@ -649,10 +707,10 @@ fn describe_action(a: &Action) -> String {
     match a {
         Action::Log {
             level,
-            slot: Some(slot),
+            seat: Some(seat),
             message,
             ..
-        } => format!("log {level:?} [slot {slot}] {message}"),
+        } => format!("log {level:?} [{seat}] {message}"),
         Action::Log { level, message, .. } => format!("log {level:?} {message}"),
         Action::Systemd(Systemd::Status(s)) => format!("STATUS={s}"),
         other => format!("{other:?}"),
@@ -3133,3 +3191,6 @@ fn a_sigkill_from_outside_to_a_ready_worker_is_replaced_but_not_counted() {
     }
     check_eq!(h, h.exit_code(), Some(1));
 }
+
+#[path = "supervisor_agent_tests.rs"]
+mod agent;

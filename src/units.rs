@@ -257,10 +257,15 @@ fn service_settings(config: &Config, sockets: &[String], watchdog: Option<&str>)
         }
         (None, None) => {}
     }
+    // The agent stops after the workers (supervisor_agent.rs).
+    let agent_stop = config
+        .agent
+        .as_ref()
+        .map_or(Duration::ZERO, |a| a.stop.drain_time());
     let _ = writeln!(
         s,
         "TimeoutStopSec={}",
-        sec(config.stop.drain_time() + STOP_MARGIN)
+        sec(config.stop.drain_time() + agent_stop + STOP_MARGIN)
     );
     let _ = writeln!(s, "TimeoutStartSec={}", sec(start_timeout(config)));
     // ProtectHome=yes hides /home and /root: an app that lives there (as PM2 apps often do)
@@ -297,8 +302,15 @@ fn start_timeout(config: &Config) -> Duration {
     let workers = config.workers.resolve().max(1);
     let batch = config.reload.batch.slots(workers).max(1);
     let rounds = workers.div_ceil(batch);
-    let roll =
-        config.readiness.timeout * rounds + config.stop.drain_time() + Duration::from_secs(30);
+    // An agent is ready before the workers start, and a reload that replaces it stops the old
+    // one and waits for the new one first.
+    let agent = config.agent.as_ref().map_or(Duration::ZERO, |a| {
+        a.stop.drain_time() + a.readiness.timeout
+    });
+    let roll = agent
+        + config.readiness.timeout * rounds
+        + config.stop.drain_time()
+        + Duration::from_secs(30);
     roll.max(Duration::from_secs(90))
 }
 
@@ -479,5 +491,45 @@ mod tests {
         assert_eq!(files.len(), 1);
         assert!(!files[0].contents.contains("Sockets="));
         assert!(files[0].contents.contains("DynamicUser=yes"));
+    }
+
+    #[test]
+    fn an_agent_adds_its_stop_to_the_stop_timeout_and_its_start_to_the_start_timeout() {
+        let unit = |text: &str| {
+            let files = render(
+                &config(text),
+                Path::new("/etc/corral/api.toml"),
+                &Flavor::Generator,
+            );
+            files[0].contents.clone()
+        };
+        let plain = "command = [\"x\"]\nstop = { timeout = \"30s\" }\n\
+                     readiness = { timeout = \"100s\" }\n";
+        assert!(
+            unit(plain).contains("TimeoutStopSec=40s"),
+            "{}",
+            unit(plain)
+        );
+        assert!(
+            unit(plain).contains("TimeoutStartSec=160s"),
+            "{}",
+            unit(plain)
+        );
+        let agent = format!(
+            "{plain}[agent]\ncommand = [\"y\"]\nstop = {{ timeout = \"20s\" }}\n\
+             readiness = {{ timeout = \"5s\" }}\n"
+        );
+        // Workers 30s, then the agent 20s, and the margin.
+        assert!(
+            unit(&agent).contains("TimeoutStopSec=60s"),
+            "{}",
+            unit(&agent)
+        );
+        // The old agent's stop and the new one's start come before the workers' roll.
+        assert!(
+            unit(&agent).contains("TimeoutStartSec=185s"),
+            "{}",
+            unit(&agent)
+        );
     }
 }

@@ -186,7 +186,8 @@ fn command() -> impl Strategy<Value = corral::control::Command> {
     prop_oneof![
         Just(Command::Status),
         Just(Command::Reload { mainpid: None }),
-        proptest::option::of(any::<u32>()).prop_map(|worker| Command::Restart { worker }),
+        (proptest::option::of(any::<u32>()), any::<bool>())
+            .prop_map(|(worker, agent)| Command::Restart { worker, agent }),
         "[ -~]{0,12}".prop_map(|workers| Command::Scale { workers }),
         ("[ -~]{0,12}", proptest::option::of(any::<u32>()))
             .prop_map(|(signal, worker)| Command::Signal { signal, worker }),

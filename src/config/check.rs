@@ -12,8 +12,8 @@ use super::diagnostics::Earliest;
 use super::environment_file::MAX_ENVIRONMENT_FILES;
 use super::values::{parse_address, parse_duration, parse_signal, parse_size};
 use super::{
-    Address, Balance, Batch, Config, Diagnostic, EnvironmentFile, Limits, Listen, Logs, Node,
-    Readiness, ReadinessMode, Reload, Restart, RestartPolicy, Service, Stop, WorkerCount,
+    Address, Agent, Balance, Batch, Config, Diagnostic, EnvironmentFile, Limits, Listen, Logs,
+    Node, Readiness, ReadinessMode, Reload, Restart, RestartPolicy, Service, Stop, WorkerCount,
 };
 
 /// Environment variables corral sets itself; apps may not set them.
@@ -50,6 +50,17 @@ pub(super) const TOP_KEYS: &[&str] = &[
     "node",
     "logs",
     "service",
+    "agent",
+];
+pub(super) const AGENT_KEYS: &[&str] = &[
+    "command",
+    "directory",
+    "environment",
+    "workers_wait",
+    "readiness",
+    "watchdog",
+    "stop",
+    "restart",
 ];
 pub(super) const LISTEN_KEYS: &[&str] = &[
     "name", "address", "backlog", "balance", "mode", "owner", "group",
@@ -57,6 +68,7 @@ pub(super) const LISTEN_KEYS: &[&str] = &[
 pub(super) const READINESS_KEYS: &[&str] = &["mode", "timeout"];
 pub(super) const WATCHDOG_KEYS: &[&str] = &["timeout"];
 pub(super) const STOP_KEYS: &[&str] = &["signal", "message", "timeout", "drain"];
+pub(super) const AGENT_STOP_KEYS: &[&str] = &["signal", "message", "timeout"];
 pub(super) const RESTART_KEYS: &[&str] = &[
     "policy",
     "delay",
@@ -84,6 +96,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
     ("[node]", NODE_KEYS),
     ("[logs]", LOGS_KEYS),
     ("[service]", SERVICE_KEYS),
+    ("[agent]", AGENT_KEYS),
 ];
 
 const SYSLOG_LEVELS: &[(&str, u8)] = &[
@@ -417,8 +430,11 @@ impl<'a> Checker<'a> {
             node: Node::default(),
             logs: Logs::default(),
             service: Service::default(),
+            agent: None,
         };
         let mut has_command = false;
+        // Read last: what it does not set is the app's, wherever in the file that is.
+        let mut agent = None;
         for (key, item) in entries(root) {
             match key.get() {
                 "command" => {
@@ -436,7 +452,7 @@ impl<'a> Checker<'a> {
                 "environment" => config.environment = self.environment(key, item),
                 "environment_file" => config.environment_files = self.environment_files(key, item),
                 "listen" => config.listen = self.listeners(key, item),
-                "readiness" => self.readiness(key, item, &mut config.readiness),
+                "readiness" => self.readiness("", key, item, &mut config.readiness),
                 "watchdog" => {
                     for (k, v) in self.section("watchdog", key, item) {
                         match k.get() {
@@ -447,8 +463,9 @@ impl<'a> Checker<'a> {
                         }
                     }
                 }
-                "stop" => self.stop(key, item, &mut config.stop),
-                "restart" => self.restart(key, item, &mut config.restart),
+                "stop" => self.stop("", key, item, &mut config.stop),
+                "restart" => self.restart("", key, item, &mut config.restart),
+                "agent" => agent = Some((key, item)),
                 "reload" => {
                     for (k, v) in self.section("reload", key, item) {
                         match k.get() {
@@ -528,7 +545,100 @@ impl<'a> Checker<'a> {
                 );
             }
         }
+        if let Some((key, item)) = agent {
+            config.agent = self.agent(key, item, &config);
+        }
         config
+    }
+
+    /// `[agent]`, over the app's settings in `app`.
+    fn agent(&mut self, key: &Key, item: &Item, app: &Config) -> Option<Agent> {
+        let mut readiness = app.readiness.clone();
+        if readiness.mode == ReadinessMode::Listen {
+            readiness.mode = ReadinessMode::Exec;
+        }
+        let mut agent = Agent {
+            command: Vec::new(),
+            directory: app.directory.clone(),
+            environment: Vec::new(),
+            workers_wait: true,
+            readiness,
+            watchdog: None,
+            stop: app.stop.clone(),
+            restart: app.restart.clone(),
+        };
+        let mut has_command = false;
+        for (k, v) in self.section("agent", key, item) {
+            match k.get() {
+                "command" => {
+                    has_command = true;
+                    if let Some(command) = self.command(k, v) {
+                        agent.command = command;
+                    }
+                }
+                "directory" => {
+                    if let Some(d) = self.directory(k, v) {
+                        agent.directory = Some(d);
+                    }
+                }
+                "environment" => agent.environment = self.environment(k, v),
+                "workers_wait" => match v.as_bool() {
+                    Some(b) => agent.workers_wait = b,
+                    None => self.type_error("agent.workers_wait", k, v, "true or false"),
+                },
+                "readiness" => {
+                    self.readiness("agent.", k, v, &mut agent.readiness);
+                    if let Some(at) = self.listen_mode_at.take() {
+                        self.error(
+                            at,
+                            "agent.readiness.mode = \"listen\": the agent has no listeners \
+                             (choose \"notify\", \"node-ipc\" or \"exec\")"
+                                .into(),
+                        );
+                    }
+                }
+                "watchdog" => {
+                    for (wk, wv) in self.section("agent.watchdog", k, v) {
+                        match wk.get() {
+                            "timeout" => {
+                                agent.watchdog =
+                                    self.duration("agent.watchdog.timeout", wk, wv, false)
+                            }
+                            _ => self.unknown_key(wk, wv, WATCHDOG_KEYS, "[agent.watchdog]"),
+                        }
+                    }
+                }
+                "stop" => {
+                    let before = self.stop_message_at.take();
+                    self.stop("agent.", k, v, &mut agent.stop);
+                    let node_ipc =
+                        agent.readiness.mode == ReadinessMode::NodeIpc || app.node.preload;
+                    if let Some(at) = std::mem::replace(&mut self.stop_message_at, before) {
+                        if !node_ipc {
+                            self.error(
+                                at,
+                                "agent.stop.message: only allowed with agent.readiness.mode = \
+                                 \"node-ipc\" or [node] preload = true (it is sent over the \
+                                 Node.js IPC channel)"
+                                    .into(),
+                            );
+                        }
+                    }
+                }
+                "restart" => self.restart("agent.", k, v, &mut agent.restart),
+                _ => self.unknown_key(k, v, AGENT_KEYS, "[agent]"),
+            }
+        }
+        if !has_command {
+            self.error(
+                loc(key, item),
+                "[agent]: missing required key `command` (the agent's program, e.g. \
+                 command = [\"node\", \"agent.js\"])"
+                    .into(),
+            );
+            return None;
+        }
+        Some(agent)
     }
 
     fn command(&mut self, key: &Key, item: &Item) -> Option<Vec<String>> {
@@ -1024,8 +1134,8 @@ impl<'a> Checker<'a> {
         Some(mode)
     }
 
-    fn readiness(&mut self, key: &Key, item: &Item, readiness: &mut Readiness) {
-        for (k, v) in self.section("readiness", key, item) {
+    fn readiness(&mut self, prefix: &str, key: &Key, item: &Item, readiness: &mut Readiness) {
+        for (k, v) in self.section(&format!("{prefix}readiness"), key, item) {
             match k.get() {
                 "mode" => {
                     let choices = [
@@ -1034,7 +1144,7 @@ impl<'a> Checker<'a> {
                         ("node-ipc", ReadinessMode::NodeIpc),
                         ("listen", ReadinessMode::Listen),
                     ];
-                    match self.choice("readiness.mode", k, v, &choices) {
+                    match self.choice(&format!("{prefix}readiness.mode"), k, v, &choices) {
                         Some(mode) => {
                             readiness.mode = mode;
                             if mode == ReadinessMode::Listen {
@@ -1045,21 +1155,28 @@ impl<'a> Checker<'a> {
                     }
                 }
                 "timeout" => {
-                    if let Some(d) = self.duration("readiness.timeout", k, v, false) {
+                    if let Some(d) =
+                        self.duration(&format!("{prefix}readiness.timeout"), k, v, false)
+                    {
                         readiness.timeout = d;
                     }
                 }
-                _ => self.unknown_key(k, v, READINESS_KEYS, "[readiness]"),
+                _ => self.unknown_key(k, v, READINESS_KEYS, &format!("[{prefix}readiness]")),
             }
         }
     }
 
-    fn stop(&mut self, key: &Key, item: &Item, stop: &mut Stop) {
-        for (k, v) in self.section("stop", key, item) {
+    fn stop(&mut self, prefix: &str, key: &Key, item: &Item, stop: &mut Stop) {
+        for (k, v) in self.section(&format!("{prefix}stop"), key, item) {
             match k.get() {
                 "signal" => {
                     let Some(s) = v.as_str() else {
-                        self.type_error("stop.signal", k, v, "a signal name like \"SIGTERM\"");
+                        self.type_error(
+                            &format!("{prefix}stop.signal"),
+                            k,
+                            v,
+                            "a signal name like \"SIGTERM\"",
+                        );
                         continue;
                     };
                     match parse_signal(s) {
@@ -1068,31 +1185,33 @@ impl<'a> Checker<'a> {
                     }
                 }
                 "message" => {
-                    if let Some(message) = self.string("stop.message", k, v) {
+                    if let Some(message) = self.string(&format!("{prefix}stop.message"), k, v) {
                         stop.message = Some(message.to_string());
                         self.stop_message_at = Some(loc(k, v));
                     }
                 }
                 "timeout" => {
-                    if let Some(d) = self.duration("stop.timeout", k, v, false) {
+                    if let Some(d) = self.duration(&format!("{prefix}stop.timeout"), k, v, false) {
                         stop.timeout = d;
                     }
                 }
-                "drain" => {
+                // The agent has no listeners to drain.
+                "drain" if prefix.is_empty() => {
                     if let Some(d) = self.duration("stop.drain", k, v, true) {
                         stop.drain = d;
                     }
                 }
-                _ => self.unknown_key(k, v, STOP_KEYS, "[stop]"),
+                _ if prefix.is_empty() => self.unknown_key(k, v, STOP_KEYS, "[stop]"),
+                _ => self.unknown_key(k, v, AGENT_STOP_KEYS, &format!("[{prefix}stop]")),
             }
         }
     }
 
-    fn restart(&mut self, key: &Key, item: &Item, restart: &mut Restart) {
+    fn restart(&mut self, prefix: &str, key: &Key, item: &Item, restart: &mut Restart) {
         // (given, valid value, position)
         let mut delay: (bool, Option<Duration>, Option<Range<usize>>) = (false, None, None);
         let mut max_delay: (bool, Option<Duration>, Option<Range<usize>>) = (false, None, None);
-        for (k, v) in self.section("restart", key, item) {
+        for (k, v) in self.section(&format!("{prefix}restart"), key, item) {
             match k.get() {
                 "policy" => {
                     let choices = [
@@ -1100,32 +1219,44 @@ impl<'a> Checker<'a> {
                         ("on-failure", RestartPolicy::OnFailure),
                         ("never", RestartPolicy::Never),
                     ];
-                    if let Some(policy) = self.choice("restart.policy", k, v, &choices) {
+                    if let Some(policy) =
+                        self.choice(&format!("{prefix}restart.policy"), k, v, &choices)
+                    {
                         restart.policy = policy;
                     }
                 }
                 "delay" => {
-                    delay = (true, self.duration("restart.delay", k, v, false), loc(k, v));
+                    delay = (
+                        true,
+                        self.duration(&format!("{prefix}restart.delay"), k, v, false),
+                        loc(k, v),
+                    );
                 }
                 "max_delay" => {
                     max_delay = (
                         true,
-                        self.duration("restart.max_delay", k, v, false),
+                        self.duration(&format!("{prefix}restart.max_delay"), k, v, false),
                         loc(k, v),
                     );
                 }
                 "reset_after" => {
-                    if let Some(d) = self.duration("restart.reset_after", k, v, true) {
+                    if let Some(d) =
+                        self.duration(&format!("{prefix}restart.reset_after"), k, v, true)
+                    {
                         restart.reset_after = d;
                     }
                 }
                 "max_failures" => {
-                    if let Some(n) = self.int_in("restart.max_failures", k, v, 0, 100_000) {
+                    if let Some(n) =
+                        self.int_in(&format!("{prefix}restart.max_failures"), k, v, 0, 100_000)
+                    {
                         restart.max_failures = n as u32;
                     }
                 }
                 "interval" => {
-                    if let Some(d) = self.duration("restart.interval", k, v, false) {
+                    if let Some(d) =
+                        self.duration(&format!("{prefix}restart.interval"), k, v, false)
+                    {
                         restart.interval = d;
                     }
                 }
@@ -1134,7 +1265,7 @@ impl<'a> Checker<'a> {
                         restart.stop_exit_codes = codes;
                     }
                 }
-                _ => self.unknown_key(k, v, RESTART_KEYS, "[restart]"),
+                _ => self.unknown_key(k, v, RESTART_KEYS, &format!("[{prefix}restart]")),
             }
         }
         if let Some(d) = delay.1 {
@@ -1151,7 +1282,7 @@ impl<'a> Checker<'a> {
                 self.error(
                     max_delay.2,
                     format!(
-                        "restart.max_delay ({:?}) must not be shorter than restart.delay ({:?})",
+                        "{prefix}restart.max_delay ({:?}) must not be shorter than {prefix}restart.delay ({:?})",
                         restart.max_delay, restart.delay
                     ),
                 );
@@ -1159,7 +1290,7 @@ impl<'a> Checker<'a> {
                 self.error(
                     delay.2,
                     format!(
-                        "restart.delay ({:?}) is longer than the default restart.max_delay ({:?}); \
+                        "{prefix}restart.delay ({:?}) is longer than the default {prefix}restart.max_delay ({:?}); \
                          set max_delay too",
                         restart.delay, restart.max_delay
                     ),

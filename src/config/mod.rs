@@ -35,8 +35,8 @@ mod values;
 
 pub use check::reserved_env;
 use check::{
-    Checker, LIMITS_KEYS, LISTEN_KEYS, LOGS_KEYS, NODE_KEYS, READINESS_KEYS, RELOAD_KEYS,
-    RESTART_KEYS, SERVICE_KEYS, STOP_KEYS, TOP_KEYS, WATCHDOG_KEYS,
+    Checker, AGENT_KEYS, AGENT_STOP_KEYS, LIMITS_KEYS, LISTEN_KEYS, LOGS_KEYS, NODE_KEYS,
+    READINESS_KEYS, RELOAD_KEYS, RESTART_KEYS, SERVICE_KEYS, STOP_KEYS, TOP_KEYS, WATCHDOG_KEYS,
 };
 pub use cpus::available_cpus;
 pub use environment_file::{MAX_ENVIRONMENT_FILES, MAX_ENVIRONMENT_FILE_SIZE};
@@ -98,6 +98,29 @@ pub struct Config {
     pub logs: Logs,
     /// Settings for the generated systemd service.
     pub service: Service,
+    /// The app's agent: one process beside the workers (`[agent]`).
+    pub agent: Option<Agent>,
+}
+
+/// `[agent]`: what differs for the agent from the workers. What it does not set is the
+/// app's: its readiness, stop and restart settings (a readiness mode of `listen` becomes
+/// `exec`: the agent has no listeners), its directory and environment (`environment` adds
+/// to the app's and wins over it), the Node.js settings.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Agent {
+    /// Its argv (no shell). Never empty.
+    pub command: Vec<String>,
+    /// Always absolute.
+    pub directory: Option<PathBuf>,
+    /// Over the app's environment, each name once.
+    pub environment: Vec<(String, String)>,
+    /// The workers start once the agent is ready (at corral's start).
+    pub workers_wait: bool,
+    pub readiness: Readiness,
+    /// `agent.watchdog.timeout`: none unless set (a watchdog is the program's).
+    pub watchdog: Option<Duration>,
+    pub stop: Stop,
+    pub restart: Restart,
 }
 
 /// One file of `environment_file`, in systemd's `EnvironmentFile=` format (see
@@ -198,7 +221,7 @@ impl fmt::Display for Address {
 }
 
 /// `[readiness]`
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Readiness {
     pub mode: ReadinessMode,
     pub timeout: Duration,
@@ -214,7 +237,7 @@ impl Default for Readiness {
 }
 
 /// `readiness.mode`
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ReadinessMode {
     /// `"notify"`: the worker sends `READY=1` over `NOTIFY_SOCKET`.
     Notify,
@@ -228,7 +251,7 @@ pub enum ReadinessMode {
 }
 
 /// `[stop]`
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Stop {
     pub signal: Signal,
     /// Message sent over the Node IPC channel (node-ipc readiness only).
@@ -263,7 +286,7 @@ impl Stop {
 }
 
 /// `[restart]`
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Restart {
     pub policy: RestartPolicy,
     pub delay: Duration,
@@ -296,7 +319,7 @@ impl Default for Restart {
 }
 
 /// `restart.policy`
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum RestartPolicy {
     Always,
     OnFailure,
@@ -472,6 +495,22 @@ pub fn all_keys() -> Vec<String> {
     for top in TOP_KEYS {
         match tables.iter().find(|(t, _)| t == top) {
             Some((t, sub)) => keys.extend(sub.iter().map(|k| format!("{t}.{k}"))),
+            None if *top == "agent" => {
+                let own: &[(&str, &[&str])] = &[
+                    ("readiness", READINESS_KEYS),
+                    ("watchdog", WATCHDOG_KEYS),
+                    ("stop", AGENT_STOP_KEYS),
+                    ("restart", RESTART_KEYS),
+                ];
+                for k in AGENT_KEYS {
+                    match own.iter().find(|(t, _)| t == k) {
+                        Some((t, sub)) => {
+                            keys.extend(sub.iter().map(|s| format!("agent.{t}.{s}")));
+                        }
+                        None => keys.push(format!("agent.{k}")),
+                    }
+                }
+            }
             None => keys.push(top.to_string()),
         }
     }
@@ -483,6 +522,31 @@ impl Config {
     /// the preload (its watchdog pings and notifications go over it).
     pub fn node_ipc(&self) -> bool {
         self.readiness.mode == ReadinessMode::NodeIpc || self.node.preload
+    }
+
+    /// The agent as a process of its own: this config with the agent's command, directory,
+    /// environment and settings, and no listeners.
+    pub fn agent_config(&self) -> Option<Config> {
+        let a = self.agent.as_ref()?;
+        let mut environment = self.environment.clone();
+        for (k, v) in &a.environment {
+            environment.retain(|(e, _)| e != k);
+            environment.push((k.clone(), v.clone()));
+        }
+        Some(Config {
+            command: a.command.clone(),
+            directory: a.directory.clone(),
+            workers: WorkerCount::Count(1),
+            environment,
+            listen: Vec::new(),
+            readiness: a.readiness.clone(),
+            watchdog: a.watchdog,
+            stop: a.stop.clone(),
+            restart: a.restart.clone(),
+            limits: Limits::default(),
+            agent: None,
+            ..self.clone()
+        })
     }
 
     /// What is valid but worth a second look, for `corral check` and a reload's answer.

@@ -1910,3 +1910,113 @@ fn environment_files_are_read_with_the_configs_care() {
     );
     fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn agent_takes_the_apps_settings_it_does_not_set_wherever_they_are_in_the_file() {
+    let c = ok(r#"command = ["node", "server.js"]
+directory = "/srv/app"
+environment = { DB = "postgres://db", ROLE = "worker" }
+
+[agent]
+command = ["node", "agent.js"]
+environment = { ROLE = "agent" }
+restart = { delay = "1s", max_delay = "1m" }
+
+[readiness]
+mode = "node-ipc"
+timeout = "9s"
+
+[stop]
+signal = "SIGINT"
+message = "shutdown"
+"#);
+    let a = c.agent.clone().expect("an agent");
+    assert_eq!(a.command, ["node", "agent.js"]);
+    assert!(a.workers_wait);
+    assert_eq!(a.directory.as_deref(), Some(Path::new("/srv/app")));
+    assert_eq!(a.readiness.mode, ReadinessMode::NodeIpc);
+    assert_eq!(a.readiness.timeout, Duration::from_secs(9));
+    assert_eq!(a.stop.signal, Signal::SIGINT);
+    assert_eq!(a.stop.message.as_deref(), Some("shutdown"));
+    assert_eq!(a.restart.delay, Duration::from_secs(1));
+    assert_eq!(a.restart.max_delay, Duration::from_secs(60));
+    assert_eq!(a.restart.max_failures, c.restart.max_failures);
+    assert_eq!(a.watchdog, None);
+    // The agent's own process: its command and environment over the app's, no listener.
+    let own = c.agent_config().unwrap();
+    assert_eq!(own.command, ["node", "agent.js"]);
+    assert!(own.listen.is_empty());
+    let env: Vec<(&str, &str)> = own
+        .environment
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(env, [("DB", "postgres://db"), ("ROLE", "agent")]);
+    assert!(c.agent_config().unwrap().agent.is_none());
+    assert!(ok("command = [\"x\"]").agent.is_none());
+}
+
+#[test]
+fn agent_readiness_listen_becomes_exec_and_cannot_be_asked_for() {
+    let c = ok(r#"command = ["x"]
+readiness = { mode = "listen" }
+[[listen]]
+name = "http"
+address = "127.0.0.1:8080"
+[agent]
+command = ["y"]
+"#);
+    assert_eq!(c.agent.unwrap().readiness.mode, ReadinessMode::Exec);
+    assert_error_after_command(
+        "[agent]\ncommand = [\"y\"]\nreadiness = { mode = \"listen\" }\n",
+        4,
+        22,
+        "agent.readiness.mode = \"listen\": the agent has no listeners",
+    );
+}
+
+#[test]
+fn agent_errors_name_the_agents_keys() {
+    assert_error_after_command(
+        "[agent]\nworkers_wait = true\n",
+        2,
+        1,
+        "[agent]: missing required key `command`",
+    );
+    assert_error_after_command(
+        "[agent]\ncommand = [\"y\"]\nrestart = { delay = \"soon\" }\n",
+        4,
+        21,
+        "agent.restart.delay",
+    );
+    assert_error_after_command(
+        "[agent]\ncommand = [\"y\"]\nstop = { drain = \"1s\" }\n",
+        4,
+        10,
+        "[agent.stop]",
+    );
+    assert_error_after_command(
+        "[agent]\ncommand = [\"y\"]\nstop = { message = \"bye\" }\n",
+        4,
+        20,
+        "agent.stop.message: only allowed with agent.readiness.mode = \"node-ipc\"",
+    );
+    assert_error_after_command(
+        "[agent]\ncommand = [\"y\"]\nworkers_wait = \"yes\"\n",
+        4,
+        16,
+        "agent.workers_wait",
+    );
+    assert_error_after_command(
+        "[agent]\ncommand = [\"y\"]\nenvironment = { CORRAL_WORKER = \"0\" }\n",
+        4,
+        17,
+        "CORRAL_WORKER",
+    );
+    assert_error_after_command(
+        "[agent]\ncommand = [\"y\"]\nlisten = 1\n",
+        4,
+        1,
+        "unknown key",
+    );
+}

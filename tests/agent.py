@@ -1,0 +1,46 @@
+#!/usr/bin/env python3
+"""The test agent: what an app runs once beside its workers (corral's [agent]).
+
+It says READY=1 on NOTIFY_SOCKET (sd_notify(3)), prints a line on its standard output, and runs
+its "scheduled job" every 50 ms: a line "job PID" appended to the file AGENT_LOG, which the
+tests read to count who ran the job and when. On SIGTERM it writes "stop PID" there and exits.
+  AGENT_LOG         the file (required)
+  AGENT_TAG         printed at start, to tell configs apart
+"""
+
+import os
+import signal
+import socket
+import sys
+import time
+
+env = os.environ
+log = env["AGENT_LOG"]
+
+
+def write(line: str) -> None:
+    with open(log, "a") as f:
+        f.write(line + "\n")
+
+
+def notify(msg: str) -> None:
+    addr = env.get("NOTIFY_SOCKET", "")
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]
+    if addr:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.sendto(msg.encode(), addr)
+
+
+def stop(*_):
+    write(f"stop {os.getpid()}")
+    sys.exit(0)
+
+
+signal.signal(signal.SIGTERM, stop)
+write(f"start {os.getpid()}")
+print(f"agent {env.get('AGENT_TAG', '')} as {env.get('CORRAL_WORKER')}", flush=True)
+notify("READY=1")
+while True:
+    write(f"job {os.getpid()}")
+    time.sleep(0.05)

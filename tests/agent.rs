@@ -1,0 +1,263 @@
+//! `[agent]` end to end: one process beside the workers, under `corral run`, with the real test
+//! workers and a real agent (tests/agent.py) whose scheduled job writes to a file.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use nix::sys::signal::Signal;
+
+const SECS: fn(u64) -> Duration = Duration::from_secs;
+
+fn agent_py() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/agent.py")
+        .display()
+        .to_string()
+}
+
+/// 3 workers and an agent whose job log is `log`; `agent_env` is added to the agent's
+/// environment, `batch` is the reload batch.
+fn config(log: &Path, agent_env: &str, batch: u32) -> String {
+    format!(
+        r#"
+command = ["python3", "{{worker}}"]
+workers = 3
+environment = {{ AGENT_LOG = "{log}" }}
+
+[[listen]]
+name = "http"
+address = "127.0.0.1:{{port}}"
+
+[readiness]
+timeout = "10s"
+
+[stop]
+timeout = "5s"
+
+[restart]
+delay = "50ms"
+
+[reload]
+batch = {batch}
+
+[agent]
+command = ["python3", "{agent}"]
+environment = {{ {agent_env} }}
+"#,
+        log = log.display(),
+        agent = agent_py(),
+    )
+}
+
+/// The processes whose environment says CORRAL_WORKER=agent and CORRAL_APP=demo.
+fn agent_processes() -> Vec<i32> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        let vars: Vec<&[u8]> = env.split(|&b| b == 0).collect();
+        if vars.contains(&&b"CORRAL_WORKER=agent"[..]) && vars.contains(&&b"CORRAL_APP=demo"[..]) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// Counts agent processes every few milliseconds until stopped; returns the most seen at once.
+struct Census {
+    stop: Arc<AtomicBool>,
+    handle: std::thread::JoinHandle<usize>,
+}
+
+impl Census {
+    fn start(log: PathBuf) -> Census {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let mut most = 0;
+            // Bounded: until told, or 2 minutes.
+            let until = std::time::Instant::now() + SECS(120);
+            while !s.load(Ordering::SeqCst) && std::time::Instant::now() < until {
+                // Only processes that got as far as running the agent's code count: a fork
+                // of corral's not yet exec'd has corral's environment.
+                let running: BTreeSet<i32> = jobs(&log).into_iter().collect();
+                let n = agent_processes()
+                    .into_iter()
+                    .filter(|p| running.contains(p))
+                    .count();
+                most = most.max(n);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            most
+        });
+        Census { stop, handle }
+    }
+
+    fn most(self) -> usize {
+        self.stop.store(true, Ordering::SeqCst);
+        self.handle.join().unwrap()
+    }
+}
+
+/// The pids that ran the job, in the order the job log has them.
+fn jobs(log: &Path) -> Vec<i32> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.strip_prefix("job ")?.parse().ok())
+        .collect()
+}
+
+/// The pids of the job log with repeats of the same pid collapsed: one entry per agent that
+/// ran the job, so an agent that came back after another would show twice.
+fn runs(log: &Path) -> Vec<i32> {
+    let mut r: Vec<i32> = jobs(log);
+    r.dedup();
+    r
+}
+
+fn agent_pid(c: &Corral) -> i64 {
+    let s = c.status();
+    assert_eq!(s["agent"]["state"], "ready", "{s}");
+    s["agent"]["pid"].as_i64().unwrap()
+}
+
+fn worker_pids(c: &Corral) -> Vec<i64> {
+    c.pids("ready")
+}
+
+#[test]
+fn the_agent_runs_once_beside_the_workers_across_reloads_restarts_and_crashes() {
+    let dir = scratch_dir();
+    let log = dir.join("jobs");
+    let mut c = Corral::start(&config(&log, r#"AGENT_TAG = "v1""#, 1));
+    c.wait_ready(3, 1);
+
+    // Started first: the agent was ready before any worker started.
+    let lines = c.lines();
+    let ready = lines
+        .iter()
+        .position(|l| l.contains("agent pid") && l.contains("ready after"))
+        .expect("the agent's ready line");
+    let first_worker = lines
+        .iter()
+        .position(|l| l.contains("worker ") && l.contains(": started"))
+        .expect("a worker's start line");
+    assert!(ready < first_worker, "{lines:#?}");
+    // Its own row, its output relayed under its name, CORRAL_WORKER=agent and no listener.
+    let agent = agent_pid(&c);
+    c.wait_for("demo[agent]: agent v1 as agent", SECS(10));
+    let table = String::from_utf8(c.ctl(&["status", "demo"]).stdout).unwrap();
+    assert!(
+        table
+            .lines()
+            .any(|l| l.trim_start().starts_with("agent") && l.contains(&agent.to_string())),
+        "{table}"
+    );
+    let environ = std::fs::read(format!("/proc/{agent}/environ")).unwrap();
+    let environ = String::from_utf8_lossy(&environ);
+    assert!(!environ.contains("LISTEN_FDS="), "{environ}");
+    assert!(environ.contains("AGENT_TAG=v1"), "{environ}");
+
+    // A reload that leaves the agent's config alone (the reload batch) leaves it running,
+    // under load; one that changes it replaces it, never two at once, and the job goes on.
+    let workers = worker_pids(&c);
+    let census = Census::start(log.clone());
+    let load = Load::start(c.port);
+    c.write_config(&config(&log, r#"AGENT_TAG = "v1""#, 2));
+    let out = c.ctl(&["reload", "demo"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(agent_pid(&c), agent, "an unchanged agent keeps running");
+    assert!(worker_pids(&c).iter().all(|p| !workers.contains(p)));
+    c.write_config(&config(&log, r#"AGENT_TAG = "v2""#, 2));
+    let out = c.ctl(&["reload", "demo"]);
+    assert!(out.status.success(), "{out:?}");
+    load.finish_without_failures(20);
+    let second = agent_pid(&c);
+    assert_ne!(second, agent, "a changed agent is replaced");
+    c.wait_for("demo[agent]: agent v2 as agent", SECS(10));
+
+    // Alone: workers untouched.
+    let workers = worker_pids(&c);
+    let out = c.ctl(&["restart", "demo", "--agent"]);
+    assert!(out.status.success(), "{out:?}");
+    let third = agent_pid(&c);
+    assert_ne!(third, second);
+    assert_eq!(
+        worker_pids(&c),
+        workers,
+        "restart --agent leaves the workers alone"
+    );
+
+    // A crash: restarted, the workers serve on.
+    let mark = c.mark();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(third as i32), Signal::SIGKILL).unwrap();
+    c.wait_for_after(mark, "agent pid", SECS(10));
+    let deadline = std::time::Instant::now() + SECS(10);
+    let fourth = loop {
+        let s = c.status();
+        if s["agent"]["state"] == "ready" && s["agent"]["pid"].as_i64() != Some(third) {
+            break s["agent"]["pid"].as_i64().unwrap();
+        }
+        assert!(std::time::Instant::now() < deadline, "not restarted: {s}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(worker_pids(&c), workers);
+    assert_eq!(c.status()["agent"]["restarts"], 1);
+    assert_eq!(census.most(), 1, "never more than one agent at once");
+    let expected = [agent, second, third, fourth].map(|p| p as i32);
+    assert_eq!(
+        runs(&log),
+        expected,
+        "the job ran in one agent at a time, in turn"
+    );
+
+    // At the stop, the workers go first and the agent last.
+    c.signal(Signal::SIGTERM);
+    assert!(c.wait_exit(SECS(20)).is_some_and(|s| s.success()));
+    let lines = c.lines();
+    let agent_gone = lines
+        .iter()
+        .rposition(|l| l.contains(&format!("agent pid {fourth}")) && l.contains("exited"))
+        .expect("the agent's exit");
+    let last_worker_gone = lines
+        .iter()
+        .rposition(|l| l.contains("worker ") && l.contains("exited"))
+        .expect("the workers' exits");
+    assert!(last_worker_gone < agent_gone, "{lines:#?}");
+    assert!(std::fs::read_to_string(&log)
+        .unwrap()
+        .ends_with(&format!("stop {fourth}\n")));
+}
+
+#[test]
+fn restart_agent_of_an_app_without_one_says_so_and_changes_nothing() {
+    let mut c = Corral::start(
+        r#"
+command = ["python3", "{worker}"]
+workers = 1
+[[listen]]
+name = "http"
+address = "127.0.0.1:{port}"
+"#,
+    );
+    c.wait_ready(1, 1);
+    let before = worker_pids(&c);
+    let out = c.ctl(&["restart", "demo", "--agent"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("demo has no agent"), "{err}");
+    assert_eq!(worker_pids(&c), before);
+    c.signal(Signal::SIGTERM);
+    assert!(c.wait_exit(SECS(20)).is_some());
+}
