@@ -373,10 +373,9 @@ struct Inner {
     keeping: Vec<WorkerId>,
     /// How many slots the app has: source balancing hashes addresses over them.
     slots: u32,
-    /// Even placement's program, when it could be loaded (ebpf.rs), or why not.
-    dealer: Option<Result<Dealer, String>>,
-    /// Whether the group's program is the dealer's (else a classic one).
-    dealing: bool,
+    /// Even placement's program, when it could be loaded (ebpf.rs), or why not (and whether
+    /// for want of a privilege).
+    dealer: Option<Result<Dealer, (String, bool)>>,
     /// The dealer's socket map: each key's socket.
     keys: Vec<Option<Rc<ListenSocket>>>,
     /// How many sockets the dealer deals among.
@@ -424,7 +423,7 @@ impl Group {
         let inner = Inner {
             order: sockets.clone(),
             spare: sockets.into_iter().rev().collect(),
-            dealer: (mode == Balance::Even).then(|| Dealer::new().map_err(|e| e.to_string())),
+            dealer: (mode == Balance::Even).then(load_dealer),
             ..Inner::default()
         };
         Group {
@@ -642,7 +641,7 @@ impl Group {
         self.mend();
         let mut i = self.inner.borrow_mut();
         if self.mode.get() == Balance::Even && i.dealer.is_none() {
-            i.dealer = Some(Dealer::new().map_err(|e| e.to_string()));
+            i.dealer = Some(load_dealer());
         }
         let p = placement(&i, self.mode.get(), self.owned, &[]);
         place(&mut i, p, self.addr);
@@ -655,9 +654,13 @@ impl Group {
             return None;
         }
         match &i.dealer {
-            Some(Err(e)) => Some(format!(
+            Some(Err((e, true))) => Some(format!(
                 "connections go to the workers at random, not in turn: the eBPF program that \
                  deals them needs CAP_BPF ({e})"
+            )),
+            Some(Err((e, false))) => Some(format!(
+                "connections go to the workers at random, not in turn: the eBPF program that \
+                 deals them cannot be loaded ({e}; it needs Linux 5.12 or later)"
             )),
             _ => None,
         }
@@ -836,6 +839,11 @@ fn place(i: &mut Inner, p: Placement, addr: SocketAddr) {
     if let (Placement::Deal(indices), Some(Ok(_))) = (&p, &i.dealer) {
         match deal(i, indices, &first) {
             Ok(()) => return,
+            // A socket still in the map of the program an earlier corral left on systemd's
+            // group, until the kernel frees that map: the next placement puts it in.
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                tracing::debug!("cannot deal connections on {addr} in turn yet: {e}")
+            }
             Err(e) => tracing::warn!("cannot deal connections on {addr} in turn (eBPF): {e}"),
         }
     }
@@ -847,7 +855,7 @@ fn place(i: &mut Inner, p: Placement, addr: SocketAddr) {
         Placement::Table(table) => source_program(&table),
     };
     match attach(&*first, &program) {
-        Ok(()) => i.dealing = false,
+        Ok(()) => {}
         Err(e) => {
             tracing::warn!("cannot steer connections on {addr} (SO_ATTACH_REUSEPORT_CBPF): {e}")
         }
@@ -899,11 +907,13 @@ fn deal(i: &mut Inner, indices: &[u32], first: &Rc<ListenSocket>) -> io::Result<
         .collect();
     dealer.deal(&keys, i.dealt)?;
     i.dealt = keys.len() as u32;
-    if !i.dealing {
-        dealer.attach(&**first)?;
-        i.dealing = true;
-    }
-    Ok(())
+    // Every time, as the classic program is: a group whose every socket left it (a lone
+    // worker's shutdown, mended) is a new group in the kernel, with no program.
+    dealer.attach(&**first)
+}
+
+fn load_dealer() -> Result<Dealer, (String, bool)> {
+    Dealer::new().map_err(|e| (e.to_string(), e.raw_os_error() == Some(libc::EPERM)))
 }
 
 /// A socket shut down has left the dealer's map (the kernel's `bpf_sk_reuseport_detach`).
@@ -1010,7 +1020,7 @@ mod tests {
     #[test]
     fn a_group_steers_to_the_serving_workers_and_mirrors_the_kernels_order() {
         let g = Group::bind("127.0.0.1:0".parse().unwrap(), 64, Balance::Even).unwrap();
-        g.inner.borrow_mut().dealer = Some(Err("left out by this test".into()));
+        g.inner.borrow_mut().dealer = Some(Err(("left out by this test".into(), false)));
         steers_to_the_serving_workers(g, false);
     }
 
@@ -1022,6 +1032,34 @@ mod tests {
             return;
         }
         steers_to_the_serving_workers(g, true);
+    }
+
+    #[test]
+    fn a_lone_socket_shut_down_and_listened_again_gets_the_program_back() {
+        // A port of its own: one bound as port 0 would be let go of at the shutdown.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        let g = Group::bind(([127, 0, 0, 1], port).into(), 64, Balance::Even).unwrap();
+        if let Some(why) = g.at_random() {
+            eprintln!("SKIPPED: {why}");
+            return;
+        }
+        let addr = g.addr();
+        let a = g.take(1, 0).unwrap();
+        g.steer_all(&[1], 2);
+        // The worker shuts its listener down: the kernel's group, and its program, go with
+        // the last socket; corral listens again, which makes a new group.
+        nix::sys::socket::shutdown(
+            std::os::fd::AsRawFd::as_raw_fd(&*a),
+            nix::sys::socket::Shutdown::Both,
+        )
+        .unwrap();
+        assert!(g.relisten());
+        let b = g.take(2, 1).unwrap();
+        g.steer_all(&[2], 2);
+        assert_eq!(queues_after(addr, 20, &[a, b]), [0, 20]);
     }
 
     fn steers_to_the_serving_workers(g: Rc<Group>, in_turn: bool) {

@@ -33,8 +33,6 @@ const BPF_FUNC_MAP_LOOKUP_ELEM: i32 = 1;
 const BPF_FUNC_SK_SELECT_REUSEPORT: i32 = 82;
 const BPF_PSEUDO_MAP_FD: u8 = 1;
 const SK_PASS: i32 = 1;
-/// asm-generic/socket.h.
-const SO_ATTACH_REUSEPORT_EBPF: libc::c_int = 52;
 
 // Instruction classes and operations (linux/bpf_common.h, linux/bpf.h).
 const LD_IMM64: u8 = 0x18; // BPF_LD | BPF_DW | BPF_IMM
@@ -96,8 +94,9 @@ pub struct Dealer {
 }
 
 impl Dealer {
-    /// Loads the program; fails without CAP_BPF (EPERM), or on a kernel without `SK_REUSEPORT`
-    /// programs (before Linux 4.19).
+    /// Loads the program; fails without CAP_BPF (EPERM), or on a kernel before Linux 5.12
+    /// (atomic fetch-and-add; `SK_REUSEPORT` programs came in 4.19), or, before 5.11, where
+    /// maps are charged to a RLIMIT_MEMLOCK too low for them (EPERM too).
     pub fn new() -> io::Result<Dealer> {
         let sockets = map_create(BPF_MAP_TYPE_REUSEPORT_SOCKARRAY, 4, 4, CAPACITY)?;
         let table = map_create(BPF_MAP_TYPE_ARRAY, 4, 4, CAPACITY + 2)?;
@@ -117,7 +116,7 @@ impl Dealer {
             libc::setsockopt(
                 socket.as_fd().as_raw_fd(),
                 libc::SOL_SOCKET,
-                SO_ATTACH_REUSEPORT_EBPF,
+                libc::SO_ATTACH_REUSEPORT_EBPF,
                 std::ptr::from_ref(&fd).cast(),
                 std::mem::size_of::<libc::c_int>() as libc::socklen_t,
             )

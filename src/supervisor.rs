@@ -419,6 +419,9 @@ struct Roll {
     /// What the roll does to the agent has been decided (supervisor_agent.rs): at its first
     /// step.
     agent_decided: bool,
+    /// The roll replaces the agent: the generation whose agent ran before (none: the app had
+    /// no agent), which runs again if the roll fails.
+    agent_before: Option<Option<u32>>,
 }
 
 #[derive(Clone, Debug)]
@@ -1379,7 +1382,9 @@ impl Supervisor {
                 "there is no worker {n} (slots are 0..{})",
                 self.desired
             )),
-            Scope::Agent if self.agent.is_none() => Err("the app has no agent".into()),
+            Scope::Agent if self.agent.as_ref().is_none_or(|a| a.slot.removing) => {
+                Err("the app has no agent".into())
+            }
             _ => Ok(()),
         }
     }
@@ -1402,6 +1407,8 @@ impl Supervisor {
         self.desired = workers;
         let gen = self.active;
         let delay = self.params[&gen].delay;
+        // Before the agent's first readiness, new slots wait for it as the others do.
+        let gated = self.agent.as_ref().is_some_and(|a| a.gate);
         for i in 0..workers.max(old) {
             if i < workers {
                 if i as usize >= self.slots.len() {
@@ -1410,10 +1417,10 @@ impl Supervisor {
                 let slot = &mut self.slots[i as usize];
                 if slot.removing {
                     slot.removing = false;
-                    if slot.worker.is_none() && slot.incoming.is_none() {
+                    if slot.worker.is_none() && slot.incoming.is_none() && !gated {
                         self.spawn(Seat::Slot(i), false, gen, now);
                     }
-                } else if i >= old {
+                } else if i >= old && !gated {
                     self.spawn(Seat::Slot(i), false, gen, now);
                 }
             } else {
@@ -1546,6 +1553,7 @@ impl Supervisor {
             replaced: 0,
             settled: false,
             agent_decided: false,
+            agent_before: None,
         });
     }
 
@@ -1554,7 +1562,10 @@ impl Supervisor {
         if let Some(roll) = &mut self.roll {
             if !std::mem::replace(&mut roll.agent_decided, true) {
                 let (generation, scope) = (roll.generation, roll.scope);
-                self.roll_agent(generation, scope, now);
+                let before = self.roll_agent(generation, scope, now);
+                if let Some(roll) = &mut self.roll {
+                    roll.agent_before = before;
+                }
             }
         }
         loop {
@@ -1562,8 +1573,12 @@ impl Supervisor {
             if roll.failed.is_some() {
                 return;
             }
-            // The workers roll once a new agent is ready.
-            if self.agent.as_ref().is_some_and(|a| a.swap.is_some()) {
+            // The workers roll once a new agent is ready, and not before the first one is.
+            if self
+                .agent
+                .as_ref()
+                .is_some_and(|a| a.swap.is_some() || a.gate)
+            {
                 return;
             }
             let batch = self.params[&roll.generation].batch.max(1) as usize;
@@ -1594,6 +1609,7 @@ impl Supervisor {
         }
         roll.failed = Some(reason.clone());
         roll.pending.clear();
+        let agent_before = roll.agent_before.take();
         let (old_count, generation) = (roll.old_count, roll.generation);
         let in_flight: Vec<u32> = roll.in_flight.iter().copied().collect();
         self.log(
@@ -1603,6 +1619,9 @@ impl Supervisor {
             Some(generation),
             format!("reload failed, every slot not yet replaced keeps its worker: {reason}"),
         );
+        if let Some(before) = agent_before {
+            self.agent_roll_failed(before, now);
+        }
         for s in in_flight {
             if let Some(id) = self.slots[s as usize].incoming {
                 let w = self.workers.get_mut(&id).expect("incoming worker exists");
@@ -1950,7 +1969,7 @@ impl Supervisor {
             self.announced_ready = true;
             self.out.push(Action::Systemd(Systemd::Ready));
         }
-        let status = self.status_line(ready);
+        let status = self.status_line(ready, now);
         // A pending Spawn is answered by a step of its own, which settles again with the
         // up-to-date line; sending this one now would put a stale line last.
         let spawning = self.out.iter().any(|a| matches!(a, Action::Spawn { .. }));
@@ -2012,7 +2031,7 @@ impl Supervisor {
         }
     }
 
-    fn status_line(&self, ready: u32) -> String {
+    fn status_line(&self, ready: u32, now: Instant) -> String {
         let mut s = format!(
             "{ready}/{} ready · generation {} · {} restart{}",
             self.desired,
@@ -2020,7 +2039,7 @@ impl Supervisor {
             self.restarts,
             if self.restarts == 1 { "" } else { "s" }
         );
-        if let Some(a) = self.agent_view(Instant::now()) {
+        if let Some(a) = self.agent_view(now) {
             if a.state != "ready" {
                 s += &format!(" · agent {}", a.state);
             }

@@ -111,8 +111,11 @@ impl Supervisor {
                 return;
             }
             // The new agent ended before it was ready: the reload fails, and the old one
-            // starts again.
+            // starts again (here: the roll need not bring it back).
             a.swap = None;
+            if let Some(roll) = &mut self.roll {
+                roll.agent_before = None;
+            }
             let reason = match &w.stop {
                 Some(StopKind::Failed(r)) => r.clone(),
                 _ => gone.what,
@@ -135,10 +138,16 @@ impl Supervisor {
 
     /// A roll to `generation` begins: the agent is replaced now if the roll asks for it
     /// (`corral restart --agent`) or its config changed (another key), or started if the app
-    /// had none. The workers' part of the roll waits for it ([`Self::swapping`]).
-    pub(super) fn roll_agent(&mut self, generation: u32, scope: Scope, now: Instant) {
+    /// had none. The workers' part of the roll waits for it ([`Self::swapping`]). Returns, when
+    /// it began a swap, the generation whose agent ran before (none: no agent).
+    pub(super) fn roll_agent(
+        &mut self,
+        generation: u32,
+        scope: Scope,
+        now: Instant,
+    ) -> Option<Option<u32>> {
         if matches!(scope, Scope::Slot(_)) {
-            return;
+            return None;
         }
         let new = self.params[&generation]
             .agent
@@ -146,7 +155,7 @@ impl Supervisor {
             .map(|a| (a.key, a.process.delay));
         let Some((key, delay)) = new else {
             // A config without an agent stops it once the roll has succeeded (agent_rolled).
-            return;
+            return None;
         };
         let Some(a) = &mut self.agent else {
             self.agent = Some(AgentSeat {
@@ -159,18 +168,21 @@ impl Supervisor {
                 }),
             });
             self.spawn(Seat::Agent, false, generation, now);
-            return;
+            return Some(None);
         };
-        let same = self.params[&a.slot.generation]
-            .agent
-            .as_ref()
-            .is_some_and(|old| old.key == key);
+        // One on its way out (an earlier reload dropped it) is replaced however alike: the
+        // config it came from is no longer the app's.
+        let same = !a.slot.removing
+            && self.params[&a.slot.generation]
+                .agent
+                .as_ref()
+                .is_some_and(|old| old.key == key);
         if same && scope != Scope::Agent {
-            return;
+            return None;
         }
+        let from = (!a.slot.removing).then_some(a.slot.generation);
         a.slot.removing = false;
         a.slot.retry_at = None;
-        let from = Some(a.slot.generation);
         match a.slot.worker {
             Some(old) => {
                 a.swap = Some(Swap {
@@ -189,6 +201,66 @@ impl Supervisor {
                 self.spawn(Seat::Agent, false, generation, now);
             }
         }
+        Some(from)
+    }
+
+    /// A roll that replaced the agent failed (a worker of the new generation was not ready):
+    /// the agent that ran before it (`before`; none: the app had none) is put back, so that
+    /// the app is again what it was.
+    pub(super) fn agent_roll_failed(&mut self, before: Option<u32>, now: Instant) {
+        let Some(a) = &mut self.agent else { return };
+        match (a.swap, before) {
+            // The new agent is starting: its end brings `from` back (agent_gone).
+            (Some(swap), _) if swap.started => {
+                if let Some(id) = a.slot.worker {
+                    if let Some(w) = self.workers.get_mut(&id) {
+                        w.stop = Some(StopKind::Abort);
+                    }
+                    self.kill(id);
+                }
+            }
+            // The old one is still stopping: the one that starts after it is its own again.
+            (Some(swap), Some(g)) => {
+                a.swap = Some(Swap {
+                    to: g,
+                    from: Some(g),
+                    ..swap
+                });
+            }
+            // The new one is serving: replaced in turn by the old one.
+            (None, Some(g)) => {
+                let from = Some(a.slot.generation);
+                match a.slot.worker {
+                    Some(id) => {
+                        a.swap = Some(Swap {
+                            to: g,
+                            from,
+                            started: false,
+                        });
+                        self.retire(id, now);
+                    }
+                    None => {
+                        a.slot.retry_at = None;
+                        a.swap = Some(Swap {
+                            to: g,
+                            from,
+                            started: true,
+                        });
+                        self.spawn(Seat::Agent, false, g, now);
+                    }
+                }
+            }
+            // The app had no agent: the roll's goes.
+            (_, None) => {
+                a.swap = None;
+                a.slot.removing = true;
+                a.slot.retry_at = None;
+                match a.slot.worker {
+                    Some(id) => self.retire(id, now),
+                    None => self.agent = None,
+                }
+            }
+        }
     }
 
     /// Whether a roll's workers wait for a new agent.
@@ -203,6 +275,7 @@ impl Supervisor {
         let keeps = self.params[&generation].agent.is_some();
         let Some(a) = &mut self.agent else { return };
         if keeps {
+            a.slot.removing = false;
             a.slot.generation = generation;
             if let Some(w) = a.slot.worker.and_then(|id| self.workers.get_mut(&id)) {
                 w.generation = generation;

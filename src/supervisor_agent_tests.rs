@@ -296,3 +296,73 @@ fn a_stop_during_an_agent_swap_starts_no_new_agent() {
     check_eq!(h, h.agents.len(), 1);
     check_eq!(h, h.exit_code(), Some(0));
 }
+
+#[test]
+fn a_reload_that_brings_the_agent_back_while_the_removed_one_stops_keeps_exactly_one() {
+    let mut h = running(app(1, 1));
+    let first = h.agent_of(1);
+    // Generation 2 has no agent: the agent goes once the worker rolled.
+    h.roll(2, P::new(1), Scope::All, Some(1));
+    let w = h.spawn_of(0, 2);
+    h.ready(w);
+    let old = h.spawn_of(0, 1);
+    h.exit(old, 0);
+    check_eq!(h, h.signals(first), vec![Signal::SIGTERM]);
+    // Generation 3 has the same agent again, before the first one is gone.
+    h.roll(3, app(1, 1), Scope::All, Some(2));
+    h.exit(first, 0);
+    let back = h.agent_of(3);
+    h.ready(back);
+    let w = h.spawn_of(0, 3);
+    h.ready(w);
+    let old = h.spawn_of(0, 2);
+    h.exit(old, 0);
+    check!(h, matches!(h.reply(2), Some(Ok(_))), "{:?}", h.reply(2));
+    check_eq!(h, agent_state(&h), Some(("ready", 3)));
+    check_eq!(h, h.agents.len(), 2);
+}
+
+#[test]
+fn a_reload_that_fails_after_the_agent_was_replaced_puts_the_old_agent_back() {
+    let mut h = running(app(1, 1));
+    let old = h.agent_of(1);
+    h.roll(2, app(1, 2), Scope::All, Some(1));
+    h.exit(old, 0);
+    let new = h.agent_of(2);
+    h.ready(new);
+    // The agent is replaced; then the new generation's worker is never ready.
+    let w = h.spawn_of(0, 2);
+    h.advance(secs(5));
+    h.killed(w, Signal::SIGKILL);
+    check_eq!(
+        h,
+        h.signals(new),
+        vec![Signal::SIGTERM],
+        "the new agent goes"
+    );
+    h.exit(new, 0);
+    let back = h.agent_of(1);
+    check!(h, back != old);
+    h.ready(back);
+    let reply = h.reply(1);
+    check!(h, matches!(&reply, Some(Err(_))), "{reply:?}");
+    check_eq!(h, agent_state(&h), Some(("ready", 1)));
+    check_eq!(h, h.snap().generation, 1);
+}
+
+#[test]
+fn nothing_starts_workers_before_the_agents_first_readiness() {
+    let mut h = Harness::start(app(1, 1));
+    h.scale(3, Some(1));
+    h.roll(2, app(3, 1), Scope::All, Some(2));
+    check_eq!(
+        h,
+        h.spawned_since(0),
+        vec![],
+        "scale and a reload wait for the agent"
+    );
+    let agent = h.agent_of(1);
+    h.ready(agent);
+    // Then the three slots, and the reload's first replacement.
+    check_eq!(h, h.spawned_since(0), vec![(0, 1), (1, 1), (2, 1), (0, 2)]);
+}

@@ -164,7 +164,10 @@ impl Supervisor {
         let serving = self
             .workers
             .values()
-            .filter(|w| w.state == WorkerState::Ready && self.params[&w.generation].balanced)
+            .filter(|w| {
+                w.state == WorkerState::Ready
+                    && super::params_for(&self.params, w.seat, w.generation).balanced
+            })
             .count();
         serving >= 2 || self.workers.values().any(|w| w.drain_pending)
     }
@@ -202,7 +205,7 @@ impl Supervisor {
         let workers: Vec<WorkerId> = self
             .workers
             .iter()
-            .filter(|(_, w)| self.params[&w.generation].balanced)
+            .filter(|(_, w)| super::params_for(&self.params, w.seat, w.generation).balanced)
             .filter(|(_, w)| w.state == WorkerState::Ready || w.drain_pending)
             .map(|(&id, _)| id)
             .collect();

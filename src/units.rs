@@ -287,7 +287,10 @@ fn deal_settings(config: &Config) -> &'static str {
         .listen
         .iter()
         .any(|l| l.balance == Balance::Even && matches!(l.address, Address::Tcp(_)));
-    if even {
+    // A root app's workers would get every capability of the bounding set at exec, whatever
+    // corral does with its ambient set (capabilities(7)): no CAP_BPF there.
+    let root = matches!(config.service.user.as_deref(), Some("root" | "0"));
+    if even && !root {
         "PrivateUsers=no\nCapabilityBoundingSet=CAP_BPF\nAmbientCapabilities=CAP_BPF\n\
          SystemCallFilter=bpf\n"
     } else {

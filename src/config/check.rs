@@ -568,6 +568,7 @@ impl<'a> Checker<'a> {
             restart: app.restart.clone(),
         };
         let mut has_command = false;
+        let mut own_message = false;
         for (k, v) in self.section("agent", key, item) {
             match k.get() {
                 "command" => {
@@ -611,15 +612,13 @@ impl<'a> Checker<'a> {
                 "stop" => {
                     let before = self.stop_message_at.take();
                     self.stop("agent.", k, v, &mut agent.stop);
-                    let node_ipc =
-                        agent.readiness.mode == ReadinessMode::NodeIpc || app.node.preload;
                     if let Some(at) = std::mem::replace(&mut self.stop_message_at, before) {
-                        if !node_ipc {
+                        own_message = true;
+                        if agent.readiness.mode != ReadinessMode::NodeIpc {
                             self.error(
                                 at,
                                 "agent.stop.message: only allowed with agent.readiness.mode = \
-                                 \"node-ipc\" or [node] preload = true (it is sent over the \
-                                 Node.js IPC channel)"
+                                 \"node-ipc\" (it is sent over the Node.js IPC channel)"
                                     .into(),
                             );
                         }
@@ -628,6 +627,11 @@ impl<'a> Checker<'a> {
                 "restart" => self.restart("agent.", k, v, &mut agent.restart),
                 _ => self.unknown_key(k, v, AGENT_KEYS, "[agent]"),
             }
+        }
+        // The app's stop.message reaches the agent only over a channel of its own: the agent
+        // gets no preload (config/mod.rs agent_config), so only readiness "node-ipc" opens one.
+        if !own_message && agent.readiness.mode != ReadinessMode::NodeIpc {
+            agent.stop.message = None;
         }
         if !has_command {
             self.error(

@@ -104,8 +104,9 @@ pub struct Config {
 
 /// `[agent]`: what differs for the agent from the workers. What it does not set is the
 /// app's: its readiness, stop and restart settings (a readiness mode of `listen` becomes
-/// `exec`: the agent has no listeners), its directory and environment (`environment` adds
-/// to the app's and wins over it), the Node.js settings.
+/// `exec`: the agent has no listeners; `stop.message` only with readiness `node-ipc`), its
+/// directory and environment (`environment` adds to the app's and wins over it). It gets no
+/// Node.js preload.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Agent {
     /// Its argv (no shell). Never empty.
@@ -544,6 +545,9 @@ impl Config {
             stop: a.stop.clone(),
             restart: a.restart.clone(),
             limits: Limits::default(),
+            // The preload hands `listen(PORT)` the workers' sockets; the agent has none, and
+            // may listen on ports of its own (metrics, an admin page).
+            node: Node { preload: false },
             agent: None,
             ..self.clone()
         })

@@ -2020,3 +2020,24 @@ fn agent_errors_name_the_agents_keys() {
         "unknown key",
     );
 }
+
+#[test]
+fn agent_inherits_stop_message_only_with_a_channel_of_its_own() {
+    let app =
+        "command = [\"x\"]\nreadiness = { mode = \"node-ipc\" }\nstop = { message = \"bye\" }\n";
+    let c = ok(&format!("{app}[agent]\ncommand = [\"y\"]\n"));
+    assert_eq!(c.agent.unwrap().stop.message.as_deref(), Some("bye"));
+    let c = ok(&format!(
+        "{app}[agent]\ncommand = [\"y\"]\nreadiness = {{ mode = \"notify\" }}\n"
+    ));
+    assert_eq!(
+        c.agent.unwrap().stop.message,
+        None,
+        "no channel: the signal alone"
+    );
+    let c = ok("command = [\"x\"]\nnode = { preload = true }\n[agent]\ncommand = [\"y\"]\n");
+    assert!(
+        !c.agent_config().unwrap().node.preload,
+        "no preload for the agent"
+    );
+}
