@@ -119,6 +119,15 @@ pub struct StatusReply {
     /// The app's agent (`[agent]`), if it has one.
     #[serde(default)]
     pub agent: Option<WorkerStatus>,
+    /// Messages the bus passed on between the agent and the workers, and dropped (bus.rs).
+    #[serde(default)]
+    pub bus: BusCounts,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct BusCounts {
+    pub delivered: u64,
+    pub dropped: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -212,6 +221,7 @@ impl StatusReply {
                 total: r.total,
             }),
             agent: snap.agent.map(status),
+            bus: BusCounts::default(),
             workers: snap.workers.into_iter().map(status).collect(),
         }
     }

@@ -13,6 +13,7 @@
 //! - [`listen`]: listening sockets, inherited from systemd or bound here;
 //! - [`balance`]: balanced listeners, a socket per worker with connections steered by corral;
 //! - [`ebpf`]: the eBPF program that deals a balanced listener's connections out in turn;
+//! - [`bus`]: messages between the agent and the workers, passed on by corral;
 //! - [`control`]: the control socket protocol and its client;
 //! - [`node`]: the Node.js preload and PM2's variables;
 //! - [`nofile`]: corral's own open-file limit, sized for its workers;
@@ -23,6 +24,7 @@
 //! - [`probe`]: readiness of servers that never say READY=1, from what they wait on.
 
 pub mod balance;
+pub mod bus;
 pub mod cli;
 pub mod config;
 pub mod control;

@@ -56,10 +56,34 @@ pub fn message(message: &str) -> Vec<u8> {
     line
 }
 
+/// How many lines may wait to be written to one worker's channel (bus messages, the stop
+/// message): past it, a line is dropped, never waited for.
+pub const QUEUE: usize = 256;
+
+/// The writing half of a channel, behind a bounded queue: a task writes each line whole, in
+/// order, however slowly the worker reads; the queue's sender is what the loop keeps.
+pub fn writer(mut channel: OwnedWriteHalf) -> mpsc::Sender<Vec<u8>> {
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(QUEUE);
+    tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        while let Some(line) = rx.recv().await {
+            if channel.write_all(&line).await.is_err() {
+                return;
+            }
+        }
+    });
+    tx
+}
+
 /// Reads the worker's messages until it closes the channel, reporting each that says something
-/// with `pid`. Never blocks the event loop: a full queue drops the report, as a full notify
-/// socket drops datagrams.
-pub async fn read(channel: OwnedReadHalf, pid: i32, to_loop: mpsc::Sender<(i32, Notification)>) {
+/// with `pid`, and passing bus messages (bus.rs) on to `bus`. Never blocks the event loop: a
+/// full queue drops the report, as a full notify socket drops datagrams.
+pub async fn read(
+    channel: OwnedReadHalf,
+    pid: i32,
+    to_loop: mpsc::Sender<(i32, Notification)>,
+    bus: mpsc::Sender<(i32, Vec<u8>)>,
+) {
     let mut reader = BufReader::new(channel);
     // Bounded: a message longer than MAX_LINE is skipped up to its newline, never buffered.
     let mut line = Vec::new();
@@ -84,9 +108,14 @@ pub async fn read(channel: OwnedReadHalf, pid: i32, to_loop: mpsc::Sender<(i32, 
         reader.consume(used);
         if end.is_some() {
             if !skipping {
-                let n = notification(line.trim_ascii_end());
-                if !n.is_empty() {
-                    let _ = to_loop.try_send((pid, n));
+                let text = line.trim_ascii_end();
+                if crate::bus::is_bus_line(text) {
+                    let _ = bus.try_send((pid, text.to_vec()));
+                } else {
+                    let n = notification(text);
+                    if !n.is_empty() {
+                        let _ = to_loop.try_send((pid, n));
+                    }
                 }
             }
             line.clear();
@@ -108,7 +137,8 @@ mod tests {
         rt.block_on(async {
             let (theirs, ours, _write) = channel().unwrap();
             let (tx, mut rx) = mpsc::channel(4);
-            let reader = tokio::spawn(read(ours, 42, tx));
+            let (bus, _bus_rx) = mpsc::channel(4);
+            let reader = tokio::spawn(read(ours, 42, tx, bus));
             let mut worker = std::os::unix::net::UnixStream::from(theirs);
             let mut junk = vec![b'x'; 3 * MAX_LINE];
             junk.extend_from_slice(b"\"ready\"\n{\"a\":1}\n\"ready\"\n");

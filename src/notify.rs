@@ -131,13 +131,28 @@ impl NotifySocket {
     /// Receives one datagram without blocking; `WouldBlock` means nothing is queued.
     /// Datagrams without credentials, truncated ones and any passed fds are dropped (fds closed).
     pub fn recv(&self) -> io::Result<Datagram> {
+        let mut buf = [0u8; MAX_DATAGRAM + 1];
+        let (pid, len, _) = self.recv_into(&mut buf)?;
+        Ok(Datagram {
+            pid,
+            notification: Notification::parse(&buf[..len]),
+        })
+    }
+
+    /// The same, for datagrams of up to `buf.len() - 1` bytes, with the sender's address when
+    /// it has one (bound, or autobound: unix(7)): the bus's (bus.rs). Returns the sender's pid,
+    /// the length, and the address.
+    pub fn recv_into(
+        &self,
+        buf: &mut [u8],
+    ) -> io::Result<(i32, usize, Option<nix::sys::socket::UnixAddr>)> {
+        let max = buf.len() - 1;
         loop {
-            let mut buf = [0u8; MAX_DATAGRAM + 1];
             // Room for the most fds one message can carry (SCM_MAX_FD, 253): a sender cannot
             // truncate the control data and so make corral miss (and leak) fds it was passed.
             let mut cmsg = nix::cmsg_space!(libc::ucred, [RawFd; 253]);
-            let mut iov = [io::IoSliceMut::new(&mut buf)];
-            let msg = match recvmsg::<()>(
+            let mut iov = [io::IoSliceMut::new(buf)];
+            let msg = match recvmsg::<nix::sys::socket::UnixAddr>(
                 self.fd.as_raw_fd(),
                 &mut iov,
                 Some(&mut cmsg),
@@ -149,7 +164,13 @@ impl NotifySocket {
                 Err(e) => return Err(e.into()),
             };
             let len = msg.bytes;
-            let truncated = msg.flags.contains(MsgFlags::MSG_TRUNC) || len > MAX_DATAGRAM;
+            let truncated = msg.flags.contains(MsgFlags::MSG_TRUNC) || len > max;
+            // Named (a path) or autobound (abstract): longer than the family alone, unix(7).
+            // An unbound sender's is that short, which nix's accessors must not be asked of.
+            let from = msg.address.filter(|a| {
+                use nix::sys::socket::SockaddrLike;
+                a.len() as usize > std::mem::size_of::<libc::sa_family_t>()
+            });
             let mut pid = None;
             let Ok(cmsgs) = msg.cmsgs() else { continue };
             for c in cmsgs {
@@ -167,17 +188,27 @@ impl NotifySocket {
             let (Some(pid), false) = (pid, truncated) else {
                 continue;
             };
-            return Ok(Datagram {
-                pid,
-                notification: Notification::parse(&buf[..len]),
-            });
+            return Ok((pid, len, from));
         }
+    }
+
+    /// Sends a datagram to `to` without waiting (`WouldBlock` when its queue is full).
+    pub fn send_to(&self, bytes: &[u8], to: &nix::sys::socket::UnixAddr) -> io::Result<()> {
+        nix::sys::socket::sendto(self.fd.as_raw_fd(), bytes, to, MsgFlags::MSG_DONTWAIT)
+            .map(drop)
+            .map_err(io::Error::from)
     }
 }
 
 impl Drop for NotifySocket {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+impl std::os::fd::AsFd for NotifySocket {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.fd.as_fd()
     }
 }
 

@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
-use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
@@ -113,6 +112,13 @@ pub fn run(opts: RunOptions) -> Result<i32, Error> {
                 e,
             )
         })?;
+        let bus_path = crate::rundir::beside(&control_path, "bus");
+        let bus = crate::bus::Router::bind(&bus_path).map_err(|e| {
+            Error::io(
+                format!("cannot create the bus socket {}", bus_path.display()),
+                e,
+            )
+        })?;
         let keeper = start_keeper(devnull.as_raw_fd());
         let (loaded_tx, mut loaded_rx) = mpsc::channel(1);
         let mut lp = Loop {
@@ -137,6 +143,8 @@ pub fn run(opts: RunOptions) -> Result<i32, Error> {
             next_request: 1,
             exit: None,
             ipc: HashMap::new(),
+            bus,
+            ipc_bus: None,
             ipc_notes: None,
             preload: crate::node::Preload::new(&control_path),
         };
@@ -254,7 +262,11 @@ struct Loop {
     next_request: RequestId,
     exit: Option<i32>,
     /// Node.js IPC channels of node-ipc workers, by pid, with the app's `stop.message`.
-    ipc: HashMap<i32, (OwnedWriteHalf, Option<String>)>,
+    ipc: crate::bus::Channels,
+    /// The agent's and workers' messages to each other (bus.rs).
+    bus: crate::bus::Router,
+    /// Where the Node.js channels' readers send bus messages.
+    ipc_bus: Option<mpsc::Sender<(i32, Vec<u8>)>>,
     /// Where the channels' readers report a worker's `'ready'` (by pid).
     ipc_notes: Option<mpsc::Sender<(i32, Notification)>>,
     /// The Node.js preload, written beside the control socket the first time a generation
@@ -286,6 +298,13 @@ impl Loop {
         let (to_loop, mut from_control) = mpsc::channel::<Incoming>(64);
         let (ipc_notes, mut ipc_noted) = mpsc::channel::<(i32, Notification)>(1024);
         self.ipc_notes = Some(ipc_notes);
+        let (ipc_bus, mut ipc_bused) = mpsc::channel::<(i32, Vec<u8>)>(1024);
+        self.ipc_bus = Some(ipc_bus);
+        let bus_io = self
+            .bus
+            .try_clone_std()
+            .and_then(tokio::net::UnixDatagram::from_std)
+            .map_err(|e| Error::io("bus socket", e))?;
         tokio::spawn(control::serve(control, to_loop));
 
         for w in self.pool.address_mismatches(&config) {
@@ -403,6 +422,25 @@ impl Loop {
                         self.step(Event::Notify { id, msg });
                     }
                 }
+                ready = bus_io.readable() => {
+                    ready.map_err(|e| Error::io("bus socket", e))?;
+                    let mut batch = Vec::new();
+                    let _ = bus_io.try_io(tokio::io::Interest::READABLE, || {
+                        let (got, end) = self.bus.take();
+                        batch = got;
+                        end
+                    });
+                    for d in batch {
+                        if let Some(id) = self.sender(d.pid) {
+                            self.bus_message(id, &d.bytes, d.from);
+                        }
+                    }
+                }
+                Some((pid, bytes)) = ipc_bused.recv() => {
+                    if let Some(id) = self.machine.worker_by_pid(pid) {
+                        self.bus_message(id, &bytes, None);
+                    }
+                }
                 Some(incoming) = from_control.recv() => self.control(incoming),
                 Some((pid, msg)) = ipc_noted.recv() => {
                     if let Some(id) = self.machine.worker_by_pid(pid) {
@@ -475,6 +513,35 @@ impl Loop {
         self.machine.worker_by_pid(root)
     }
 
+    /// A bus message from worker (or agent) `id`: passed on (bus.rs).
+    fn bus_message(
+        &mut self,
+        id: WorkerId,
+        bytes: &[u8],
+        from: Option<nix::sys::socket::UnixAddr>,
+    ) {
+        let Some(seat) = self.machine.seat_of(id) else {
+            return;
+        };
+        let now = Instant::now();
+        let machine = &self.machine;
+        let from = crate::bus::Sent {
+            id,
+            seat,
+            bytes,
+            address: from,
+        };
+        let routed = self
+            .bus
+            .route(from, now, |to| machine.bus_targets(to), &self.ipc);
+        if let Err(e) = routed {
+            tracing::debug!("bus: a message from {seat} was not passed on: {e}");
+        }
+        if let Some(said) = self.bus.report(now) {
+            warn!("{said}");
+        }
+    }
+
     /// Hands queued notifications to the machine before an exit or a deadline is handled: a
     /// `READY=1`, `ERRNO=` or `WATCHDOG=1` sent just before must count first, whatever order
     /// the wake-ups came in.
@@ -504,7 +571,7 @@ impl Loop {
             Action::Message { pid, .. } => {
                 // stop.message, alone: as PM2's shutdown_with_message sends it.
                 if let Some((channel, Some(message))) = self.ipc.get(&pid) {
-                    let _ = channel.try_write(&crate::nodeipc::message(message));
+                    let _ = channel.try_send(crate::nodeipc::message(message));
                 }
             }
             Action::Probe { workers } => self.probe(workers),
@@ -693,6 +760,7 @@ impl Loop {
             add("LISTEN_FDNAMES", listeners.fdnames());
         }
         add("NOTIFY_SOCKET", self.notify_env.clone());
+        add("CORRAL_BUS", self.bus.env_value().to_string());
         if config.node_ipc() {
             // The channel follows the listeners (spawn places it there).
             add("NODE_CHANNEL_FD", (3 + listeners.sockets.len()).to_string());
@@ -839,8 +907,10 @@ impl Loop {
         );
         if let (Some((theirs, read, write)), Some(notes)) = (channel, &self.ipc_notes) {
             drop(theirs);
-            tokio::spawn(crate::nodeipc::read(read, pid, notes.clone()));
-            self.ipc.insert(pid, (write, g.config.stop.message.clone()));
+            let bus = self.ipc_bus.clone().expect("set before any spawn");
+            tokio::spawn(crate::nodeipc::read(read, pid, notes.clone(), bus));
+            let queue = crate::nodeipc::writer(write);
+            self.ipc.insert(pid, (queue, g.config.stop.message.clone()));
         }
         let tag = Tag {
             app: self.app.clone(),
@@ -933,6 +1003,7 @@ impl Loop {
             let _ = killpg(pid, Signal::SIGKILL);
             self.tell_keeper(false, pid.as_raw());
             self.ipc.remove(&pid.as_raw());
+            self.bus.forget(id);
             self.step(Event::Exited { id, status });
             // Its own sockets: kept, with what is queued on them, for the next worker of a
             // slot that now has none (a crash), else out of their groups.
@@ -1152,6 +1223,10 @@ impl Loop {
                 if let Some(g) = self.gens.get(&generation) {
                     status.listeners = g.workers.listeners.status();
                 }
+                status.bus = crate::control::BusCounts {
+                    delivered: self.bus.delivered,
+                    dropped: self.bus.dropped,
+                };
                 r.status = Some(status);
                 reply.send(r);
             }

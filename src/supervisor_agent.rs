@@ -307,6 +307,44 @@ impl Supervisor {
         }
     }
 
+    /// The processes a bus message for `to` reaches (bus.rs): the agent; every worker that
+    /// is not stopping (a reload's new ones included); or one slot's serving worker (its
+    /// starting one while it has none). Only processes that run (have a pid).
+    pub fn bus_targets(&self, to: crate::bus::To) -> Vec<(WorkerId, i32)> {
+        use crate::bus::To;
+        let running = |id: WorkerId| {
+            let w = self.workers.get(&id)?;
+            let pid = w.pid.filter(|_| w.state != WorkerState::Stopping)?;
+            Some((id, pid))
+        };
+        match to {
+            To::Agent => self
+                .agent
+                .as_ref()
+                .and_then(|a| a.slot.worker)
+                .and_then(running)
+                .into_iter()
+                .collect(),
+            To::All => self
+                .workers
+                .iter()
+                .filter(|(_, w)| matches!(w.seat, Seat::Slot(_)))
+                .filter_map(|(&id, _)| running(id))
+                .collect(),
+            To::Slot(n) => self
+                .slots
+                .get(n as usize)
+                .and_then(|s| s.worker.and_then(running).or(s.incoming.and_then(running)))
+                .into_iter()
+                .collect(),
+        }
+    }
+
+    /// Where a process sits.
+    pub fn seat_of(&self, id: WorkerId) -> Option<Seat> {
+        self.workers.get(&id).map(|w| w.seat)
+    }
+
     /// How many agent processes there are (one at most, ever).
     #[cfg(test)]
     pub(super) fn agent_processes(&self) -> usize {

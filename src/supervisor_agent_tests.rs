@@ -366,3 +366,30 @@ fn nothing_starts_workers_before_the_agents_first_readiness() {
     // Then the three slots, and the reload's first replacement.
     check_eq!(h, h.spawned_since(0), vec![(0, 1), (1, 1), (2, 1), (0, 2)]);
 }
+
+#[test]
+fn the_bus_reaches_the_agent_each_slot_and_every_worker_but_none_that_stops() {
+    use crate::bus::To;
+    let mut h = running(app(2, 1));
+    let agent = h.agent_of(1);
+    let (w0, w1) = (h.serving(0), h.serving(1));
+    let pids = |h: &Harness, to| -> Vec<i32> {
+        let mut v: Vec<i32> = h.sup.bus_targets(to).into_iter().map(|(_, p)| p).collect();
+        v.sort();
+        v
+    };
+    check_eq!(h, pids(&h, To::Agent), vec![h.pid(agent)]);
+    check_eq!(h, pids(&h, To::Slot(1)), vec![h.pid(w1)]);
+    check_eq!(h, pids(&h, To::All), vec![h.pid(w0), h.pid(w1)]);
+    check_eq!(h, pids(&h, To::Slot(2)), Vec::<i32>::new(), "no slot 2");
+    check_eq!(h, h.sup.seat_of(agent), Some(Seat::Agent));
+    // During a roll: the new worker of slot 0 is reached, the old one once it stops no more.
+    h.roll(2, app(2, 1), Scope::All, None);
+    let n0 = h.spawn_of(0, 2);
+    check_eq!(h, pids(&h, To::Slot(0)), vec![h.pid(w0)]);
+    h.ready(n0);
+    check_eq!(h, pids(&h, To::Slot(0)), vec![h.pid(n0)]);
+    // w0 stops; slot 1's new worker starts and is reached too.
+    let n1 = h.spawn_of(1, 2);
+    check_eq!(h, pids(&h, To::All), vec![h.pid(w1), h.pid(n0), h.pid(n1)]);
+}

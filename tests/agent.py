@@ -6,10 +6,15 @@ its "scheduled job" every 50 ms: a line "job PID" appended to the file AGENT_LOG
 tests read to count who ran the job and when. On SIGTERM it writes "stop PID" there and exits.
   AGENT_LOG         the file (required)
   AGENT_TAG         printed at start, to tell configs apart
+  AGENT_BUS=1       on corral's bus (CORRAL_BUS): a worker's {"hello": N} is written to the
+                    log as "hello N from N", answered to that slot with {"welcome": N} and
+                    told every worker as {"greeted": N}; {"flood": i} is written as "flood"
 """
 
+import json
 import os
 import signal
+import threading
 import socket
 import sys
 import time
@@ -37,7 +42,26 @@ def stop(*_):
     sys.exit(0)
 
 
+def bus_loop(s):
+    bus = env["CORRAL_BUS"]
+    while True:
+        m = json.loads(s.recv(70000))
+        data = m.get("data") or {}
+        if "hello" in data:
+            write(f"hello {data['hello']} from {m['from']}")
+            s.sendto(json.dumps({"to": m["from"], "data": {"welcome": m["from"]}}).encode(), bus)
+            s.sendto(json.dumps({"to": "all", "data": {"greeted": m["from"]}}).encode(), bus)
+        elif "flood" in data:
+            write("flood")
+
+
 signal.signal(signal.SIGTERM, stop)
+if env.get("AGENT_BUS") == "1":
+    bus_socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    bus_socket.bind("")  # autobind: corral answers to this address
+    # Registered before READY=1: the workers, which start then, greet it at once.
+    bus_socket.sendto(b"{}", env["CORRAL_BUS"])
+    threading.Thread(target=bus_loop, args=(bus_socket,), daemon=True).start()
 write(f"start {os.getpid()}")
 print(f"agent {env.get('AGENT_TAG', '')} as {env.get('CORRAL_WORKER')}", flush=True)
 notify("READY=1")

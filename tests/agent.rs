@@ -261,3 +261,128 @@ address = "127.0.0.1:{port}"
     c.signal(Signal::SIGTERM);
     assert!(c.wait_exit(SECS(20)).is_some());
 }
+
+/// 3 workers (`worker`: the Python test worker, or `node` and the Node.js one over its IPC
+/// channel) greeting the agent over corral's bus; the agent answers and tells them all.
+fn bus_config(log: &Path, node: bool) -> String {
+    let (command, readiness) = if node {
+        // It ignores SIGTERM: it goes on its stop message.
+        (
+            r#"["node", "{worker_ipc}"]"#,
+            r#"readiness = { mode = "node-ipc" }
+stop = { message = "shutdown", timeout = "5s" }"#,
+        )
+    } else {
+        (r#"["python3", "{worker}"]"#, "")
+    };
+    format!(
+        r#"
+command = {command}
+workers = 3
+environment = {{ AGENT_LOG = "{log}", WORKER_BUS = "1" }}
+{readiness}
+
+# A connection to each worker in turn (or at random without CAP_BPF): GETs reach them all.
+[[listen]]
+name = "http"
+address = "127.0.0.1:{{port}}"
+balance = "even"
+
+[agent]
+command = ["python3", "{agent}"]
+environment = {{ AGENT_BUS = "1" }}
+readiness = {{ mode = "notify", timeout = "10s" }}
+"#,
+        log = log.display(),
+        agent = agent_py(),
+    )
+}
+
+/// What each slot's worker got on the bus, once every one has its welcome.
+fn welcomed(c: &Corral) -> std::collections::BTreeMap<String, serde_json::Value> {
+    let deadline = std::time::Instant::now() + SECS(20);
+    let mut got: std::collections::BTreeMap<String, serde_json::Value> = Default::default();
+    loop {
+        if let Ok(a) = c.get("/") {
+            got.insert(a["slot"].as_str().unwrap().to_string(), a["bus"].clone());
+        }
+        let all = got.len() == 3
+            && got.values().all(|b| {
+                b.as_array()
+                    .is_some_and(|m| m.iter().any(|m| m["data"].get("welcome").is_some()))
+            });
+        if all {
+            return got;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not welcomed: {got:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn the_bus_carries_messages_between_the_agent_and_workers_in_python_and_node() {
+    for node in [false, true] {
+        if node && !Path::new("/usr/bin/node").exists() {
+            skipped("node is not installed (.ci/run installs it)");
+            continue;
+        }
+        let log = scratch_dir().join("jobs");
+        let mut c = Corral::start(&bus_config(&log, node));
+        c.wait_ready(3, 1);
+        for (slot, bus) in welcomed(&c) {
+            let n: u64 = slot.parse().unwrap();
+            let msgs = bus.as_array().unwrap();
+            // Worker → agent → this slot, and agent → all.
+            assert!(
+                msgs.iter().any(|m| m["corral"] == "bus"
+                    && m["from"] == "agent"
+                    && m["data"]["welcome"] == n),
+                "{msgs:?}"
+            );
+            assert!(
+                msgs.iter().any(|m| m["data"]["greeted"] == n),
+                "its own greeting reached every worker, this one too: {msgs:?}"
+            );
+        }
+        let text = std::fs::read_to_string(&log).unwrap();
+        for n in 0..3 {
+            assert!(text.contains(&format!("hello {n} from {n}")), "{text}");
+        }
+        let s = c.status();
+        assert!(s["bus"]["delivered"].as_u64().unwrap() >= 3 + 3 * 3, "{s}");
+        c.signal(Signal::SIGTERM);
+        assert!(c.wait_exit(SECS(20)).is_some());
+    }
+}
+
+#[test]
+fn a_flood_on_the_bus_is_dropped_past_the_senders_rate_and_corral_answers_on() {
+    let log = scratch_dir().join("jobs");
+    let mut c = Corral::start(&bus_config(&log, false));
+    c.wait_ready(3, 1);
+    welcomed(&c);
+    let before = c.status()["bus"].clone();
+    let flood = c.get("/bus-flood?n=6000").unwrap();
+    assert!(flood["bus"].is_array());
+    // Answers at once, with the flood's messages counted: at most the sender's burst (2000)
+    // and its rate over the flood's time went on; the rest were dropped.
+    let started = std::time::Instant::now();
+    let s = c.status();
+    assert!(
+        started.elapsed() < SECS(2),
+        "status took {:?}",
+        started.elapsed()
+    );
+    let delivered = s["bus"]["delivered"].as_u64().unwrap() - before["delivered"].as_u64().unwrap();
+    let dropped = s["bus"]["dropped"].as_u64().unwrap() - before["dropped"].as_u64().unwrap();
+    assert_eq!(delivered + dropped, 6000, "{s}");
+    assert!(dropped >= 2000, "{s}");
+    c.wait_for("bus: ", SECS(5));
+    // Every worker still serves.
+    welcomed(&c);
+    c.signal(Signal::SIGTERM);
+    assert!(c.wait_exit(SECS(20)).is_some());
+}

@@ -16,9 +16,15 @@ const server = http.createServer((req, res) => {
       // Node.js deletes NODE_CHANNEL_FD from process.env once it has opened the channel.
       has_channel: typeof process.send === "function",
       listen_fds: env.LISTEN_FDS,
+      bus: busIn,
     }),
   );
 });
+// WORKER_BUS=1: greet the agent over corral's bus, and keep what comes (GET shows it).
+const busIn = [];
+if (env.WORKER_BUS === "1") {
+  process.send({ corral: "bus", to: "agent", data: { hello: Number(env.CORRAL_WORKER) } });
+}
 server.listen({ fd: 3 }, () => {
   if (env.WORKER_NEVER_READY !== "1") process.send("ready");
 });
@@ -34,6 +40,7 @@ if (env.WATCHDOG_USEC && env.WORKER_WATCHDOG_SLOT === env.CORRAL_WORKER) {
   }, Number(env.WATCHDOG_USEC) / 2000);
 }
 process.on("message", (m) => {
+  if (m && m.corral === "bus") busIn.push(m);
   if (m === "shutdown") {
     console.log(`slot ${env.CORRAL_WORKER} got the shutdown message`);
     server.close(() => process.exit(0));

@@ -31,6 +31,9 @@ new config) can change it:
   WORKER_EXTEND_USEC=N   send EXTEND_TIMEOUT_USEC=N at start
   WORKER_ORPHANS=1       leave behind `sleep 3602`, an orphan in a session of its own, with a
                          child `sleep 3601` in yet another session
+  WORKER_BUS=1           greet the agent over corral's bus (CORRAL_BUS) and keep what comes;
+                         answers show it ("bus"); GET /bus-flood?n=N sends N messages to the
+                         agent as fast as it can
 Paths: GET /crash answers, then exits with code 3; GET /hang stops watchdog pings; GET /slow?s=N
 sends the status and headers (with X-Pid, X-Ppid) at once and the body N seconds later;
 GET /shutdown-listener calls shutdown(2) on the (shared) listeners, and lives on.
@@ -139,6 +142,21 @@ if env.get("WORKER_SAY_ERR"):
     print(env["WORKER_SAY_ERR"].replace("{slot}", env.get("CORRAL_WORKER", "")), file=sys.stderr, flush=True)
 
 
+BUS_IN = []
+BUS = None
+
+
+def bus_loop() -> None:
+    """corral's bus: an autobound datagram socket (unix(7)); what is sent from it is answered
+    to it."""
+    while True:
+        BUS_IN.append(json.loads(BUS.recv(70000)))
+
+
+def bus_send(to, data) -> None:
+    BUS.sendto(json.dumps({"to": to, "data": data}).encode(), env["CORRAL_BUS"])
+
+
 def capabilities() -> dict:
     with open("/proc/self/status") as f:
         return {k: v.strip() for k, v in (line.split(":", 1) for line in f) if k.startswith("Cap")}
@@ -161,6 +179,7 @@ def describe() -> dict:
         "capabilities": capabilities(),
         "watchdog_usec": env.get("WATCHDOG_USEC"),
         "watchdog_pid": env.get("WATCHDOG_PID"),
+        "bus": list(BUS_IN),
         "fds": FDS_AT_START,
         "env": sorted(env.keys()),
     }
@@ -246,6 +265,12 @@ def serve(listeners: list) -> None:
                     + b"Content-Length: %d\r\nConnection: close\r\n" % len(body)
                     + b"X-Pid: %d\r\nX-Ppid: %d\r\n\r\n" % (os.getpid(), os.getppid())
                 )
+                if path.startswith("/bus-flood"):
+                    for i in range(int(path.partition("n=")[2] or "1")):
+                        try:
+                            bus_send("agent", {"flood": i})
+                        except OSError:
+                            pass
                 if path.startswith("/slow"):
                     conn.sendall(head)
                     time.sleep(float(path.partition("s=")[2] or "1"))
@@ -277,6 +302,12 @@ def main() -> None:
             # connection, one accepts it, the others must not block in accept().
             listener.setblocking(False)
             listeners.append(listener)
+    if env.get("WORKER_BUS") == "1":
+        global BUS
+        BUS = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        BUS.bind("")
+        bus_send("agent", {"hello": int(env["CORRAL_WORKER"])})
+        threading.Thread(target=bus_loop, daemon=True).start()
     get_ready()
     if not listeners:
         while not stopping:
