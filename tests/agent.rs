@@ -109,12 +109,12 @@ impl Census {
     }
 }
 
-/// The pids that ran the job, in the order the job log has them.
+/// The pids that ran the job, in the order the job log has them (`job PID ...` lines).
 fn jobs(log: &Path) -> Vec<i32> {
     std::fs::read_to_string(log)
         .unwrap_or_default()
         .lines()
-        .filter_map(|l| l.strip_prefix("job ")?.parse().ok())
+        .filter_map(|l| l.strip_prefix("job ")?.split(' ').next()?.parse().ok())
         .collect()
 }
 
@@ -385,4 +385,63 @@ fn a_flood_on_the_bus_is_dropped_past_the_senders_rate_and_corral_answers_on() {
     welcomed(&c);
     c.signal(Signal::SIGTERM);
     assert!(c.wait_exit(SECS(20)).is_some());
+}
+
+/// examples/agent/app.toml, run from where its .js files are, its job log at `log`, and
+/// `extra` added to its `[agent]`.
+fn example(log: &Path, extra: &str) -> String {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/agent");
+    let text = std::fs::read_to_string(dir.join("app.toml")).unwrap();
+    let text = text
+        .replace(
+            "command = [\"node\", \"app.js\"]",
+            &format!(
+                "command = [\"node\", \"app.js\"]\ndirectory = \"{}\"",
+                dir.display()
+            ),
+        )
+        .replace("/tmp/corral-agent-jobs.log", &log.display().to_string())
+        .replace("127.0.0.1:8090", "127.0.0.1:{port}");
+    format!("{text}{extra}")
+}
+
+#[test]
+fn the_egg_style_example_runs_its_job_once_across_a_reload_under_load() {
+    if !Path::new("/usr/bin/node").exists() {
+        skipped("node is not installed (.ci/run installs it)");
+        return;
+    }
+    let log = scratch_dir().join("jobs");
+    let mut c = Corral::start(&example(&log, ""));
+    c.wait_ready(3, 1);
+    let first = agent_pid(&c);
+    // Every worker hears the agent's ticks, and was answered its greeting.
+    let deadline = std::time::Instant::now() + SECS(20);
+    let mut seen = BTreeSet::new();
+    while seen.len() < 3 {
+        let a = c.get("/").unwrap();
+        if a["welcomed"] == true && a["last"]["agent"] == first {
+            seen.insert(a["slot"].as_str().unwrap().to_string());
+        }
+        assert!(std::time::Instant::now() < deadline, "{seen:?}: {a}");
+    }
+    // A reload that changes the agent, under load: no request fails, and the job ran in one
+    // agent, then in the next, never in two at once.
+    let census = Census::start(log.clone());
+    let load = Load::start(c.port);
+    c.write_config(&example(&log, "environment = { VERSION = \"2\" }\n"));
+    let out = c.ctl(&["reload", "demo"]);
+    assert!(out.status.success(), "{out:?}");
+    load.finish_without_failures(20);
+    let second = agent_pid(&c);
+    assert_ne!(second, first);
+    let deadline = std::time::Instant::now() + SECS(10);
+    while runs(&log).last() != Some(&(second as i32)) {
+        assert!(std::time::Instant::now() < deadline, "{:?}", runs(&log));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(census.most(), 1);
+    assert_eq!(runs(&log), [first as i32, second as i32]);
+    c.signal(Signal::SIGTERM);
+    assert!(c.wait_exit(SECS(20)).is_some_and(|s| s.success()));
 }
