@@ -224,7 +224,7 @@ fn check(paths: &[PathBuf]) -> Result<i32, Error> {
                     eprintln!("{}: warning: {w}", p.display());
                 }
                 println!(
-                    "{}: ok ({} {}, {} listener{})",
+                    "{}: ok ({} {}, {} listener{}{})",
                     p.display(),
                     match c.workers {
                         corral::config::WorkerCount::Auto =>
@@ -237,7 +237,8 @@ fn check(paths: &[PathBuf]) -> Result<i32, Error> {
                         "workers"
                     },
                     c.listen.len(),
-                    if c.listen.len() == 1 { "" } else { "s" }
+                    if c.listen.len() == 1 { "" } else { "s" },
+                    if c.agent.is_some() { ", an agent" } else { "" }
                 )
             }
             Err(e) => errors.push(e),

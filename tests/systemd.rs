@@ -736,3 +736,60 @@ fn balanced_listeners_take_a_socket_per_worker_from_the_socket_unit_or_say_why_n
         assert_eq!(get(&sb, PORT).unwrap()["tag"], "v5");
     }
 }
+
+#[test]
+fn an_agent_runs_in_the_apps_unit_and_cgroup_and_its_lines_are_its_own() {
+    // The job log in the unit's runtime directory: writable under its sandboxing, readable here.
+    let config = demo(2, r#"WORKER_TAG = "v1""#, "")
+        + &format!(
+            "\n[agent]\ncommand = [\"/usr/bin/python3\", \"{}\"]\n\
+             environment = {{ AGENT_LOG = \"/run/corral/demo/jobs\", AGENT_TAG = \"a1\" }}\n",
+            sandbox::AGENT_PY
+        );
+    let Some(sb) = setup(&config) else {
+        return;
+    };
+    let cursor = sb.cursor();
+    // Type=notify: active once corral says READY=1, which waits for the agent and the workers.
+    start(&sb);
+    let s = status_json(&sb);
+    assert_eq!(s["agent"]["state"], "ready", "{s}");
+    assert_eq!(s["ready"], 2, "{s}");
+    let agent = s["agent"]["pid"].as_i64().unwrap();
+    // In the app's unit and cgroup, as its workers.
+    let cgroup = |pid: i64| sb.ok(&format!("cat /proc/{pid}/cgroup"));
+    assert_eq!(cgroup(agent), cgroup(s["pid"].as_i64().unwrap()));
+    assert!(
+        cgroup(agent).contains("corral@demo.service"),
+        "{}",
+        cgroup(agent)
+    );
+    // Its lines carry CORRAL_WORKER=agent; `corral logs --agent` shows them alone.
+    sb.wait_journal(
+        &cursor,
+        "CORRAL_WORKER=agent",
+        "agent a1 as agent",
+        SECS(10),
+    );
+    let logs = sb.ok("corral logs demo --agent -n 100");
+    assert!(logs.contains("agent a1 as agent"), "{logs}");
+    assert!(
+        !logs.contains("worker 0") && !logs.contains("\"slot\""),
+        "{logs}"
+    );
+    // Stopped after its workers: its own stop line is the job log's last.
+    sb.ok("systemctl stop corral@demo.service");
+    let jobs = sb.ok("cat /run/corral/demo/jobs 2>/dev/null || true");
+    // The runtime directory goes with the unit (RuntimeDirectory=); the journal keeps the order.
+    let order = sb.ok("journalctl -u corral@demo.service -o cat --no-pager");
+    let lines: Vec<&str> = order.lines().collect();
+    let agent_exit = lines
+        .iter()
+        .rposition(|l| l.contains(&format!("agent pid {agent}")) && l.contains("exited"))
+        .unwrap_or_else(|| panic!("{order}"));
+    let last_worker_exit = lines
+        .iter()
+        .rposition(|l| l.starts_with("worker ") && l.contains("exited"))
+        .unwrap_or_else(|| panic!("{order}"));
+    assert!(last_worker_exit < agent_exit, "{order}\n{jobs}");
+}

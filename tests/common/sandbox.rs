@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 pub const WORKER_PY: &str = "/usr/local/lib/corral-test/worker.py";
 pub const WORKER_JS: &str = "/usr/local/lib/corral-test/worker.js";
 pub const SHELL_WORKER: &str = "/usr/local/lib/corral-test/shell-worker.sh";
+pub const AGENT_PY: &str = "/usr/local/lib/corral-test/agent.py";
 
 /// At most one sandbox at a time from this test binary: each boots a whole systemd.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -206,6 +207,7 @@ impl Sandbox {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         self.copy_in(&root.join("tests/worker.py"), WORKER_PY, 0o644);
         self.copy_in(&root.join("tests/worker.js"), WORKER_JS, 0o644);
+        self.copy_in(&root.join("tests/agent.py"), AGENT_PY, 0o644);
         self.copy_in(
             &root.join("tests/real/shell-worker.sh"),
             SHELL_WORKER,
