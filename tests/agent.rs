@@ -367,19 +367,32 @@ fn a_flood_on_the_bus_is_dropped_past_the_senders_rate_and_corral_answers_on() {
     let before = c.status()["bus"].clone();
     let flood = c.get("/bus-flood?n=6000").unwrap();
     assert!(flood["bus"].is_array());
-    // Answers at once, with the flood's messages counted: at most the sender's burst (2000)
-    // and its rate over the flood's time went on; the rest were dropped.
+    // Answers at once while the flood is taken in; every message is passed on or counted as
+    // dropped: at most the sender's burst (2000) and its rate over the flood's time went on.
     let started = std::time::Instant::now();
-    let s = c.status();
+    let mut s = c.status();
     assert!(
         started.elapsed() < SECS(2),
         "status took {:?}",
         started.elapsed()
     );
-    let delivered = s["bus"]["delivered"].as_u64().unwrap() - before["delivered"].as_u64().unwrap();
-    let dropped = s["bus"]["dropped"].as_u64().unwrap() - before["dropped"].as_u64().unwrap();
+    let answered = started.elapsed();
+    let counted = |s: &serde_json::Value, k: &str| {
+        s["bus"][k].as_u64().unwrap() - before[k].as_u64().unwrap()
+    };
+    let deadline = std::time::Instant::now() + SECS(10);
+    while counted(&s, "delivered") + counted(&s, "dropped") < 6000 {
+        assert!(std::time::Instant::now() < deadline, "{s}");
+        std::thread::sleep(Duration::from_millis(20));
+        s = c.status();
+    }
+    let (delivered, dropped) = (counted(&s, "delivered"), counted(&s, "dropped"));
+    eprintln!(
+        "flood of 6000: {delivered} delivered, {dropped} dropped; status answered in {answered:?}"
+    );
     assert_eq!(delivered + dropped, 6000, "{s}");
-    assert!(dropped >= 2000, "{s}");
+    // Past the burst (2000) and a second of the rate (1000), which the flood takes well within.
+    assert!(dropped >= 6000 - 2000 - 1000, "{s}");
     c.wait_for("bus: ", SECS(5));
     // Every worker still serves.
     welcomed(&c);
