@@ -11,6 +11,8 @@
 
 use std::io;
 use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -59,6 +61,8 @@ pub fn message(message: &str) -> Vec<u8> {
 /// How many lines may wait to be written to one worker's channel (bus messages, the stop
 /// message): past it, a line is dropped, never waited for.
 pub const QUEUE: usize = 256;
+/// How long one line may take to be taken by the worker before the channel is given up.
+const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The writing half of a channel, behind a bounded queue: a task writes each line whole, in
 /// order, however slowly the worker reads; the queue's sender is what the loop keeps.
@@ -67,7 +71,10 @@ pub fn writer(mut channel: OwnedWriteHalf) -> mpsc::Sender<Vec<u8>> {
     tokio::spawn(async move {
         use tokio::io::AsyncWriteExt;
         while let Some(line) = rx.recv().await {
-            if channel.write_all(&line).await.is_err() {
+            // A channel nobody reads (the worker is gone, a process of its tree holds the
+            // other end): the task ends rather than wait for ever.
+            let wrote = tokio::time::timeout(WRITE_TIMEOUT, channel.write_all(&line)).await;
+            if !matches!(wrote, Ok(Ok(()))) {
                 return;
             }
         }
@@ -82,8 +89,11 @@ pub async fn read(
     channel: OwnedReadHalf,
     pid: i32,
     to_loop: mpsc::Sender<(i32, Notification)>,
-    bus: mpsc::Sender<(i32, Vec<u8>)>,
+    (bus, lost): (mpsc::Sender<(i32, Vec<u8>)>, Arc<AtomicU64>),
 ) {
+    // This channel's own allowance, before the queue all channels share: one flooding worker
+    // cannot crowd the others out of it (the router applies the same again: bus.rs).
+    let mut limit = crate::bus::Limiter::new(std::time::Instant::now());
     let mut reader = BufReader::new(channel);
     // Bounded: a message longer than MAX_LINE is skipped up to its newline, never buffered.
     let mut line = Vec::new();
@@ -110,7 +120,10 @@ pub async fn read(
             if !skipping {
                 let text = line.trim_ascii_end();
                 if crate::bus::is_bus_line(text) {
-                    let _ = bus.try_send((pid, text.to_vec()));
+                    let allowed = limit.allow(text.len(), std::time::Instant::now());
+                    if !allowed || bus.try_send((pid, text.to_vec())).is_err() {
+                        lost.fetch_add(1, Ordering::Relaxed);
+                    }
                 } else {
                     let n = notification(text);
                     if !n.is_empty() {
@@ -138,7 +151,7 @@ mod tests {
             let (theirs, ours, _write) = channel().unwrap();
             let (tx, mut rx) = mpsc::channel(4);
             let (bus, _bus_rx) = mpsc::channel(4);
-            let reader = tokio::spawn(read(ours, 42, tx, bus));
+            let reader = tokio::spawn(read(ours, 42, tx, (bus, Default::default())));
             let mut worker = std::os::unix::net::UnixStream::from(theirs);
             let mut junk = vec![b'x'; 3 * MAX_LINE];
             junk.extend_from_slice(b"\"ready\"\n{\"a\":1}\n\"ready\"\n");

@@ -426,14 +426,13 @@ impl Loop {
                     ready.map_err(|e| Error::io("bus socket", e))?;
                     let mut batch = Vec::new();
                     let _ = bus_io.try_io(tokio::io::Interest::READABLE, || {
-                        let (got, end) = self.bus.take();
+                        let machine = &self.machine;
+                        let (got, end) = self.bus.take(|pid| sender_of(machine, pid));
                         batch = got;
                         end
                     });
-                    for d in batch {
-                        if let Some(id) = self.sender(d.pid) {
-                            self.bus_message(id, &d.bytes, d.from);
-                        }
+                    for (id, d) in batch {
+                        self.bus_message(id, &d.bytes, d.from);
                     }
                 }
                 Some((pid, bytes)) = ipc_bused.recv() => {
@@ -458,6 +457,9 @@ impl Loop {
                     }
                     self.drain_notify();
                     self.step(Event::Tick);
+                    if let Some(said) = self.bus.report(now) {
+                        warn!("{said}");
+                    }
                 }
             }
         }
@@ -495,22 +497,7 @@ impl Loop {
     /// parents, or through its process group once its parent has gone. Like systemd's
     /// `NotifyAccess=all` (systemd.service(5)), but each worker hears only its own tree.
     fn sender(&self, pid: i32) -> Option<WorkerId> {
-        if let Some(id) = self.machine.worker_by_pid(pid) {
-            return Some(id);
-        }
-        let first = crate::procfs::read_stat(pid)?;
-        let me = std::process::id() as i32;
-        let parent_of = |p: i32| {
-            if p == pid {
-                Some(first.ppid)
-            } else {
-                crate::procfs::read_stat(p).map(|s| s.ppid)
-            }
-        };
-        let is_worker = |p: i32| self.machine.worker_by_pid(p).is_some();
-        let root = crate::procfs::ancestor_where(pid, me, parent_of, is_worker)
-            .or_else(|| is_worker(first.pgrp).then_some(first.pgrp))?;
-        self.machine.worker_by_pid(root)
+        sender_of(&self.machine, pid)
     }
 
     /// A bus message from worker (or agent) `id`: passed on (bus.rs).
@@ -528,6 +515,7 @@ impl Loop {
         let from = crate::bus::Sent {
             id,
             seat,
+            pid: self.machine.pid_of(id).unwrap_or(0),
             bytes,
             address: from,
         };
@@ -908,7 +896,8 @@ impl Loop {
         if let (Some((theirs, read, write)), Some(notes)) = (channel, &self.ipc_notes) {
             drop(theirs);
             let bus = self.ipc_bus.clone().expect("set before any spawn");
-            tokio::spawn(crate::nodeipc::read(read, pid, notes.clone(), bus));
+            let lost = self.bus.lost();
+            tokio::spawn(crate::nodeipc::read(read, pid, notes.clone(), (bus, lost)));
             let queue = crate::nodeipc::writer(write);
             self.ipc.insert(pid, (queue, g.config.stop.message.clone()));
         }
@@ -1223,10 +1212,8 @@ impl Loop {
                 if let Some(g) = self.gens.get(&generation) {
                     status.listeners = g.workers.listeners.status();
                 }
-                status.bus = crate::control::BusCounts {
-                    delivered: self.bus.delivered,
-                    dropped: self.bus.dropped,
-                };
+                let (delivered, dropped) = self.bus.counts();
+                status.bus = crate::control::BusCounts { delivered, dropped };
                 r.status = Some(status);
                 reply.send(r);
             }
@@ -1362,6 +1349,26 @@ struct LogLayer {
     app: String,
     prefix: String,
     output: Output,
+}
+
+/// The worker a datagram's sender belongs to (see `Loop::sender`).
+fn sender_of(machine: &Supervisor, pid: i32) -> Option<WorkerId> {
+    if let Some(id) = machine.worker_by_pid(pid) {
+        return Some(id);
+    }
+    let first = crate::procfs::read_stat(pid)?;
+    let me = std::process::id() as i32;
+    let parent_of = |p: i32| {
+        if p == pid {
+            Some(first.ppid)
+        } else {
+            crate::procfs::read_stat(p).map(|s| s.ppid)
+        }
+    };
+    let is_worker = |p: i32| machine.worker_by_pid(p).is_some();
+    let root = crate::procfs::ancestor_where(pid, me, parent_of, is_worker)
+        .or_else(|| is_worker(first.pgrp).then_some(first.pgrp))?;
+    machine.worker_by_pid(root)
 }
 
 /// The fields corral's events carry: the message, and the worker it is about.

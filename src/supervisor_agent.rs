@@ -308,8 +308,9 @@ impl Supervisor {
     }
 
     /// The processes a bus message for `to` reaches (bus.rs): the agent; every worker that
-    /// is not stopping (a reload's new ones included); or one slot's serving worker (its
-    /// starting one while it has none). Only processes that run (have a pid).
+    /// is not stopping (a reload's new ones included); one slot's newest worker (a reload's
+    /// new one as soon as it runs); or the worker or agent of that pid. Only processes that
+    /// run (have a pid) and are not stopping.
     pub fn bus_targets(&self, to: crate::bus::To) -> Vec<(WorkerId, i32)> {
         use crate::bus::To;
         let running = |id: WorkerId| {
@@ -331,13 +332,26 @@ impl Supervisor {
                 .filter(|(_, w)| matches!(w.seat, Seat::Slot(_)))
                 .filter_map(|(&id, _)| running(id))
                 .collect(),
+            // The newest: a reload's new worker, which an answer to its greeting must reach.
             To::Slot(n) => self
                 .slots
                 .get(n as usize)
-                .and_then(|s| s.worker.and_then(running).or(s.incoming.and_then(running)))
+                .and_then(|s| s.incoming.and_then(running).or(s.worker.and_then(running)))
+                .into_iter()
+                .collect(),
+            To::Pid(p) => self
+                .workers
+                .iter()
+                .find(|(_, w)| w.pid == Some(p))
+                .and_then(|(&id, _)| running(id))
                 .into_iter()
                 .collect(),
         }
+    }
+
+    /// A process's pid, once it runs.
+    pub fn pid_of(&self, id: WorkerId) -> Option<i32> {
+        self.workers.get(&id)?.pid
     }
 
     /// Where a process sits.

@@ -386,7 +386,19 @@ fn the_bus_reaches_the_agent_each_slot_and_every_worker_but_none_that_stops() {
     // During a roll: the new worker of slot 0 is reached, the old one once it stops no more.
     h.roll(2, app(2, 1), Scope::All, None);
     let n0 = h.spawn_of(0, 2);
-    check_eq!(h, pids(&h, To::Slot(0)), vec![h.pid(w0)]);
+    check_eq!(
+        h,
+        pids(&h, To::Slot(0)),
+        vec![h.pid(n0)],
+        "the newest, not yet ready"
+    );
+    check_eq!(
+        h,
+        pids(&h, To::Pid(h.pid(w0))),
+        vec![h.pid(w0)],
+        "the old one by its pid"
+    );
+    check_eq!(h, pids(&h, To::Pid(h.pid(agent))), vec![h.pid(agent)]);
     h.ready(n0);
     check_eq!(h, pids(&h, To::Slot(0)), vec![h.pid(n0)]);
     // w0 stops; slot 1's new worker starts and is reached too.

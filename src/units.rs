@@ -443,8 +443,8 @@ mod tests {
     fn the_open_file_limit_covers_the_most_workers_and_control_connections() {
         assert_eq!(
             crate::nofile::wanted(0),
-            8192,
-            "6400 rounded up, as the comments give"
+            16384,
+            "8448 rounded up, as the comments give"
         );
         let line = "LimitNOFILE=1024:524288\n";
         assert!(template_service().contains(line));

@@ -7,7 +7,7 @@ tests read to count who ran the job and when. On SIGTERM it writes "stop PID" th
   AGENT_LOG         the file (required)
   AGENT_TAG         printed at start, to tell configs apart
   AGENT_BUS=1       on corral's bus (CORRAL_BUS): a worker's {"hello": N} is written to the
-                    log as "hello N from N", answered to that slot with {"welcome": N} and
+                    log as "hello N from N", answered to that process with {"welcome": N} and
                     told every worker as {"greeted": N}; {"flood": i} is written as "flood"
 """
 
@@ -49,7 +49,9 @@ def bus_loop(s):
         data = m.get("data") or {}
         if "hello" in data:
             write(f"hello {data['hello']} from {m['from']}")
-            s.sendto(json.dumps({"to": m["from"], "data": {"welcome": m["from"]}}).encode(), bus)
+            # To the very process that said hello (by its pid), whatever its slot's state.
+            answer = {"to": {"pid": m["pid"]}, "data": {"welcome": m["from"]}}
+            s.sendto(json.dumps(answer).encode(), bus)
             s.sendto(json.dumps({"to": "all", "data": {"greeted": m["from"]}}).encode(), bus)
         elif "flood" in data:
             write("flood")

@@ -1442,7 +1442,7 @@ fn corral_raises_its_own_open_file_limit_and_workers_keep_theirs() {
         "the worker has what corral was started with"
     );
     let (soft, hard) = nofile(c.pid);
-    let want = 8192u64.min(hard.parse().unwrap_or(u64::MAX));
+    let want = corral::nofile::wanted(0).min(hard.parse().unwrap_or(u64::MAX));
     assert!(
         soft.parse::<u64>().unwrap() >= want,
         "corral's soft limit {soft}, hard {hard}"

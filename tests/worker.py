@@ -32,8 +32,9 @@ new config) can change it:
   WORKER_ORPHANS=1       leave behind `sleep 3602`, an orphan in a session of its own, with a
                          child `sleep 3601` in yet another session
   WORKER_BUS=1           greet the agent over corral's bus (CORRAL_BUS) and keep what comes;
-                         answers show it ("bus"); GET /bus-flood?n=N sends N messages to the
-                         agent as fast as it can
+                         answers show it ("bus"); GET /bus-flood?n=N&size=S sends N messages
+                         of S bytes of data to every worker as fast as it can
+  WORKER_BUS_DEAF_SLOT=N  that slot's worker registers on the bus but never reads it
 Paths: GET /crash answers, then exits with code 3; GET /hang stops watchdog pings; GET /slow?s=N
 sends the status and headers (with X-Pid, X-Ppid) at once and the body N seconds later;
 GET /shutdown-listener calls shutdown(2) on the (shared) listeners, and lives on.
@@ -266,9 +267,11 @@ def serve(listeners: list) -> None:
                     + b"X-Pid: %d\r\nX-Ppid: %d\r\n\r\n" % (os.getpid(), os.getppid())
                 )
                 if path.startswith("/bus-flood"):
-                    for i in range(int(path.partition("n=")[2] or "1")):
+                    q = dict(p.split("=") for p in path.partition("?")[2].split("&") if "=" in p)
+                    pad = "x" * int(q.get("size", "0"))
+                    for i in range(int(q.get("n", "1"))):
                         try:
-                            bus_send("agent", {"flood": i})
+                            bus_send("all", {"flood": i, "pad": pad})
                         except OSError:
                             pass
                 if path.startswith("/slow"):
@@ -307,7 +310,8 @@ def main() -> None:
         BUS = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         BUS.bind("")
         bus_send("agent", {"hello": int(env["CORRAL_WORKER"])})
-        threading.Thread(target=bus_loop, daemon=True).start()
+        if env.get("WORKER_BUS_DEAF_SLOT") != env["CORRAL_WORKER"]:
+            threading.Thread(target=bus_loop, daemon=True).start()
     get_ready()
     if not listeners:
         while not stopping:

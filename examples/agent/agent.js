@@ -11,7 +11,9 @@ const job = setInterval(() => {
   messenger.sendToApp("tick", { tick, agent: process.pid });
 }, 200);
 
-messenger.on("hello", (data, from) => messenger.sendTo(from, "welcome", { agent: process.pid }));
+// A worker says hello once it listens, and is ready once the agent answered: the answer goes
+// to its pid, so that during a reload it reaches the new worker, not its slot's old one.
+messenger.on("hello", (data, from, pid) => messenger.sendTo(pid, "welcome", { agent: process.pid }));
 
 process.on("message", (m) => {
   if (m === "shutdown") {

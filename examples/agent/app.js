@@ -6,7 +6,11 @@ const messenger = require("./messenger");
 let last = null;
 let welcomed = false;
 messenger.on("tick", (data) => (last = data));
-messenger.on("welcome", () => (welcomed = true));
+// Ready once the agent answered its greeting (Egg's workers wait for the agent too).
+messenger.on("welcome", () => {
+  if (!welcomed) process.send("ready");
+  welcomed = true;
+});
 
 const server = http.createServer((req, res) => {
   res.setHeader("Content-Type", "application/json");
@@ -14,7 +18,6 @@ const server = http.createServer((req, res) => {
 });
 server.listen({ fd: 3 }, () => {
   messenger.sendToAgent("hello", { slot: Number(process.env.CORRAL_WORKER) });
-  process.send("ready");
 });
 process.on("message", (m) => {
   if (m === "shutdown") server.close(() => process.exit(0));

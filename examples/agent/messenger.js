@@ -5,8 +5,9 @@
 //   messenger.sendToAgent(action, data)   to the agent
 //   messenger.sendToApp(action, data)     to every worker
 //   messenger.broadcast(action, data)     to the agent and every worker
-//   messenger.sendTo(slot, action, data)  to one worker, by slot (Egg's sendTo takes a pid)
-//   messenger.on(action, (data, from) => ...)   from: "agent" or a slot number
+//   messenger.sendTo(pid, action, data)   to one process, by pid, as Egg's
+//   messenger.sendToSlot(slot, action, data)   to one slot's (newest) worker
+//   messenger.on(action, (data, from, pid) => ...)   from: "agent" or a slot number
 const handlers = new Map();
 
 function send(to, action, data) {
@@ -15,7 +16,7 @@ function send(to, action, data) {
 
 process.on("message", (m) => {
   if (!m || m.corral !== "bus" || !m.data) return;
-  for (const fn of handlers.get(m.data.action) || []) fn(m.data.data, m.from);
+  for (const fn of handlers.get(m.data.action) || []) fn(m.data.data, m.from, m.pid);
 });
 
 module.exports = {
@@ -25,7 +26,8 @@ module.exports = {
     send("agent", action, data);
     send("all", action, data);
   },
-  sendTo: (slot, action, data) => send(slot, action, data),
+  sendTo: (pid, action, data) => send({ pid }, action, data),
+  sendToSlot: (slot, action, data) => send(slot, action, data),
   on: (action, fn) => {
     handlers.set(action, [...(handlers.get(action) || []), fn]);
   },
