@@ -87,7 +87,7 @@ pub fn shortfall(workers: u32, balanced: u32, soft: u64, hard: u64) -> Option<St
     };
     Some(format!(
         "{workers} worker(s) may need {need} open files in corral: {per_worker} per worker (its \
-         output pipes and IPC channel{balanced_part}), twice over during a reload, and \
+         output pipes, IPC channel and bus socket{balanced_part}), twice over during a reload, and \
          {} of its own; its limit is {soft} (hard limit {hard}), so workers may fail to start \
          with \"Too many open files\": raise the hard limit (LimitNOFILE= in a drop-in for the \
          service, or `ulimit -Hn` before `corral run`), or run fewer workers",

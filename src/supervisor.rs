@@ -29,7 +29,9 @@ pub type WorkerId = u64;
 pub type RequestId = u64;
 
 /// Where a process sits: a worker's slot (its `CORRAL_WORKER`), or the app's one agent.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub enum Seat {
     Slot(u32),
     Agent,
@@ -45,7 +47,7 @@ impl fmt::Display for Seat {
 }
 
 /// What the state machine needs from one generation's config.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Params {
     pub workers: u32,
     pub batch: u32,
@@ -55,6 +57,7 @@ pub struct Params {
     pub probe_listeners: bool,
     pub ready_timeout: Duration,
     pub watchdog: Option<Duration>,
+    #[serde(with = "state::signal")]
     pub stop_signal: Signal,
     /// `stop.message`: a stop begins with the message alone; `stop_signal` follows only if the
     /// worker is still there after `stop_timeout` (PM2's `shutdown_with_message`).
@@ -158,7 +161,7 @@ impl fmt::Display for ExitStatus {
 }
 
 /// Which slots a roll replaces.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Scope {
     /// Every slot, and the slot count becomes the new generation's `workers`.
     All,
@@ -326,7 +329,7 @@ pub enum Action {
     Exit(i32),
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum WorkerState {
     Starting,
@@ -335,7 +338,7 @@ pub enum WorkerState {
 }
 
 /// Why corral is stopping a worker, which decides what its exit means.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 enum StopKind {
     /// Asked to go (replaced, scaled away, shutdown): its exit is expected, nothing is restarted.
     Retire,
@@ -345,18 +348,22 @@ enum StopKind {
     Abort,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 struct Worker {
     seat: Seat,
     generation: u32,
     pid: Option<i32>,
     state: WorkerState,
+    #[serde(with = "state::instant")]
     started_at: Instant,
+    #[serde(with = "state::opt_instant")]
     ready_at: Option<Instant>,
     /// Readiness timeout while starting, watchdog while ready, SIGKILL while stopping.
+    #[serde(with = "state::opt_instant")]
     deadline: Option<Instant>,
     /// The latest `EXTEND_TIMEOUT_USEC=` may push `deadline` to in this phase (its start, or
     /// its stop): [`EXTEND_FACTOR`] times the phase's timeout after the phase began.
+    #[serde(with = "state::instant")]
     extend_until: Instant,
     stop: Option<StopKind>,
     kill_sent: bool,
@@ -365,10 +372,12 @@ struct Worker {
     /// Stopping with `stop.message`: the stop signal is still to come at the deadline.
     signal_pending: bool,
     /// readiness mode `listen`: when the next probe is due, and the wait after it.
+    #[serde(with = "state::opt_instant")]
     probe_at: Option<Instant>,
     probe_every: Duration,
     /// Balanced: steered away from before its stop, until its queue has been empty a while.
     drain_pending: bool,
+    #[serde(with = "state::opt_instant")]
     drain_empty_since: Option<Instant>,
     /// Balanced: its queue backs up (a stalled event loop); new connections go elsewhere.
     stalled: bool,
@@ -378,28 +387,31 @@ struct Worker {
     errno: Option<i32>,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 struct Slot {
     /// The generation a restart of this slot uses.
     generation: u32,
     worker: Option<WorkerId>,
     incoming: Option<WorkerId>,
     /// Set while the slot waits out its backoff.
+    #[serde(with = "state::opt_instant")]
     retry_at: Option<Instant>,
     next_delay: Duration,
     restarts: u32,
     /// Scaled away: it goes once its worker is gone; highest slots only.
     removing: bool,
     /// After a failed replacement for memory: no new one before this (the slot's backoff).
+    #[serde(with = "state::opt_instant")]
     replace_after: Option<Instant>,
     /// When its workers failed, within the last `restart.interval`.
+    #[serde(with = "state::instants")]
     failures: VecDeque<Instant>,
     /// Failures in a row with no worker ready `restart.reset_after` in between, however far
     /// apart: a slow crash loop the interval cannot see.
     failures_in_a_row: u32,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 struct Roll {
     generation: u32,
     scope: Scope,
@@ -424,7 +436,7 @@ struct Roll {
     agent_before: Option<Option<u32>>,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 struct Queued {
     generation: u32,
     params: Params,
@@ -433,7 +445,7 @@ struct Queued {
     systemd_waits: bool,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 enum Phase {
     Idle,
     Running,
@@ -474,6 +486,7 @@ pub struct Snapshot {
     pub agent: Option<WorkerView>,
 }
 
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct Supervisor {
     params: BTreeMap<u32, Params>,
     active: u32,
@@ -493,15 +506,19 @@ pub struct Supervisor {
     /// The exit code once the stop is done: 1 when corral gave up on the app.
     stop_code: i32,
     /// When memory is next sampled (only while some generation has `limits.max_memory`).
+    #[serde(with = "state::opt_instant")]
     next_sample: Option<Instant>,
     /// Balanced: the workers new connections go to, and the slot count, as last announced.
     serving: (Vec<WorkerId>, Vec<WorkerId>, u32),
     /// Balanced: when the accept queues are next looked at.
+    #[serde(with = "state::opt_instant")]
     next_queue_check: Option<Instant>,
     /// Connections waited at a serving worker at the last queue check.
     queues_busy: bool,
     /// The app's agent, if it has one (supervisor_agent.rs).
     agent: Option<agent::AgentSeat>,
+    /// What a step returns: empty between steps.
+    #[serde(skip)]
     out: Vec<Action>,
 }
 
@@ -2162,6 +2179,9 @@ mod load;
 
 #[path = "supervisor_agent.rs"]
 pub mod agent;
+
+#[path = "supervisor_state.rs"]
+pub mod state;
 
 #[cfg(test)]
 #[path = "supervisor_tests.rs"]

@@ -18,7 +18,7 @@ use super::{
 };
 
 /// What the machine needs from a generation's `[agent]`.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct AgentParams {
     /// Its readiness, stop and restart settings, as a worker's.
     pub process: Params,
@@ -31,6 +31,7 @@ pub struct AgentParams {
 }
 
 /// The agent's seat.
+#[derive(serde::Serialize, serde::Deserialize)]
 pub(super) struct AgentSeat {
     /// Its process (`worker`), the generation it runs, its backoff and failures, as a slot's;
     /// `removing`: the new config has no agent, and this one goes.
@@ -41,7 +42,7 @@ pub(super) struct AgentSeat {
     pub(super) swap: Option<Swap>,
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
 pub(super) struct Swap {
     /// The generation whose agent takes over.
     pub(super) to: u32,

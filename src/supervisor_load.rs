@@ -13,7 +13,7 @@
 use super::{Action, Level, Params, Phase, RequestId, Scope, Supervisor};
 
 /// The readings of the config that reloads asked for.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub(super) struct Loads {
     /// A reading is under way, with the requests waiting for its outcome (and whether
     /// systemd's `ExecReload=` is one of them).

@@ -3194,3 +3194,90 @@ fn a_sigkill_from_outside_to_a_ready_worker_is_replaced_but_not_counted() {
 
 #[path = "supervisor_agent_tests.rs"]
 mod agent;
+
+// ---- the state handed across an upgrade (supervisor_state.rs) ----
+
+#[test]
+fn a_saved_state_comes_back_whole_for_every_worker_state_and_a_roll_under_way() {
+    // An agent, a balanced app with a worker crashed and in backoff, one draining, one in a
+    // memory replacement, a roll under way with a reload queued behind it.
+    let p = || P::new(4).balanced().agent(P::new(1), 1).max_memory(1 << 30);
+    let mut h = Harness::start(p());
+    let agent = h.agent_of(1);
+    h.ready(agent);
+    for s in 0..4 {
+        let id = h.last_spawn(s);
+        h.ready(id);
+    }
+    let crashed = h.serving(3);
+    h.exit(crashed, 1);
+    h.roll(2, p(), Scope::All, Some(1));
+    let n0 = h.spawn_of(0, 2);
+    h.ready(n0);
+    h.step(Event::Reload {
+        request: Some(2),
+        systemd_waits: true,
+    });
+    h.advance(ms(30));
+    let saved = h.sup.save(h.now);
+    let mut back = Supervisor::restore(&saved, h.now).expect("its own state");
+    check_eq!(
+        h,
+        String::from_utf8(back.save(h.now)).unwrap(),
+        String::from_utf8(saved.clone()).unwrap(),
+        "saved again, the same"
+    );
+    check_eq!(h, back.next_deadline(), h.sup.next_deadline());
+    check_eq!(
+        h,
+        serde_json::to_value(back.snapshot(h.now)).unwrap(),
+        serde_json::to_value(h.snap()).unwrap()
+    );
+    // And it goes on as the original does, event for event.
+    let n1 = h.spawn_of(1, 2);
+    let pid = h.pid(n1);
+    for event in [
+        Event::Notify {
+            id: n1,
+            msg: ready_msg(),
+        },
+        Event::Tick,
+        Event::Queued {
+            waiting: vec![(n0, false)],
+        },
+        Event::Stop,
+    ] {
+        let later = h.now + secs(1);
+        let want = h.sup.step(event.clone(), later);
+        let got = back.step(event, later);
+        check_eq!(
+            h,
+            got,
+            want,
+            "the restored machine decides alike (pid {pid})"
+        );
+    }
+}
+
+#[test]
+fn a_state_of_another_format_is_refused_whole_and_says_why() {
+    let h = Harness::started(P::new(1));
+    let saved = String::from_utf8(h.sup.save(h.now)).unwrap();
+    let newer = saved.replacen(
+        &format!("\"format\":{}", state::STATE_FORMAT),
+        &format!("\"format\":{}", state::STATE_FORMAT + 1),
+        1,
+    );
+    let err = Supervisor::restore(newer.as_bytes(), h.now).err().unwrap();
+    check!(
+        h,
+        err.contains("format 2") && err.contains("reads format 1"),
+        "{err}"
+    );
+    let err = Supervisor::restore(b"{\"nonsense\":1}", h.now)
+        .err()
+        .unwrap();
+    check!(h, err.starts_with("not a corral state"), "{err}");
+    let cut = &saved.as_bytes()[..saved.len() / 2];
+    check!(h, Supervisor::restore(cut, h.now).is_err());
+}

@@ -320,7 +320,7 @@ impl Default for Restart {
 }
 
 /// `restart.policy`
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum RestartPolicy {
     Always,
     OnFailure,
