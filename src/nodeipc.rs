@@ -169,6 +169,66 @@ mod tests {
     }
 
     #[test]
+    fn lines_are_written_whole_and_in_order_and_a_worker_that_never_reads_fills_only_its_queue() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (theirs, ours, write) = channel().unwrap();
+            let (tx, mut rx) = mpsc::channel(QUEUE);
+            let (bus, mut bus_rx) = mpsc::channel(QUEUE);
+            let lost: Arc<AtomicU64> = Default::default();
+            tokio::spawn(read(ours, 7, tx, (bus, lost.clone())));
+            let queue = writer(write);
+            // Long lines (more than one write each), in order, whole.
+            let lines: Vec<Vec<u8>> = (0..20)
+                .map(|i| {
+                    let mut l =
+                        format!("{{\"n\":{i},\"pad\":\"{}\"}}", "x".repeat(100_000)).into_bytes();
+                    l.push(b'\n');
+                    l
+                })
+                .collect();
+            for l in &lines {
+                queue.try_send(l.clone()).unwrap();
+            }
+            let worker = tokio::net::UnixStream::from_std({
+                let s = std::os::unix::net::UnixStream::from(theirs);
+                s.set_nonblocking(true).unwrap();
+                s
+            })
+            .unwrap();
+            let mut reader = BufReader::new(worker);
+            for want in &lines {
+                let mut got = Vec::new();
+                reader.read_until(b'\n', &mut got).await.unwrap();
+                assert_eq!(&got, want);
+            }
+            // Nobody reads any more: the queue fills, and what does not fit is refused at
+            // once (the router counts it dropped), never waited for.
+            let mut taken = 0;
+            while queue.try_send(lines[0].clone()).is_ok() {
+                taken += 1;
+                assert!(taken <= QUEUE + 64, "the queue is bounded");
+            }
+            // A bus line from the worker reaches the bus queue; a notification does not.
+            let mut w = reader.into_inner();
+            use tokio::io::AsyncWriteExt;
+            w.write_all(b"{\"corral\":\"bus\",\"to\":\"agent\"}\n\"ready\"\n")
+                .await
+                .unwrap();
+            let (pid, line) = bus_rx.recv().await.unwrap();
+            assert_eq!(
+                (pid, &line[..]),
+                (7, &br#"{"corral":"bus","to":"agent"}"#[..])
+            );
+            assert!(rx.recv().await.unwrap().1.ready);
+            assert_eq!(lost.load(Ordering::Relaxed), 0);
+        });
+    }
+
+    #[test]
     fn ready_and_the_sd_notify_vocabulary_are_understood() {
         assert!(notification(b"\"ready\"").ready);
         assert!(notification(b"\"READY=1\"").ready);
