@@ -141,13 +141,18 @@ pub async fn read(
 mod tests {
     use super::*;
 
-    #[test]
-    fn an_oversized_message_is_skipped_and_the_next_ready_still_counts() {
-        let rt = tokio::runtime::Builder::new_current_thread()
+    /// Runs `f` on an event loop like corral's (one thread, timers and I/O).
+    fn on_a_loop(f: impl std::future::Future<Output = ()>) {
+        tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .unwrap();
-        rt.block_on(async {
+            .unwrap()
+            .block_on(f);
+    }
+
+    #[test]
+    fn an_oversized_message_is_skipped_and_the_next_ready_still_counts() {
+        on_a_loop(async {
             let (theirs, ours, _write) = channel().unwrap();
             let (tx, mut rx) = mpsc::channel(4);
             let (bus, _bus_rx) = mpsc::channel(4);
@@ -170,11 +175,7 @@ mod tests {
 
     #[test]
     fn lines_are_written_whole_and_in_order_and_a_worker_that_never_reads_fills_only_its_queue() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
+        on_a_loop(async {
             let (theirs, ours, write) = channel().unwrap();
             let (tx, mut rx) = mpsc::channel(QUEUE);
             let (bus, mut bus_rx) = mpsc::channel(QUEUE);
