@@ -224,6 +224,8 @@ pub struct Router {
     pub dropped: u64,
     /// Dropped before they reached the router (the Node.js channels' readers).
     lost: Arc<AtomicU64>,
+    /// Where datagrams are received into, made once.
+    buf: Vec<u8>,
     unreported: u64,
     reported_at: Option<Instant>,
 }
@@ -239,6 +241,7 @@ impl Router {
             delivered: 0,
             dropped: 0,
             lost: Arc::new(AtomicU64::new(0)),
+            buf: vec![0u8; MAX_MESSAGE + 1],
             unreported: 0,
             reported_at: None,
         })
@@ -266,15 +269,14 @@ impl Router {
         mut attribute: impl FnMut(i32) -> Option<WorkerId>,
     ) -> (Vec<(WorkerId, Datagram)>, io::Result<()>) {
         let mut out = Vec::new();
-        let mut buf = vec![0u8; MAX_MESSAGE + 1];
         for _ in 0..BATCH {
-            match self.socket.recv_into(&mut buf) {
+            match self.socket.recv_into(&mut self.buf) {
                 Ok((pid, len, from)) => match attribute(pid) {
                     Some(id) => out.push((
                         id,
                         Datagram {
                             pid,
-                            bytes: buf[..len].to_vec(),
+                            bytes: self.buf[..len].to_vec(),
                             from,
                         },
                     )),

@@ -183,26 +183,26 @@ impl Supervisor {
         }
         let from = (!a.slot.removing).then_some(a.slot.generation);
         a.slot.removing = false;
-        a.slot.retry_at = None;
-        match a.slot.worker {
-            Some(old) => {
-                a.swap = Some(Swap {
-                    to: generation,
-                    from,
-                    started: false,
-                });
-                self.retire(old, now);
-            }
-            None => {
-                a.swap = Some(Swap {
-                    to: generation,
-                    from,
-                    started: true,
-                });
-                self.spawn(Seat::Agent, false, generation, now);
-            }
-        }
+        self.swap_agent(generation, from, now);
         Some(from)
+    }
+
+    /// Replaces the agent with `to`'s: the one running is stopped first and the new one
+    /// starts once it is gone (agent_gone); with none running, at once. `from`: whose agent
+    /// runs again if the new one fails.
+    fn swap_agent(&mut self, to: u32, from: Option<u32>, now: Instant) {
+        let Some(a) = &mut self.agent else { return };
+        a.slot.retry_at = None;
+        let running = a.slot.worker;
+        a.swap = Some(Swap {
+            to,
+            from,
+            started: running.is_none(),
+        });
+        match running {
+            Some(old) => self.retire(old, now),
+            None => self.spawn(Seat::Agent, false, to, now),
+        }
     }
 
     /// A roll that replaced the agent failed (a worker of the new generation was not ready):
@@ -231,25 +231,7 @@ impl Supervisor {
             // The new one is serving: replaced in turn by the old one.
             (None, Some(g)) => {
                 let from = Some(a.slot.generation);
-                match a.slot.worker {
-                    Some(id) => {
-                        a.swap = Some(Swap {
-                            to: g,
-                            from,
-                            started: false,
-                        });
-                        self.retire(id, now);
-                    }
-                    None => {
-                        a.slot.retry_at = None;
-                        a.swap = Some(Swap {
-                            to: g,
-                            from,
-                            started: true,
-                        });
-                        self.spawn(Seat::Agent, false, g, now);
-                    }
-                }
+                self.swap_agent(g, from, now);
             }
             // The app had no agent: the roll's goes.
             (_, None) => {
