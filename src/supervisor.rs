@@ -57,7 +57,7 @@ pub struct Params {
     pub probe_listeners: bool,
     pub ready_timeout: Duration,
     pub watchdog: Option<Duration>,
-    #[serde(with = "state::signal")]
+    #[serde(with = "crate::config::signal_number")]
     pub stop_signal: Signal,
     /// `stop.message`: a stop begins with the message alone; `stop_signal` follows only if the
     /// worker is still there after `stop_timeout` (PM2's `shutdown_with_message`).

@@ -135,18 +135,3 @@ pub(super) mod instants {
         Vec::<i64>::deserialize(d).map(|v| v.into_iter().map(instant::from_offset).collect())
     }
 }
-
-/// A signal by its number.
-pub(super) mod signal {
-    use super::*;
-    use nix::sys::signal::Signal;
-
-    pub fn serialize<S: Serializer>(sig: &Signal, s: S) -> Result<S::Ok, S::Error> {
-        (*sig as i32).serialize(s)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Signal, D::Error> {
-        let n = i32::deserialize(d)?;
-        Signal::try_from(n).map_err(|_| serde::de::Error::custom(format!("no signal {n}")))
-    }
-}

@@ -40,7 +40,7 @@ use check::{
 };
 pub use cpus::available_cpus;
 pub use environment_file::{MAX_ENVIRONMENT_FILES, MAX_ENVIRONMENT_FILE_SIZE};
-pub use values::{parse_duration, parse_signal, parse_size};
+pub use values::{parse_duration, parse_signal, parse_size, signal_number};
 
 /// The largest config file [`Config::load`] reads: 1 MiB, hundreds of times any real config.
 /// A larger file is refused before it is read, so that no file (a log written to by mistake,
@@ -58,7 +58,7 @@ pub const EXEC_WARNING: &str = "readiness.mode = \"exec\" counts a worker as rea
      (ready once the worker waits for connections) to protect reloads";
 
 /// A validated app config.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Config {
     /// The file the config came from, as given.
     pub path: PathBuf,
@@ -107,7 +107,7 @@ pub struct Config {
 /// `exec`: the agent has no listeners; `stop.message` only with readiness `node-ipc`), its
 /// directory and environment (`environment` adds to the app's and wins over it). It gets no
 /// Node.js preload.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Agent {
     /// Its argv (no shell). Never empty.
     pub command: Vec<String>,
@@ -126,7 +126,7 @@ pub struct Agent {
 
 /// One file of `environment_file`, in systemd's `EnvironmentFile=` format (see
 /// [`crate::envfile`]).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct EnvironmentFile {
     /// Always absolute.
     pub path: PathBuf,
@@ -138,7 +138,7 @@ pub struct EnvironmentFile {
 }
 
 /// Number of workers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum WorkerCount {
     /// A fixed number (1..=1024).
     Count(u32),
@@ -157,7 +157,7 @@ impl WorkerCount {
 }
 
 /// One `[[listen]]` socket.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Listen {
     /// Name of the socket (`LISTEN_FDNAMES` entry, `FileDescriptorName=`).
     pub name: String,
@@ -178,12 +178,13 @@ pub struct Listen {
 }
 
 /// How a TCP listener's new connections are shared out (`listen.balance`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Balance {
     /// One socket every worker accepts from: the kernel wakes whichever waits.
     #[default]
     Shared,
-    /// A socket per worker, each new connection sent to a serving worker at random.
+    /// A socket per worker, new connections dealt out to the serving workers in turn (at
+    /// random without CAP_BPF: balance.rs).
     Even,
     /// A socket per worker, a client address always sent to the same slot while it serves.
     Source,
@@ -206,7 +207,7 @@ impl Balance {
 }
 
 /// Where a socket listens.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Address {
     Tcp(SocketAddr),
     Unix(PathBuf),
@@ -222,7 +223,7 @@ impl fmt::Display for Address {
 }
 
 /// `[readiness]`
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Readiness {
     pub mode: ReadinessMode,
     pub timeout: Duration,
@@ -238,7 +239,7 @@ impl Default for Readiness {
 }
 
 /// `readiness.mode`
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum ReadinessMode {
     /// `"notify"`: the worker sends `READY=1` over `NOTIFY_SOCKET`.
     Notify,
@@ -252,8 +253,9 @@ pub enum ReadinessMode {
 }
 
 /// `[stop]`
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Stop {
+    #[serde(with = "values::signal_number")]
     pub signal: Signal,
     /// Message sent over the Node IPC channel (node-ipc readiness only).
     pub message: Option<String>,
@@ -287,7 +289,7 @@ impl Stop {
 }
 
 /// `[restart]`
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Restart {
     pub policy: RestartPolicy,
     pub delay: Duration,
@@ -328,7 +330,7 @@ pub enum RestartPolicy {
 }
 
 /// `[reload]`
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Reload {
     pub batch: Batch,
 }
@@ -342,7 +344,7 @@ impl Default for Reload {
 }
 
 /// How many workers are replaced at a time during a reload.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Batch {
     Count(u32),
     Percent(u32),
@@ -364,14 +366,14 @@ impl Batch {
 }
 
 /// `[limits]`
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Limits {
     /// Memory limit in bytes.
     pub max_memory: Option<u64>,
 }
 
 /// `[node]`
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Node {
     /// Load corral's preload into Node.js workers (`NODE_OPTIONS=--require`): `listen(PORT)`
     /// on a `[[listen]]` port takes the inherited socket, as under PM2's cluster mode.
@@ -379,7 +381,7 @@ pub struct Node {
 }
 
 /// `[logs]`
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Logs {
     /// Syslog priority (0..=7) of lines the workers write to stderr.
     pub stderr_priority: u8,
@@ -392,7 +394,7 @@ impl Default for Logs {
 }
 
 /// `[service]`
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Service {
     pub user: Option<String>,
     pub group: Option<String>,

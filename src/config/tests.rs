@@ -2041,3 +2041,17 @@ fn agent_inherits_stop_message_only_with_a_channel_of_its_own() {
         "no preload for the agent"
     );
 }
+
+#[test]
+fn a_config_comes_back_whole_from_what_an_upgrade_saves() {
+    // What corral holds of each generation is handed across an upgrade in place as is: the
+    // environment files as they were read then, not as they are on disk now.
+    let c = ok(&format!(
+        "{FULL}\n[agent]\ncommand = [\"node\", \"agent.js\"]\nenvironment = {{ A = \"1\" }}\n"
+    ));
+    let saved = serde_json::to_string(&c).unwrap();
+    let back: Config = serde_json::from_str(&saved).unwrap();
+    assert_eq!(serde_json::to_string(&back).unwrap(), saved);
+    assert_eq!(format!("{back:?}"), format!("{c:?}"));
+    assert_eq!(back.stop.signal, c.stop.signal);
+}

@@ -415,3 +415,18 @@ mod tests {
         assert!(parse_signal("SIG").is_err());
     }
 }
+
+/// A signal by its number, for what is saved and read back (supervisor_state.rs).
+pub mod signal_number {
+    use nix::sys::signal::Signal;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(sig: &Signal, s: S) -> Result<S::Ok, S::Error> {
+        (*sig as i32).serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Signal, D::Error> {
+        let n = i32::deserialize(d)?;
+        Signal::try_from(n).map_err(|_| serde::de::Error::custom(format!("no signal {n}")))
+    }
+}
