@@ -122,6 +122,9 @@ pub struct StatusReply {
     /// Messages the bus passed on between the agent and the workers, and dropped (bus.rs).
     #[serde(default)]
     pub bus: BusCounts,
+    /// The supervisor's own version (empty from a corral older than the field).
+    #[serde(default)]
+    pub version: String,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -222,6 +225,7 @@ impl StatusReply {
             }),
             agent: snap.agent.map(status),
             bus: BusCounts::default(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
             workers: snap.workers.into_iter().map(status).collect(),
         }
     }

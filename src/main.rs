@@ -390,6 +390,9 @@ fn table(s: &StatusReply, color: bool) -> String {
             r.generation, r.replaced, r.total
         );
     }
+    if !s.version.is_empty() {
+        t += &format!(" · corral {}", corral::escape::controls(&s.version));
+    }
     t += "\n";
     for l in &s.listeners {
         let how = match (l.balance.as_str(), l.sockets) {

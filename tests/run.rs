@@ -625,6 +625,11 @@ fn status_reports_every_field() {
     let s = c.status();
     assert_eq!(s["app"], "demo");
     assert_eq!(s["state"], "running");
+    assert_eq!(
+        s["version"],
+        env!("CARGO_PKG_VERSION"),
+        "the supervisor's own"
+    );
     for (i, w) in s["workers"].as_array().unwrap().iter().enumerate() {
         assert_eq!(w["slot"], i as u64);
         assert!(w["pid"].as_i64().unwrap() > 1);
@@ -642,6 +647,11 @@ fn status_reports_every_field() {
     assert!(text.contains("SLOT") && text.contains("serving"), "{text}");
     assert!(
         text.starts_with("demo (") && text.contains("running · generation 1 · 2/2 ready"),
+        "{text}"
+    );
+    let version = format!("· corral {}\n", env!("CARGO_PKG_VERSION"));
+    assert!(
+        text.lines().next().unwrap().ends_with(version.trim_end()),
         "{text}"
     );
     for column in [
