@@ -955,7 +955,7 @@ fn listen_socket(addr: SocketAddr, backlog: i32) -> io::Result<Socket> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     impl Group {
@@ -1001,13 +1001,13 @@ mod tests {
             .map(|_| std::net::TcpStream::connect(addr).unwrap())
             .collect();
         // The handshake is done when connect returns: the kernel queued it on a listener.
-        let q = sockets.iter().map(|s| accept_all(s)).collect();
+        let q = sockets.iter().map(accept_all).collect();
         drop(conns);
         q
     }
 
     /// Accepts what waits on `s`; how many.
-    fn accept_all(s: &ListenSocket) -> u32 {
+    pub(crate) fn accept_all(s: &impl AsFd) -> u32 {
         let l = socket2::SockRef::from(s);
         l.set_nonblocking(true).unwrap();
         let mut n = 0;

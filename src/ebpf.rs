@@ -356,6 +356,7 @@ fn prog_load(program: &[Insn]) -> io::Result<OwnedFd> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::balance::tests::accept_all;
     use std::net::{SocketAddr, TcpStream};
 
     fn group(n: usize) -> (SocketAddr, Vec<socket2::Socket>) {
@@ -371,15 +372,6 @@ mod tests {
             v.push(s);
         }
         (addr, v)
-    }
-
-    fn accepted(s: &socket2::Socket) -> u32 {
-        s.set_nonblocking(true).unwrap();
-        let mut n = 0;
-        while s.accept().is_ok() {
-            n += 1;
-        }
-        n
     }
 
     #[test]
@@ -400,12 +392,12 @@ mod tests {
         // Four of the five, in an order of their own.
         dealer.deal(&[30, 0, 20, 40], 0).unwrap();
         let _conns: Vec<TcpStream> = (0..16).map(|_| TcpStream::connect(addr).unwrap()).collect();
-        let got: Vec<u32> = socks.iter().map(accepted).collect();
+        let got: Vec<u32> = socks.iter().map(accept_all).collect();
         assert_eq!(got, vec![4, 0, 4, 4, 4]);
         // One fewer: the others share what it had.
         dealer.deal(&[0, 20, 40], 4).unwrap();
         let _more: Vec<TcpStream> = (0..12).map(|_| TcpStream::connect(addr).unwrap()).collect();
-        let got: Vec<u32> = socks.iter().map(accepted).collect();
+        let got: Vec<u32> = socks.iter().map(accept_all).collect();
         assert_eq!(got, vec![4, 0, 4, 0, 4]);
     }
 }
