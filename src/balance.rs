@@ -672,6 +672,135 @@ impl Group {
     }
 }
 
+/// A group as an upgrade in place hands it over: its sockets by their index in the handover's
+/// socket list, and its dealer's descriptors (carry.rs).
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct Saved {
+    addr: SocketAddr,
+    backlog: i32,
+    mode: Balance,
+    owned: bool,
+    order: Vec<usize>,
+    by_worker: Vec<(WorkerId, u32, usize)>,
+    kept: Vec<(u32, usize)>,
+    spare: Vec<usize>,
+    serving: Vec<WorkerId>,
+    keeping: Vec<WorkerId>,
+    slots: u32,
+    dealer: SavedDealer,
+    keys: Vec<Option<usize>>,
+    dealt: u32,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+enum SavedDealer {
+    None,
+    Loaded([i32; 3]),
+    Failed(String, bool),
+}
+
+impl Group {
+    /// The group for an upgrade in place; `index` gives each socket's place in the handover.
+    pub fn save(
+        &self,
+        index: &mut dyn FnMut(&Rc<ListenSocket>) -> io::Result<usize>,
+        carry: &mut crate::carry::Carry,
+    ) -> io::Result<Saved> {
+        let i = self.inner.borrow();
+        let mut all =
+            |v: &[Rc<ListenSocket>]| v.iter().map(&mut *index).collect::<io::Result<Vec<_>>>();
+        let order = all(&i.order)?;
+        let spare = all(&i.spare)?;
+        let mut by_worker = Vec::new();
+        for (w, (slot, s)) in &i.by_worker {
+            by_worker.push((*w, *slot, index(s)?));
+        }
+        let mut kept = Vec::new();
+        for (slot, s) in &i.kept {
+            kept.push((*slot, index(s)?));
+        }
+        let mut keys = Vec::new();
+        for k in &i.keys {
+            keys.push(match k {
+                Some(s) => Some(index(s)?),
+                None => None,
+            });
+        }
+        let dealer = match &i.dealer {
+            None => SavedDealer::None,
+            Some(Ok(d)) => SavedDealer::Loaded(d.carry(carry)?),
+            Some(Err((e, perm))) => SavedDealer::Failed(e.clone(), *perm),
+        };
+        Ok(Saved {
+            addr: self.addr,
+            backlog: self.backlog.get(),
+            mode: self.mode.get(),
+            owned: self.owned,
+            order,
+            by_worker,
+            kept,
+            spare,
+            serving: i.serving.clone(),
+            keeping: i.keeping.clone(),
+            slots: i.slots,
+            dealer,
+            keys,
+            dealt: i.dealt,
+        })
+    }
+
+    /// A group an earlier image saved, as it was: the program it left attached stays until
+    /// the next placement replaces it (with the same maps, when it was the dealer's).
+    pub fn restore(
+        saved: Saved,
+        socket: &dyn Fn(usize) -> io::Result<Rc<ListenSocket>>,
+        take: &mut crate::carry::Take,
+    ) -> io::Result<Rc<Group>> {
+        let all = |v: &[usize]| v.iter().map(|&x| socket(x)).collect::<io::Result<Vec<_>>>();
+        let mut by_worker = HashMap::new();
+        for (w, slot, s) in saved.by_worker {
+            by_worker.insert(w, (slot, socket(s)?));
+        }
+        let mut kept = HashMap::new();
+        for (slot, s) in saved.kept {
+            kept.insert(slot, socket(s)?);
+        }
+        let mut keys = Vec::new();
+        for k in saved.keys {
+            keys.push(match k {
+                Some(s) => Some(socket(s)?),
+                None => None,
+            });
+        }
+        let dealer = match saved.dealer {
+            SavedDealer::None => None,
+            SavedDealer::Loaded([p, s, t]) => {
+                Some(Ok(Dealer::adopt([take.fd(p)?, take.fd(s)?, take.fd(t)?])))
+            }
+            SavedDealer::Failed(e, perm) => Some(Err((e, perm))),
+        };
+        let inner = Inner {
+            order: all(&saved.order)?,
+            by_worker,
+            kept,
+            spare: all(&saved.spare)?,
+            serving: saved.serving,
+            keeping: saved.keeping,
+            slots: saved.slots,
+            dealer,
+            keys,
+            dealt: saved.dealt,
+        };
+        Ok(Rc::new(Group {
+            addr: saved.addr,
+            backlog: Cell::new(saved.backlog),
+            mode: Cell::new(saved.mode),
+            owned: saved.owned,
+            inner: RefCell::new(inner),
+        }))
+    }
+}
+
 /// The program for the group as it is, keeping clear of `avoid` (sockets about to move).
 ///
 /// Even: the serving workers' sockets, at random. Source: each bucket of addresses goes to

@@ -212,6 +212,31 @@ struct Outbox {
     socket: OwnedFd,
 }
 
+/// The router as an upgrade in place hands it over (carry.rs).
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct Saved {
+    socket: i32,
+    path: std::path::PathBuf,
+    outbox: Vec<(WorkerId, i32)>,
+    owed: Vec<(WorkerId, u64)>,
+    delivered: u64,
+    dropped: u64,
+}
+
+impl Saved {
+    /// Nothing: what is left where a saved router was taken.
+    pub fn empty() -> Saved {
+        Saved {
+            socket: -1,
+            path: Default::default(),
+            outbox: Vec::new(),
+            owed: Vec::new(),
+            delivered: 0,
+            dropped: 0,
+        }
+    }
+}
+
 /// The runtime's side: the `CORRAL_BUS` socket, who receives where, and the counts.
 pub struct Router {
     socket: NotifySocket,
@@ -233,8 +258,12 @@ pub struct Router {
 impl Router {
     /// Binds the bus socket at `path` (mode 0600, as the notify socket: rundir.rs).
     pub fn bind(path: &Path) -> io::Result<Router> {
-        Ok(Router {
-            socket: NotifySocket::bind(path)?,
+        Ok(Router::with(NotifySocket::bind(path)?))
+    }
+
+    fn with(socket: NotifySocket) -> Router {
+        Router {
+            socket,
             outbox: HashMap::new(),
             limits: HashMap::new(),
             owed: HashMap::new(),
@@ -244,7 +273,41 @@ impl Router {
             buf: vec![0u8; MAX_MESSAGE + 1],
             unreported: 0,
             reported_at: None,
+        }
+    }
+
+    /// The router for an upgrade in place: its socket, each receiver's outbox (its address is
+    /// the socket's peer), what each is owed, and the counts.
+    pub fn save(&mut self, carry: &mut crate::carry::Carry) -> io::Result<Saved> {
+        let (delivered, dropped) = self.counts();
+        let mut outbox = Vec::new();
+        for (id, o) in &self.outbox {
+            outbox.push((*id, carry.fd(&o.socket)?));
+        }
+        Ok(Saved {
+            socket: carry.fd(&self.socket)?,
+            path: self.socket.path().to_path_buf(),
+            outbox,
+            owed: self.owed.iter().map(|(k, v)| (*k, *v)).collect(),
+            delivered,
+            dropped,
         })
+    }
+
+    /// What [`Router::save`] saved.
+    pub fn restore(saved: Saved, take: &mut crate::carry::Take) -> io::Result<Router> {
+        let mut r = Router::with(NotifySocket::adopt(take.fd(saved.socket)?, &saved.path)?);
+        for (id, fd) in saved.outbox {
+            let socket = take.fd(fd)?;
+            // Its address is where it is connected (a receiver gone meanwhile: let go of).
+            if let Ok(address) = nix::sys::socket::getpeername::<UnixAddr>(socket.as_raw_fd()) {
+                r.outbox.insert(id, Outbox { address, socket });
+            }
+        }
+        r.owed = saved.owed.into_iter().collect();
+        r.delivered = saved.delivered;
+        r.dropped = saved.dropped;
+        Ok(r)
     }
 
     /// The value of `CORRAL_BUS`.

@@ -16,7 +16,7 @@ Exit codes:
 #[derive(Parser)]
 #[command(
     name = "corral",
-    version,
+    version = crate::version::get(),
     about = "Run N copies of a server behind shared, socket-activated listeners, the systemd way",
     after_help = EXIT_CODES
 )]
@@ -70,6 +70,18 @@ pub enum Cmd {
         #[arg(long, value_name = "PATH")]
         control: Option<PathBuf>,
     },
+    /// Re-execute the supervisor from the corral binary now installed, keeping its pid, its
+    /// workers and its sockets (after a package upgrade); non-zero if it could not.
+    Upgrade {
+        app: String,
+        /// Control socket path (default: found from APP, see corral(1)).
+        #[arg(long, value_name = "PATH")]
+        control: Option<PathBuf>,
+    },
+    /// Read an upgrade's state on standard input and say whether this binary can take it
+    /// over (run by the supervisor itself before `corral upgrade` execs this binary).
+    #[command(hide = true, name = "upgrade-check")]
+    UpgradeCheck,
     /// Show the app's logs from the journal (journalctl with the app's fields).
     Logs {
         app: String,

@@ -14,6 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{self, BufRead, BufReader, Write};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixStream as StdStream;
 use std::path::{Path, PathBuf};
@@ -66,6 +67,8 @@ pub enum Command {
         /// "4", "+2" or "-1"
         workers: String,
     },
+    /// Re-execute the binary at the supervisor's own path, keeping its pid and workers.
+    Upgrade,
     /// Send a signal to the workers, or to one slot's.
     Signal {
         signal: String,
@@ -125,6 +128,19 @@ pub struct StatusReply {
     /// The supervisor's own version (empty from a corral older than the field).
     #[serde(default)]
     pub version: String,
+    /// Its last upgrade in place, if it had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgraded: Option<Upgraded>,
+}
+
+/// When the supervisor last upgraded in place, and from which version.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Upgraded {
+    /// Seconds since the epoch.
+    pub at: u64,
+    pub from: String,
+    /// Upgrades in place since it started.
+    pub count: u32,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -225,7 +241,8 @@ impl StatusReply {
             }),
             agent: snap.agent.map(status),
             bus: BusCounts::default(),
-            version: env!("CARGO_PKG_VERSION").to_string(),
+            version: crate::version::get().to_string(),
+            upgraded: None,
             workers: snap.workers.into_iter().map(status).collect(),
         }
     }
@@ -346,11 +363,36 @@ pub struct Reply {
     pub progress: mpsc::Sender<String>,
     /// Set by the event loop: systemd waits for this request (an `ExecReload=`), and times it.
     pub systemd_waits: bool,
+    /// The connection, for an upgrade in place to hand over with the request (carry.rs).
+    pub connection: Option<OwnedFd>,
 }
 
 impl Reply {
     pub fn send(self, r: Response) {
         let _ = self.answer.send(r);
+    }
+
+    /// Where to answer a request an earlier image took on `connection` (an upgrade in
+    /// place): its progress and answer go there as they would have.
+    pub fn resume(connection: OwnedFd, systemd_waits: bool) -> io::Result<Reply> {
+        let std = std::os::unix::net::UnixStream::from(connection.try_clone()?);
+        std.set_nonblocking(true)?;
+        let (_, write) = UnixStream::from_std(std)?.into_split();
+        let (answer, answered) = oneshot::channel();
+        let (progress, progressed) = mpsc::channel(64);
+        tokio::spawn(async move {
+            let mut write = write;
+            let response = deliver(&mut write, answered, progressed).await;
+            if let Some(r) = response {
+                let _ = send_line(&mut write, &r).await;
+            }
+        });
+        Ok(Reply {
+            answer,
+            progress,
+            systemd_waits,
+            connection: Some(connection),
+        })
     }
 }
 
@@ -360,6 +402,13 @@ pub struct Server {
 }
 
 impl Server {
+    /// The control socket an earlier image bound at `path` (an upgrade in place).
+    pub fn adopt(path: &Path) -> Server {
+        Server {
+            path: path.to_path_buf(),
+        }
+    }
+
     /// Binds `path` with mode 0600 in a directory that is safe for it (rundir.rs). A socket
     /// file left by a dead supervisor is replaced; one a live supervisor answers on is an error
     /// (two supervisors of one app would fight).
@@ -561,40 +610,52 @@ async fn connection(
     let response = match request {
         Err(r) => r,
         Ok(command) => {
-            let (answer, mut answered) = oneshot::channel();
-            let (progress, mut progressed) = mpsc::channel(64);
+            let (answer, answered) = oneshot::channel();
+            let (progress, progressed) = mpsc::channel(64);
+            // Kept with the request: an upgrade in place hands the connection over with it.
+            let connection = write.as_ref().as_fd().try_clone_to_owned().ok();
             let incoming = Incoming {
                 command,
                 reply: Reply {
                     answer,
                     progress,
                     systemd_waits: false,
+                    connection,
                 },
             };
             if to_loop.send(incoming).await.is_err() {
                 Response::err("corral is shutting down")
             } else {
-                loop {
-                    tokio::select! {
-                        // Progress queued before the answer goes out before it.
-                        biased;
-                        Some(p) = progressed.recv() => {
-                            // A client that takes no more lines is gone: what it asked for goes
-                            // on without it.
-                            if send_line(&mut write, &Response::progress(p)).await.is_err() {
-                                return;
-                            }
-                        }
-                        r = &mut answered => {
-                            break r.unwrap_or_else(|_| Response::err("corral is shutting down"));
-                        }
-                    }
+                match deliver(&mut write, answered, progressed).await {
+                    Some(r) => r,
+                    None => return,
                 }
             }
         }
     };
     let _ = send_line(&mut write, &response).await;
     drop(slot);
+}
+
+/// Writes the progress lines of a request until its answer comes, which it returns; `None`
+/// when the client takes no more lines (it is gone: what it asked for goes on without it).
+async fn deliver(
+    write: &mut tokio::net::unix::OwnedWriteHalf,
+    mut answered: oneshot::Receiver<Response>,
+    mut progressed: mpsc::Receiver<String>,
+) -> Option<Response> {
+    loop {
+        tokio::select! {
+            // Progress queued before the answer goes out before it.
+            biased;
+            Some(p) = progressed.recv() => {
+                send_line(write, &Response::progress(p)).await.ok()?;
+            }
+            r = &mut answered => {
+                return Some(r.unwrap_or_else(|_| Response::err("corral is shutting down")));
+            }
+        }
+    }
 }
 
 /// Writes one line, or gives up after [`WRITE_TIMEOUT`] of the client not taking it.
@@ -631,7 +692,7 @@ pub fn parse(line: &str) -> Result<Command, String> {
             return Err(format!(
                 "protocol version {v} is not supported: this supervisor speaks version \
                  {PROTOCOL_VERSION} (corral {}); use the corral binary of the same version",
-                env!("CARGO_PKG_VERSION")
+                crate::version::get()
             ))
         }
         None => return Err("malformed request: no \"version\"".into()),
@@ -789,7 +850,7 @@ pub fn request_with_progress(
                     "the supervisor speaks control protocol version {}, this client \
                      {PROTOCOL_VERSION} (corral {}): use the corral binary of the same version",
                     other.map_or("?".to_string(), |v| v.to_string()),
-                    env!("CARGO_PKG_VERSION")
+                    crate::version::get()
                 )))
             }
         }

@@ -108,6 +108,25 @@ impl Dealer {
         })
     }
 
+    /// Its program and maps, for an upgrade in place (carry.rs): the group keeps the program
+    /// attached across the exec, and the next image goes on with the same maps.
+    pub fn carry(&self, carry: &mut crate::carry::Carry) -> io::Result<[i32; 3]> {
+        Ok([
+            carry.fd(&self.program)?,
+            carry.fd(&self.sockets)?,
+            carry.fd(&self.table)?,
+        ])
+    }
+
+    /// The dealer an earlier image carried.
+    pub fn adopt([program, sockets, table]: [OwnedFd; 3]) -> Dealer {
+        Dealer {
+            program,
+            sockets,
+            table,
+        }
+    }
+
     /// Makes this program the group's (replacing a classic one): through any socket of it.
     pub fn attach(&self, socket: &impl AsFd) -> io::Result<()> {
         let fd: libc::c_int = self.program.as_raw_fd();

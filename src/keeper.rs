@@ -148,6 +148,15 @@ impl Keeper {
         })
     }
 
+    /// The keeper an earlier image started (an upgrade in place: carry.rs); it is this
+    /// process's child still, and reads the same pipe.
+    pub fn adopt(pipe: OwnedFd, pid: i32) -> Keeper {
+        Keeper {
+            pipe: std::fs::File::from(pipe),
+            pid,
+        }
+    }
+
     /// A worker's process group to kill if corral dies.
     pub fn watch(&mut self, pgid: i32) -> io::Result<()> {
         self.send(record(true, pgid))
@@ -162,6 +171,12 @@ impl Keeper {
     fn send(&mut self, r: [u8; 5]) -> io::Result<()> {
         // A pipe write of at most PIPE_BUF bytes is atomic (pipe(7)): whole or not at all.
         self.pipe.write(&r).map(drop)
+    }
+}
+
+impl std::os::fd::AsFd for Keeper {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.pipe.as_fd()
     }
 }
 

@@ -25,6 +25,7 @@
 
 pub mod balance;
 pub mod bus;
+pub mod carry;
 pub mod cli;
 pub mod config;
 pub mod control;
@@ -33,6 +34,7 @@ pub mod envfile;
 pub mod error;
 pub mod escape;
 pub mod generator;
+pub mod handover;
 pub mod import;
 pub mod journal;
 pub mod keeper;
@@ -52,3 +54,4 @@ pub mod spawn;
 pub mod supervisor;
 pub mod terminal;
 pub mod units;
+pub mod version;

@@ -187,6 +187,18 @@ impl Set {
         }
     }
 
+    /// Every socket the worker has, in `[[listen]]` order: the shared ones and its own.
+    pub fn sockets_of(&self, worker: WorkerId) -> Vec<Rc<ListenSocket>> {
+        self.sockets
+            .iter()
+            .zip(&self.groups)
+            .filter_map(|(shared, g)| match g {
+                Some(g) => g.socket_of(worker),
+                None => Some(shared.clone()),
+            })
+            .collect()
+    }
+
     /// The worker's own sockets (of the balanced listeners).
     pub fn own_sockets(&self, worker: WorkerId) -> Vec<Rc<ListenSocket>> {
         self.groups
@@ -240,6 +252,272 @@ impl Set {
             [p] => Some(p),
             _ => None,
         }
+    }
+}
+
+/// The listeners an upgrade in place hands over: every open socket once (by its index here),
+/// the groups of balanced listeners, the pool, and each live generation's set (carry.rs).
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct Saved {
+    sockets: Vec<SavedSocket>,
+    groups: Vec<crate::balance::Saved>,
+    pool: SavedPool,
+    sets: Vec<(u32, SavedSet)>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SavedSocket {
+    fd: i32,
+    unix_path: Option<(PathBuf, u64, u64)>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+enum SavedPool {
+    Systemd {
+        inherited: Vec<(String, usize)>,
+        groups: Vec<(String, usize)>,
+    },
+    Standalone {
+        bound: Vec<(Address, usize)>,
+        groups: Vec<(std::net::SocketAddr, usize)>,
+    },
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SavedSet {
+    names: Vec<String>,
+    sockets: Vec<usize>,
+    groups: Vec<Option<usize>>,
+    backlogs: Vec<i32>,
+    balance: Vec<(Balance, Option<String>)>,
+}
+
+impl Saved {
+    /// Nothing: what is left where a saved set was taken.
+    pub fn empty() -> Saved {
+        Saved {
+            sockets: Vec::new(),
+            groups: Vec::new(),
+            pool: SavedPool::Standalone {
+                bound: Vec::new(),
+                groups: Vec::new(),
+            },
+            sets: Vec::new(),
+        }
+    }
+}
+
+/// Numbers each socket and group once while saving.
+struct Saver<'a> {
+    carry: &'a mut crate::carry::Carry,
+    sockets: Vec<Rc<ListenSocket>>,
+    saved: Vec<SavedSocket>,
+    groups: Vec<Rc<Group>>,
+    saved_groups: Vec<crate::balance::Saved>,
+}
+
+impl Saver<'_> {
+    fn socket(&mut self, s: &Rc<ListenSocket>) -> io::Result<usize> {
+        if let Some(i) = self.sockets.iter().position(|o| Rc::ptr_eq(o, s)) {
+            return Ok(i);
+        }
+        let fd = self.carry.fd(&s.fd)?;
+        self.sockets.push(s.clone());
+        self.saved.push(SavedSocket {
+            fd,
+            unix_path: s.unix_path.clone(),
+        });
+        Ok(self.sockets.len() - 1)
+    }
+
+    fn group(&mut self, g: &Rc<Group>) -> io::Result<usize> {
+        if let Some(i) = self.groups.iter().position(|o| Rc::ptr_eq(o, g)) {
+            return Ok(i);
+        }
+        let mut sockets = std::mem::take(&mut self.sockets);
+        let mut saved = std::mem::take(&mut self.saved);
+        let carry = &mut *self.carry;
+        let mut dealer_carry = crate::carry::Carry::default();
+        let result = g.save(
+            &mut |s| {
+                if let Some(i) = sockets.iter().position(|o| Rc::ptr_eq(o, s)) {
+                    return Ok(i);
+                }
+                let fd = carry.fd(&s.fd)?;
+                sockets.push(s.clone());
+                saved.push(SavedSocket {
+                    fd,
+                    unix_path: s.unix_path.clone(),
+                });
+                Ok(sockets.len() - 1)
+            },
+            &mut dealer_carry,
+        );
+        carry.absorb(dealer_carry);
+        self.sockets = sockets;
+        self.saved = saved;
+        self.groups.push(g.clone());
+        self.saved_groups.push(result?);
+        Ok(self.groups.len() - 1)
+    }
+
+    fn set(&mut self, set: &Set) -> io::Result<SavedSet> {
+        let mut sockets = Vec::new();
+        for s in &set.sockets {
+            sockets.push(self.socket(s)?);
+        }
+        let mut groups = Vec::new();
+        for g in &set.groups {
+            groups.push(match g {
+                Some(g) => Some(self.group(g)?),
+                None => None,
+            });
+        }
+        Ok(SavedSet {
+            names: set.names.clone(),
+            sockets,
+            groups,
+            backlogs: set.backlogs.clone(),
+            balance: set.balance.clone(),
+        })
+    }
+}
+
+impl Pool {
+    /// The pool and the sets of the live generations, for an upgrade in place.
+    pub fn save(&self, sets: &[(u32, &Set)], carry: &mut crate::carry::Carry) -> io::Result<Saved> {
+        let mut s = Saver {
+            carry,
+            sockets: Vec::new(),
+            saved: Vec::new(),
+            groups: Vec::new(),
+            saved_groups: Vec::new(),
+        };
+        let mut saved_sets = Vec::new();
+        for (gen, set) in sets {
+            saved_sets.push((*gen, s.set(set)?));
+        }
+        let pool = match self {
+            Pool::Systemd(inherited, groups) => {
+                let mut i = Vec::new();
+                for (name, sock) in inherited {
+                    i.push((name.clone(), s.socket(sock)?));
+                }
+                let mut g = Vec::new();
+                for (name, group) in groups.borrow().iter() {
+                    g.push((name.clone(), s.group(group)?));
+                }
+                SavedPool::Systemd {
+                    inherited: i,
+                    groups: g,
+                }
+            }
+            Pool::Standalone(bound, groups) => {
+                // Only what a live generation still uses: the rest is closed already.
+                let mut b = Vec::new();
+                for (address, weak) in bound.borrow().iter() {
+                    if let Some(sock) = weak.upgrade() {
+                        b.push((address.clone(), s.socket(&sock)?));
+                    }
+                }
+                let mut g = Vec::new();
+                for (addr, weak) in groups.borrow().iter() {
+                    if let Some(group) = weak.upgrade() {
+                        g.push((*addr, s.group(&group)?));
+                    }
+                }
+                SavedPool::Standalone {
+                    bound: b,
+                    groups: g,
+                }
+            }
+        };
+        Ok(Saved {
+            sockets: s.saved,
+            groups: s.saved_groups,
+            pool,
+            sets: saved_sets,
+        })
+    }
+
+    /// What [`Pool::save`] saved, as it was: the pool and each generation's set.
+    pub fn restore(
+        saved: Saved,
+        take: &mut crate::carry::Take,
+    ) -> io::Result<(Pool, Vec<(u32, Set)>)> {
+        let mut sockets = Vec::new();
+        for s in saved.sockets {
+            sockets.push(Rc::new(ListenSocket {
+                fd: take.fd(s.fd)?,
+                unix_path: s.unix_path,
+            }));
+        }
+        let socket = |i: usize| {
+            sockets
+                .get(i)
+                .cloned()
+                .ok_or_else(|| io::Error::other(format!("no socket {i} in the handover")))
+        };
+        let mut groups = Vec::new();
+        for g in saved.groups {
+            groups.push(Group::restore(g, &socket, take)?);
+        }
+        let group = |i: usize| {
+            groups
+                .get(i)
+                .cloned()
+                .ok_or_else(|| io::Error::other(format!("no group {i} in the handover")))
+        };
+        let mut sets = Vec::new();
+        for (gen, s) in saved.sets {
+            let mut set = Set::default();
+            for (i, name) in s.names.iter().enumerate() {
+                let (Some(&sock), Some(g), Some(&backlog), Some(balance)) = (
+                    s.sockets.get(i),
+                    s.groups.get(i),
+                    s.backlogs.get(i),
+                    s.balance.get(i),
+                ) else {
+                    return Err(io::Error::other(
+                        "a listener set of the handover is cut short",
+                    ));
+                };
+                let g = match g {
+                    Some(g) => Some(group(*g)?),
+                    None => None,
+                };
+                set.push(name, socket(sock)?, g, backlog, balance.clone());
+            }
+            sets.push((gen, set));
+        }
+        let pool = match saved.pool {
+            SavedPool::Systemd {
+                inherited,
+                groups: g,
+            } => {
+                let mut i = Vec::new();
+                for (name, x) in inherited {
+                    i.push((name, socket(x)?));
+                }
+                let mut gs = Vec::new();
+                for (name, x) in g {
+                    gs.push((name, group(x)?));
+                }
+                Pool::Systemd(i, RefCell::new(gs))
+            }
+            SavedPool::Standalone { bound, groups: g } => {
+                let mut b = Vec::new();
+                for (address, x) in bound {
+                    b.push((address, Rc::downgrade(&socket(x)?)));
+                }
+                let mut gs = Vec::new();
+                for (addr, x) in g {
+                    gs.push((addr, Rc::downgrade(&group(x)?)));
+                }
+                Pool::Standalone(RefCell::new(b), RefCell::new(gs))
+            }
+        };
+        Ok((pool, sets))
     }
 }
 

@@ -138,6 +138,27 @@ fn dispatch(cmd: Cmd) -> Result<i32, Error> {
             }
             remote(&path, Command::Restart { worker, agent }, "restarted", None)
         }
+        Cmd::Upgrade { app, control } => remote(
+            &control_path(&app, control),
+            Command::Upgrade,
+            "upgraded",
+            None,
+        ),
+        Cmd::UpgradeCheck => {
+            use std::io::Read;
+            let mut state = Vec::new();
+            std::io::stdin()
+                .take(256 << 20)
+                .read_to_end(&mut state)
+                .map_err(|e| Error::io("cannot read the state", e))?;
+            match corral::handover::check(&state) {
+                Ok(said) => {
+                    println!("{said}");
+                    Ok(exit::OK)
+                }
+                Err(why) => Err(Error::Refused(why)),
+            }
+        }
         Cmd::Scale {
             app,
             workers,
@@ -309,6 +330,20 @@ fn remote(
     }
 }
 
+/// "12s ago", "3m ago", "2h ago", "4d ago", for a time in seconds since the epoch.
+fn ago(at: u64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(at, |d| d.as_secs());
+    let s = now.saturating_sub(at);
+    match s {
+        0..60 => format!("{s}s ago"),
+        60..3600 => format!("{}m ago", s / 60),
+        3600..86400 => format!("{}h ago", s / 3600),
+        _ => format!("{}d ago", s / 86400),
+    }
+}
+
 fn status(app: Option<String>, control: Option<PathBuf>, json: bool) -> Result<i32, Error> {
     let paths: Vec<PathBuf> = match (&app, control) {
         (_, Some(p)) => vec![p],
@@ -392,6 +427,13 @@ fn table(s: &StatusReply, color: bool) -> String {
     }
     if !s.version.is_empty() {
         t += &format!(" · corral {}", corral::escape::controls(&s.version));
+    }
+    if let Some(u) = &s.upgraded {
+        t += &format!(
+            " · upgraded in place {} from {}",
+            ago(u.at),
+            corral::escape::controls(&u.from)
+        );
     }
     t += "\n";
     for l in &s.listeners {

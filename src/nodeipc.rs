@@ -65,43 +65,111 @@ pub const QUEUE: usize = 256;
 const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The writing half of a channel, behind a bounded queue: a task writes each line whole, in
-/// order, however slowly the worker reads; the queue's sender is what the loop keeps.
-pub fn writer(mut channel: OwnedWriteHalf) -> mpsc::Sender<Vec<u8>> {
+/// order, however slowly the worker reads; the queue's sender is what the loop keeps. `unsent`
+/// goes first (what an earlier image had not written yet: an upgrade in place). Told to `stop`,
+/// the task gives back the half and what it had not written, the rest of a line it was
+/// writing first.
+pub fn writer(
+    mut channel: OwnedWriteHalf,
+    unsent: Vec<Vec<u8>>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> (mpsc::Sender<Vec<u8>>, Writer) {
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(QUEUE);
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         use tokio::io::AsyncWriteExt;
-        while let Some(line) = rx.recv().await {
+        let mut pending: std::collections::VecDeque<Vec<u8>> = unsent.into();
+        loop {
+            let line = match pending.pop_front() {
+                Some(l) => l,
+                None => tokio::select! {
+                    l = rx.recv() => match l {
+                        Some(l) => l,
+                        None => return None,
+                    },
+                    Ok(_) = stop.wait_for(|&s| s) => return Some((channel, Vec::new())),
+                },
+            };
+            let mut at = 0;
             // A channel nobody reads (the worker is gone, a process of its tree holds the
             // other end): the task ends rather than wait for ever.
-            let wrote = tokio::time::timeout(WRITE_TIMEOUT, channel.write_all(&line)).await;
-            if !matches!(wrote, Ok(Ok(()))) {
-                return;
+            let give_up = tokio::time::sleep(WRITE_TIMEOUT);
+            tokio::pin!(give_up);
+            while at < line.len() {
+                tokio::select! {
+                    w = channel.write(&line[at..]) => match w {
+                        Ok(0) | Err(_) => return None,
+                        Ok(n) => at += n,
+                    },
+                    _ = &mut give_up => return None,
+                    Ok(_) = stop.wait_for(|&s| s) => {
+                        let mut left = vec![line[at..].to_vec()];
+                        left.extend(pending);
+                        while let Ok(l) = rx.try_recv() {
+                            left.push(l);
+                        }
+                        return Some((channel, left));
+                    }
+                }
+            }
+            if *stop.borrow() {
+                let mut left: Vec<Vec<u8>> = pending.into();
+                while let Ok(l) = rx.try_recv() {
+                    left.push(l);
+                }
+                return Some((channel, left));
             }
         }
     });
-    tx
+    (tx, task)
 }
+
+/// A reader task: when stopped, its half of the channel and what it read and did not handle.
+pub type Reader = tokio::task::JoinHandle<Option<(OwnedReadHalf, Vec<u8>)>>;
+
+/// A writer task: when stopped, its half of the channel and the lines it had not written.
+pub type Writer = tokio::task::JoinHandle<Option<(OwnedWriteHalf, Vec<Vec<u8>>)>>;
 
 /// Reads the worker's messages until it closes the channel, reporting each that says something
 /// with `pid`, and passing bus messages (bus.rs) on to `bus`. Never blocks the event loop: a
 /// full queue drops the report, as a full notify socket drops datagrams.
+///
+/// `unread` is what an earlier image had read and not handled (an upgrade in place); told to
+/// `stop`, the reader gives back its half and what it has read and not handled.
 pub async fn read(
     channel: OwnedReadHalf,
+    unread: Vec<u8>,
     pid: i32,
     to_loop: mpsc::Sender<(i32, Notification)>,
     (bus, lost): (mpsc::Sender<(i32, Vec<u8>)>, Arc<AtomicU64>),
-) {
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Option<(OwnedReadHalf, Vec<u8>)> {
     // This channel's own allowance, before the queue all channels share: one flooding worker
     // cannot crowd the others out of it (the router applies the same again: bus.rs).
     let mut limit = crate::bus::Limiter::new(std::time::Instant::now());
-    let mut reader = BufReader::new(channel);
+    let mut reader = BufReader::new(tokio::io::AsyncReadExt::chain(
+        std::io::Cursor::new(unread),
+        channel,
+    ));
     // Bounded: a message longer than MAX_LINE is skipped up to its newline, never buffered.
     let mut line = Vec::new();
     let mut skipping = false;
     loop {
-        let chunk = match reader.fill_buf().await {
-            Ok([]) | Err(_) => return,
-            Ok(c) => c,
+        let filled = tokio::select! {
+            f = reader.fill_buf() => f.map(<[u8]>::len),
+            Ok(_) = stop.wait_for(|&s| s) => {
+                // What is read and not handled: the line so far (unless it is being skipped),
+                // then what is buffered.
+                let mut left = if skipping { Vec::new() } else { std::mem::take(&mut line) };
+                left.extend_from_slice(reader.buffer());
+                let (cursor, channel) = reader.into_inner().into_inner();
+                let at = cursor.position() as usize;
+                left.extend_from_slice(&cursor.into_inner()[at..]);
+                return Some((channel, left));
+            }
+        };
+        let chunk = match filled {
+            Ok(0) | Err(_) => return None,
+            Ok(_) => reader.buffer(),
         };
         let (part, end) = match chunk.iter().position(|&b| b == b'\n') {
             Some(i) => (&chunk[..i], Some(i + 1)),
@@ -156,7 +224,15 @@ mod tests {
             let (theirs, ours, _write) = channel().unwrap();
             let (tx, mut rx) = mpsc::channel(4);
             let (bus, _bus_rx) = mpsc::channel(4);
-            let reader = tokio::spawn(read(ours, 42, tx, (bus, Default::default())));
+            let (_stop, stopped) = tokio::sync::watch::channel(false);
+            let reader = tokio::spawn(read(
+                ours,
+                Vec::new(),
+                42,
+                tx,
+                (bus, Default::default()),
+                stopped,
+            ));
             let mut worker = std::os::unix::net::UnixStream::from(theirs);
             let mut junk = vec![b'x'; 3 * MAX_LINE];
             junk.extend_from_slice(b"\"ready\"\n{\"a\":1}\n\"ready\"\n");
@@ -180,8 +256,16 @@ mod tests {
             let (tx, mut rx) = mpsc::channel(QUEUE);
             let (bus, mut bus_rx) = mpsc::channel(QUEUE);
             let lost: Arc<AtomicU64> = Default::default();
-            tokio::spawn(read(ours, 7, tx, (bus, lost.clone())));
-            let queue = writer(write);
+            let (_stop, stopped) = tokio::sync::watch::channel(false);
+            tokio::spawn(read(
+                ours,
+                Vec::new(),
+                7,
+                tx,
+                (bus, lost.clone()),
+                stopped.clone(),
+            ));
+            let (queue, _task) = writer(write, Vec::new(), stopped);
             // Long lines (more than one write each), in order, whole.
             let lines: Vec<Vec<u8>> = (0..20)
                 .map(|i| {
@@ -226,6 +310,69 @@ mod tests {
             );
             assert!(rx.recv().await.unwrap().1.ready);
             assert_eq!(lost.load(Ordering::Relaxed), 0);
+        });
+    }
+
+    /// An upgrade in place stops the channel's tasks: what the reader had read of a line and
+    /// what the writer had not written are handed on, and new tasks on the same channel go on
+    /// from there: nothing is lost, no line is cut.
+    #[test]
+    fn stopped_tasks_hand_on_what_they_had_not_handled() {
+        on_a_loop(async {
+            let (theirs, ours, write) = channel().unwrap();
+            let (tx, mut rx) = mpsc::channel(QUEUE);
+            let (bus, _bus_rx) = mpsc::channel(QUEUE);
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            let reader = tokio::spawn(read(
+                ours,
+                Vec::new(),
+                7,
+                tx.clone(),
+                (bus.clone(), Default::default()),
+                stopped.clone(),
+            ));
+            let (queue, writer_task) = writer(write, Vec::new(), stopped);
+            let mut worker = std::os::unix::net::UnixStream::from(theirs);
+            // Half a message from the worker, then a long line to it that it does not read yet.
+            std::io::Write::write_all(&mut worker, b"\"REA").unwrap();
+            let mut long = format!("\"{}\"", "y".repeat(600_000)).into_bytes();
+            long.push(b'\n');
+            queue.try_send(long.clone()).unwrap();
+            queue.try_send(b"\"next\"\n".to_vec()).unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            stop.send(true).unwrap();
+            let (read_half, unread) = reader.await.unwrap().expect("the reader hands over");
+            let (write_half, unsent) = writer_task.await.unwrap().expect("the writer hands over");
+            assert_eq!(unread, b"\"REA");
+            assert!(!unsent.is_empty(), "the long line was not all written");
+            // The next image's tasks, on the same channel.
+            let (_stop, stopped) = tokio::sync::watch::channel(false);
+            tokio::spawn(read(
+                read_half,
+                unread,
+                7,
+                tx,
+                (bus, Default::default()),
+                stopped.clone(),
+            ));
+            let (_queue, _task) = writer(write_half, unsent, stopped);
+            std::io::Write::write_all(&mut worker, b"DY=1\"\n").unwrap();
+            assert!(
+                rx.recv().await.unwrap().1.ready,
+                "the message read in two halves"
+            );
+            let mut got = Vec::new();
+            let worker = tokio::net::UnixStream::from_std({
+                worker.set_nonblocking(true).unwrap();
+                worker
+            })
+            .unwrap();
+            let mut lines = BufReader::new(worker);
+            lines.read_until(b'\n', &mut got).await.unwrap();
+            assert_eq!(got, long, "the long line whole");
+            got.clear();
+            lines.read_until(b'\n', &mut got).await.unwrap();
+            assert_eq!(got, b"\"next\"\n");
         });
     }
 

@@ -119,6 +119,23 @@ impl NotifySocket {
         })
     }
 
+    /// The socket an earlier image bound at `path` (an upgrade in place: carry.rs), with
+    /// what waits on it.
+    pub fn adopt(fd: OwnedFd, path: &Path) -> io::Result<NotifySocket> {
+        let text = path.to_str().ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, "the path is not valid UTF-8")
+        })?;
+        Ok(NotifySocket {
+            fd,
+            path: path.to_path_buf(),
+            env_value: text.to_string(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     pub fn env_value(&self) -> &str {
         &self.env_value
     }

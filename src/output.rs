@@ -251,16 +251,31 @@ impl Output {
         s.wake_writer(&mut q);
     }
 
-    /// Reads a worker's pipe until EOF, queuing each line.
-    pub async fn relay(self, fd: OwnedFd, tag: Tag) {
+    /// Reads a worker's pipe until EOF, queuing each line. Told to `stop` (an upgrade in
+    /// place), it queues what it holds of a line and gives the pipe back, with what is unread
+    /// still in it.
+    pub async fn relay(
+        self,
+        fd: OwnedFd,
+        tag: Tag,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) -> Option<OwnedFd> {
         let Ok(pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else {
-            return;
+            return None;
         };
         let prefix = format!("{}[{}]: ", tag.app, tag.seat);
         let mut lines = Lines::new(self.partials.clone());
         let mut emit = |text: &[u8], end: Break| self.emit(&tag, &prefix, text, end);
         loop {
-            if pipe.readable().await.is_err() {
+            let readable = tokio::select! {
+                r = pipe.readable() => r,
+                // A sender gone (never an upgrade) disables this branch.
+                Ok(_) = stop.wait_for(|&s| s) => {
+                    lines.finish(&mut emit);
+                    return pipe.into_nonblocking_fd().ok();
+                }
+            };
+            if readable.is_err() {
                 break;
             }
             let read = READ_BUF.with(|buf| {
@@ -283,6 +298,7 @@ impl Output {
             }
         }
         lines.finish(&mut emit);
+        None
     }
 
     /// Queues `text` as one line, or as several of at most MAX_LINE bytes, in the part of the
@@ -565,7 +581,44 @@ mod tests {
             .enable_all()
             .build()
             .unwrap();
-        rt.block_on(out.clone().relay(r, tag()));
+        let (_stop, stopped) = tokio::sync::watch::channel(false);
+        assert!(rt.block_on(out.clone().relay(r, tag(), stopped)).is_none());
+    }
+
+    /// Told to stop (an upgrade in place), a relay queues the partial line it holds and gives
+    /// the pipe back with what is unread still in it.
+    #[test]
+    fn a_stopped_relay_gives_its_pipe_back_with_what_is_unread() {
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let out = Output::start_with(Sink::Stream(Box::new(Shared(got.clone()))));
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let mut w = std::fs::File::from(w);
+        w.write_all(b"whole\nhalf").unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let task = rt.spawn(out.clone().relay(r, tag(), stopped));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        rt.block_on(async {
+            // Until the relay has read what is there: its whole line is written.
+            while got.lock().unwrap().is_empty() {
+                assert!(Instant::now() < deadline, "the relay never read");
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        });
+        stop.send(true).unwrap();
+        let pipe = rt.block_on(task).unwrap().expect("the pipe comes back");
+        w.write_all(b"after\n").unwrap();
+        out.flush(Duration::from_secs(5));
+        let text = String::from_utf8(got.lock().unwrap().clone()).unwrap();
+        assert_eq!(text, "app[0]: whole\napp[0]: half\n");
+        let mut rest = String::new();
+        drop(w);
+        std::io::Read::read_to_string(&mut std::fs::File::from(pipe), &mut rest)
+            .unwrap_or_default();
+        assert_eq!(rest, "after\n");
     }
 
     /// Under journald, a piece that is not a whole line says why it ended, as journald's own

@@ -31,6 +31,8 @@ use crate::supervisor::{
 };
 use crate::terminal::{Hup, Note};
 
+mod upgrade;
+
 /// Variables meant for corral itself, never passed on to workers (corral-worker(7): nothing of
 /// the supervisor's own). `JOURNAL_STREAM` too: a worker's stdout is corral's pipe, not the journal.
 const SUPERVISOR_ONLY: &[&str] = &[
@@ -54,15 +56,34 @@ pub struct RunOptions {
     pub control: Option<PathBuf>,
 }
 
-/// `corral run`: supervises until stopped; returns the exit code.
+/// `corral run`: supervises until stopped; returns the exit code. Started by an upgrade in
+/// place (`CORRAL_RESUME`: runtime/upgrade.rs), it takes over from the image before it.
 pub fn run(opts: RunOptions) -> Result<i32, Error> {
-    let config = Config::load(&opts.config)?;
+    // Before anything changes the environment: an image that cannot take over puts the one
+    // before it back with the environment it was given.
+    let resume = upgrade::Resume::take();
+    let fresh = match &resume {
+        Some(_) => None,
+        None => Some(Config::load(&opts.config)?),
+    };
+    // What the next image of an upgrade in place gets back: the variables taken out below.
+    let own_env: Vec<(Vec<u8>, Vec<u8>)> = std::env::vars_os()
+        .filter(|(k, _)| {
+            SUPERVISOR_ONLY
+                .iter()
+                .any(|s| k.as_bytes() == s.as_bytes() && !s.starts_with("LISTEN_"))
+        })
+        .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+        .collect();
     // Take what systemd gave corral, and keep it from the workers' inherited environment.
     // Where logs go is decided before JOURNAL_STREAM is taken out of the environment below.
     let journal = crate::journal::stderr_is_journal();
     let systemd = Systemd::from_env(std::env::var("NOTIFY_SOCKET").ok().as_deref());
     let sd_watchdog = systemd_watchdog();
-    let inherited = listen::take_systemd_fds()?;
+    let inherited = match &resume {
+        Some(_) => None,
+        None => listen::take_systemd_fds()?,
+    };
     let base_env: Vec<(OsString, OsString)> = std::env::vars_os()
         .filter(|(k, _)| !SUPERVISOR_ONLY.iter().any(|s| k.as_bytes() == s.as_bytes()))
         .filter(|(k, _)| !k.as_bytes().starts_with(b"CORRAL_"))
@@ -72,23 +93,30 @@ pub fn run(opts: RunOptions) -> Result<i32, Error> {
         std::env::remove_var(k);
     }
 
+    let app = match (&fresh, &resume) {
+        (Some(c), _) => c.app.clone(),
+        (None, Some(r)) => r.state.app.clone(),
+        (None, None) => unreachable!("one or the other"),
+    };
     let output = Output::start(journal);
-    init_tracing(&config.app, output.clone());
+    init_tracing(&app, output.clone());
+    let mut resume = resume;
+    if let Some(r) = &mut resume {
+        if let Err(why) = r.check() {
+            return Err(resume.take().expect("there").fall_back(&why));
+        }
+    }
 
-    let pool = Pool::new(inherited);
-    let listeners = pool.set_for(&config)?;
-    let control_path = opts
-        .control
-        .unwrap_or_else(|| control::default_path(&config.app));
+    let control_path = match &resume {
+        Some(r) => r.state.control_path.clone(),
+        None => opts.control.unwrap_or_else(|| control::default_path(&app)),
+    };
     // Absolute: the notify socket and the Node.js preload are beside it, and workers that run
     // elsewhere (`directory`) find them by this path.
     let control_path = std::path::absolute(&control_path).unwrap_or(control_path);
     let devnull: OwnedFd = std::fs::File::open("/dev/null")
         .map_err(|e| Error::io("cannot open /dev/null", e))?
         .into();
-
-    // Before any worker: what they get is the limit corral was started with (nofile.rs).
-    let worker_nofile = crate::nofile::raise(balanced_listeners(&listeners));
     // Orphans of a worker's tree (a process whose parent exited) are reparented here rather
     // than to init (prctl(2), PR_SET_CHILD_SUBREAPER): corral reaps them, and kills what is
     // left when it exits.
@@ -100,35 +128,53 @@ pub fn run(opts: RunOptions) -> Result<i32, Error> {
         .build()
         .map_err(|e| Error::io("cannot start the event loop", e))?;
     // Workers are forked from this thread, the one block_on runs on for the process's whole
-    // life: PR_SET_PDEATHSIG fires when the *thread* that forked exits (prctl(2)).
+    // life: PR_SET_PDEATHSIG fires when the *thread* that forked exits (prctl(2)). An upgrade
+    // in place execs from it too: exec is not an exit, and the workers stay.
     let flush = output.clone();
     let code = rt.block_on(async move {
-        let (server, listener) = control::Server::bind(&control_path)?;
-        // Beside the control socket: that one being ours means no other supervisor uses it.
-        let notify_path = crate::rundir::beside(&control_path, "notify");
-        let notify = NotifySocket::bind(&notify_path).map_err(|e| {
-            Error::io(
-                format!("cannot create the notify socket {}", notify_path.display()),
-                e,
-            )
-        })?;
-        let bus_path = crate::rundir::beside(&control_path, "bus");
-        let bus = crate::bus::Router::bind(&bus_path).map_err(|e| {
-            Error::io(
-                format!("cannot create the bus socket {}", bus_path.display()),
-                e,
-            )
-        })?;
-        let keeper = start_keeper(devnull.as_raw_fd());
+        let (begin, parts) = match resume {
+            Some(mut r) => match r.parts(&control_path) {
+                Ok(p) => (Begin::Resumed(Box::new(r)), p),
+                Err(why) => return Err(r.fall_back(&why)),
+            },
+            None => {
+                let config = fresh.expect("not resuming");
+                let pool = Pool::new(inherited);
+                let listeners = pool.set_for(&config)?;
+                let parts = Parts::bind(&control_path, pool, devnull.as_raw_fd())?;
+                let config = Box::new(config);
+                (Begin::Fresh { config, listeners }, parts)
+            }
+        };
+        // Before any worker: what they get is the limit corral was started with (nofile.rs).
+        let worker_nofile = match &begin {
+            Begin::Fresh { listeners, .. } => crate::nofile::raise(balanced_listeners(listeners)),
+            Begin::Resumed(r) => r.state.worker_nofile,
+        };
         let (loaded_tx, mut loaded_rx) = mpsc::channel(1);
+        let (handing, _) = tokio::sync::watch::channel(false);
+        let Parts {
+            server,
+            control,
+            control_fd,
+            notify,
+            bus,
+            keeper,
+            keeper_starts,
+            pool,
+        } = parts;
+        let config_path = match &begin {
+            Begin::Fresh { config, .. } => config.path.clone(),
+            Begin::Resumed(r) => r.state.config_path.clone(),
+        };
         let mut lp = Loop {
             worker_io: HashMap::new(),
             worker_nofile,
             loaded_tx,
             keeper,
-            keeper_starts: 1,
-            app: config.app.clone(),
-            config_path: config.path.clone(),
+            keeper_starts,
+            app: app.clone(),
+            config_path,
             machine: Supervisor::new(),
             gens: HashMap::new(),
             next_gen: 1,
@@ -147,17 +193,17 @@ pub fn run(opts: RunOptions) -> Result<i32, Error> {
             ipc_bus: None,
             ipc_notes: None,
             preload: crate::node::Preload::new(&control_path),
+            handing,
+            control_fd,
+            control_path: control_path.clone(),
+            exe: upgrade::own_binary(),
+            argv: crate::handover::own_arguments(),
+            own_env,
+            nohup: false,
+            upgrades: 0,
+            last_upgrade: None,
         };
-        let code = lp
-            .run(
-                config,
-                listeners,
-                listener,
-                sd_watchdog,
-                &control_path,
-                &mut loaded_rx,
-            )
-            .await;
+        let code = lp.run(begin, control, sd_watchdog, &mut loaded_rx).await;
         // Answers given in the last turn (a stop answers every reload waiting) are written
         // before the connections go with the runtime.
         tokio::task::yield_now().await;
@@ -172,6 +218,59 @@ pub fn run(opts: RunOptions) -> Result<i32, Error> {
     // outcome is of no use any more, and the thread goes with the process.
     rt.shutdown_timeout(ABANDON_LOAD_AFTER);
     code
+}
+
+/// How a loop begins: with a config read now, or with what an earlier image handed over.
+enum Begin {
+    Fresh { config: Box<Config>, listeners: Set },
+    Resumed(Box<upgrade::Resume>),
+}
+
+/// The sockets and the keeper, bound and started here or taken over.
+struct Parts {
+    server: control::Server,
+    control: tokio::net::UnixListener,
+    /// A second handle on the control socket, for an upgrade in place to carry.
+    control_fd: OwnedFd,
+    notify: NotifySocket,
+    bus: crate::bus::Router,
+    keeper: Option<crate::keeper::Keeper>,
+    keeper_starts: u32,
+    pool: Pool,
+}
+
+impl Parts {
+    fn bind(control_path: &Path, pool: Pool, stdin: std::os::fd::RawFd) -> Result<Parts, Error> {
+        let (server, control) = control::Server::bind(control_path)?;
+        let control_fd = std::os::fd::AsFd::as_fd(&control)
+            .try_clone_to_owned()
+            .map_err(|e| Error::io("control socket", e))?;
+        // Beside the control socket: that one being ours means no other supervisor uses it.
+        let notify_path = crate::rundir::beside(control_path, "notify");
+        let notify = NotifySocket::bind(&notify_path).map_err(|e| {
+            Error::io(
+                format!("cannot create the notify socket {}", notify_path.display()),
+                e,
+            )
+        })?;
+        let bus_path = crate::rundir::beside(control_path, "bus");
+        let bus = crate::bus::Router::bind(&bus_path).map_err(|e| {
+            Error::io(
+                format!("cannot create the bus socket {}", bus_path.display()),
+                e,
+            )
+        })?;
+        Ok(Parts {
+            server,
+            control,
+            control_fd,
+            notify,
+            bus,
+            keeper: start_keeper(stdin),
+            keeper_starts: 1,
+            pool,
+        })
+    }
 }
 
 /// How long corral's exit waits for a reading of the config still under way.
@@ -234,7 +333,27 @@ struct WorkerIo {
     listeners: Set,
     /// The inodes of its listening sockets, for readiness mode `listen`.
     inodes: std::collections::HashSet<u64>,
+    /// The tasks relaying its output and reading and writing its Node.js channel.
+    tasks: Tasks,
 }
+
+/// A worker's tasks, each of which gives back what it holds when told to stop (an upgrade in
+/// place).
+#[derive(Default)]
+struct Tasks {
+    stdout: Option<tokio::task::JoinHandle<Option<OwnedFd>>>,
+    stderr: Option<tokio::task::JoinHandle<Option<OwnedFd>>>,
+    channel: Option<(crate::nodeipc::Reader, crate::nodeipc::Writer)>,
+}
+
+/// A worker's Node.js channel, new or handed over: corral's halves, what was read of it and not
+/// handled, and the lines not written to it yet.
+type ChannelIo = (
+    tokio::net::unix::OwnedReadHalf,
+    tokio::net::unix::OwnedWriteHalf,
+    Vec<u8>,
+    Vec<Vec<u8>>,
+);
 
 struct Loop {
     worker_io: HashMap<WorkerId, WorkerIo>,
@@ -272,22 +391,40 @@ struct Loop {
     /// The Node.js preload, written beside the control socket the first time a generation
     /// asks for it.
     preload: crate::node::Preload,
+    /// Set for an upgrade in place: the relay and channel tasks stop and hand over what they
+    /// hold (runtime/upgrade.rs).
+    handing: tokio::sync::watch::Sender<bool>,
+    control_fd: OwnedFd,
+    control_path: PathBuf,
+    /// The binary this corral was started from, which an upgrade in place runs again, and
+    /// its arguments and own variables.
+    exe: PathBuf,
+    argv: Vec<Vec<u8>>,
+    own_env: Vec<(Vec<u8>, Vec<u8>)>,
+    /// SIGHUP was ignored when corral started (nohup(1)).
+    nohup: bool,
+    /// Upgrades in place so far, and the last one's time and the version it came from.
+    upgrades: u32,
+    last_upgrade: Option<(u64, String)>,
 }
 
 impl Loop {
     async fn run(
         &mut self,
-        config: Config,
-        listeners: Set,
+        begin: Begin,
         control: tokio::net::UnixListener,
         sd_watchdog: Option<Duration>,
-        control_path: &Path,
         loaded: &mut mpsc::Receiver<Result<Config, crate::config::ConfigError>>,
     ) -> Result<i32, Error> {
         let mut signals = crate::signals::Signals::install()
             .map_err(|e| Error::io("cannot handle signals", e))?;
-        let mut terminal =
-            crate::terminal::Terminal::new(crate::terminal::probe(), signals.hup_ignored_at_start);
+        // SIGHUP ignored at start (nohup) is handled since: an earlier image says so.
+        let nohup = match &begin {
+            Begin::Resumed(r) => r.state.hup_ignored,
+            Begin::Fresh { .. } => signals.hup_ignored_at_start,
+        };
+        self.nohup = nohup;
+        let mut terminal = crate::terminal::Terminal::new(crate::terminal::probe(), nohup);
         let [term, int, quit] = &mut signals.stop;
         let [usr1, usr2] = &mut signals.usr;
         let notify_io = self
@@ -307,28 +444,10 @@ impl Loop {
             .map_err(|e| Error::io("bus socket", e))?;
         tokio::spawn(control::serve(control, to_loop));
 
-        for w in self.pool.address_mismatches(&config) {
-            warn!("{w}");
+        match begin {
+            Begin::Fresh { config, listeners } => self.start_fresh(*config, listeners)?,
+            Begin::Resumed(r) => self.resume(*r),
         }
-        for w in listeners.notes() {
-            warn!("{w}");
-        }
-        let workers = config.workers.resolve();
-        if let Some(w) = crate::nofile::check(workers, balanced_listeners(&listeners)) {
-            warn!("{w}");
-        }
-        info!(
-            "starting {workers} worker(s) of {} (control socket {})",
-            config.command.join(" "),
-            control_path.display()
-        );
-        let mut params = Params::from_config(&config, workers);
-        params.balanced = listeners.balanced();
-        let gen = self
-            .add_generation(config, listeners)
-            .map_err(Error::Refused)?;
-        debug_assert_eq!(gen, 1);
-        self.step(Event::Start { params });
 
         // A worker may shut a listener down for every worker (shutdown(2) acts on the socket,
         // not on its copy): looked at this often, and at every worker exit.
@@ -407,10 +526,11 @@ impl Loop {
                     "SIGUSR1 ignored: to send it to the workers, `corral signal {} USR1`",
                     self.app
                 ),
-                _ = usr2.recv() => info!(
-                    "SIGUSR2 ignored: to send it to the workers, `corral signal {} USR2`",
-                    self.app
-                ),
+                // nginx's and einhorn's signal for a new binary (corral(1), SIGNALS).
+                _ = usr2.recv() => {
+                    info!("SIGUSR2: upgrading in place");
+                    self.upgrade(None, &mut from_control, &mut ipc_noted, &mut ipc_bused).await;
+                }
                 ready = notify_io.readable() => {
                     ready.map_err(|e| Error::io("notify socket", e))?;
                     // Inside try_io: the WouldBlock that ends the batch clears the readiness.
@@ -440,7 +560,15 @@ impl Loop {
                         self.bus_message(id, &bytes, None);
                     }
                 }
-                Some(incoming) = from_control.recv() => self.control(incoming),
+                Some(incoming) = from_control.recv() => {
+                    if incoming.command == Command::Upgrade {
+                        let reply = Some(incoming.reply);
+                        self.upgrade(reply, &mut from_control, &mut ipc_noted, &mut ipc_bused)
+                            .await;
+                    } else {
+                        self.control(incoming);
+                    }
+                }
                 Some((pid, msg)) = ipc_noted.recv() => {
                     if let Some(id) = self.machine.worker_by_pid(pid) {
                         self.step(Event::Notify { id, msg });
@@ -463,6 +591,33 @@ impl Loop {
                 }
             }
         }
+    }
+
+    /// The first generation, from the config read at start.
+    fn start_fresh(&mut self, config: Config, listeners: Set) -> Result<(), Error> {
+        for w in self.pool.address_mismatches(&config) {
+            warn!("{w}");
+        }
+        for w in listeners.notes() {
+            warn!("{w}");
+        }
+        let workers = config.workers.resolve();
+        if let Some(w) = crate::nofile::check(workers, balanced_listeners(&listeners)) {
+            warn!("{w}");
+        }
+        info!(
+            "starting {workers} worker(s) of {} (control socket {})",
+            config.command.join(" "),
+            self.control_path.display()
+        );
+        let mut params = Params::from_config(&config, workers);
+        params.balanced = listeners.balanced();
+        let gen = self
+            .add_generation(config, listeners)
+            .map_err(Error::Refused)?;
+        debug_assert_eq!(gen, 1);
+        self.step(Event::Start { params });
+        Ok(())
     }
 
     /// Reads every queued datagram into `batch`, each with the worker it is from; ends with the
@@ -717,14 +872,25 @@ impl Loop {
     /// be made, as when the Node.js preload cannot be written.
     fn add_generation(&mut self, config: Config, listeners: Set) -> Result<u32, String> {
         let gen = self.next_gen;
+        self.insert_generation(gen, config, listeners)?;
+        self.next_gen += 1;
+        Ok(gen)
+    }
+
+    /// Registers generation `gen` (a new one, or one an earlier image handed over).
+    fn insert_generation(
+        &mut self,
+        gen: u32,
+        config: Config,
+        listeners: Set,
+    ) -> Result<(), String> {
         let agent = match config.agent_config() {
             Some(own) => Some(self.launch(own, Set::default(), gen)?),
             None => None,
         };
         let workers = self.launch(config, listeners, gen)?;
         self.gens.insert(gen, Generation { workers, agent });
-        self.next_gen += 1;
-        Ok(gen)
+        Ok(())
     }
 
     /// What the processes of generation `gen` run with `config` get.
@@ -885,21 +1051,55 @@ impl Loop {
         } else {
             Default::default()
         };
+        let channel = channel.map(|(theirs, read, write)| {
+            drop(theirs);
+            (read, write, Vec::new(), Vec::new())
+        });
+        let tasks = self.start_tasks(pid, seat, generation, Some(out_r), Some(err_r), channel);
         self.worker_io.insert(
             id,
             WorkerIo {
                 seat,
                 listeners,
                 inodes,
+                tasks,
             },
         );
-        if let (Some((theirs, read, write)), Some(notes)) = (channel, &self.ipc_notes) {
-            drop(theirs);
+        Ok(pid)
+    }
+
+    /// Starts the tasks of a worker of `generation`: the relays of its output pipes, and the
+    /// reader and writer of its Node.js channel.
+    fn start_tasks(
+        &mut self,
+        pid: i32,
+        seat: Seat,
+        generation: u32,
+        stdout: Option<OwnedFd>,
+        stderr: Option<OwnedFd>,
+        channel: Option<ChannelIo>,
+    ) -> Tasks {
+        let config = self.gens.get(&generation).map(|g| match seat {
+            Seat::Agent => g.agent.as_ref().unwrap_or(&g.workers),
+            Seat::Slot(_) => &g.workers,
+        });
+        let stderr_priority = config.map_or(3, |c| c.config.logs.stderr_priority);
+        let stop_message = config.and_then(|c| c.config.stop.message.clone());
+        let mut tasks = Tasks::default();
+        if let (Some((read, write, unread, unsent)), Some(notes)) = (channel, &self.ipc_notes) {
             let bus = self.ipc_bus.clone().expect("set before any spawn");
             let lost = self.bus.lost();
-            tokio::spawn(crate::nodeipc::read(read, pid, notes.clone(), (bus, lost)));
-            let queue = crate::nodeipc::writer(write);
-            self.ipc.insert(pid, (queue, g.config.stop.message.clone()));
+            let reader = tokio::spawn(crate::nodeipc::read(
+                read,
+                unread,
+                pid,
+                notes.clone(),
+                (bus, lost),
+                self.handing.subscribe(),
+            ));
+            let (queue, writer) = crate::nodeipc::writer(write, unsent, self.handing.subscribe());
+            self.ipc.insert(pid, (queue, stop_message));
+            tasks.channel = Some((reader, writer));
         }
         let tag = Tag {
             app: self.app.clone(),
@@ -909,12 +1109,14 @@ impl Loop {
             priority: 6, // info, as journald gives a service's stdout (journald.conf(5))
         };
         let err_tag = Tag {
-            priority: g.config.logs.stderr_priority,
+            priority: stderr_priority,
             ..tag.clone()
         };
-        tokio::spawn(self.output.clone().relay(out_r, tag));
-        tokio::spawn(self.output.clone().relay(err_r, err_tag));
-        Ok(pid)
+        let relay =
+            |fd, tag| tokio::spawn(self.output.clone().relay(fd, tag, self.handing.subscribe()));
+        tasks.stdout = stdout.map(|fd| relay(fd, tag));
+        tasks.stderr = stderr.map(|fd| relay(fd, err_tag));
+        tasks
     }
 
     /// readiness mode `listen`: looks at each starting worker's tree. The worker alone first,
@@ -1214,6 +1416,14 @@ impl Loop {
                 }
                 let (delivered, dropped) = self.bus.counts();
                 status.bus = crate::control::BusCounts { delivered, dropped };
+                status.upgraded =
+                    self.last_upgrade
+                        .as_ref()
+                        .map(|(at, from)| crate::control::Upgraded {
+                            at: *at,
+                            from: from.clone(),
+                            count: self.upgrades,
+                        });
                 r.status = Some(status);
                 reply.send(r);
             }
@@ -1247,6 +1457,8 @@ impl Loop {
                 self.roll_to(config, listeners, workers, scope, Some(reply));
             }
             Command::Signal { signal, worker } => reply.send(self.signal_workers(&signal, worker)),
+            // Taken by the loop before it comes here; this is one queued behind another.
+            Command::Upgrade => reply.send(Response::err("an upgrade in place is under way")),
             Command::Scale { workers } => {
                 let target = match parse_scale(&workers, self.machine.desired()) {
                     Ok(n) => n,

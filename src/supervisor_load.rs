@@ -17,9 +17,9 @@ use super::{Action, Level, Params, Phase, RequestId, Scope, Supervisor};
 pub(super) struct Loads {
     /// A reading is under way, with the requests waiting for its outcome (and whether
     /// systemd's `ExecReload=` is one of them).
-    current: Option<(Vec<RequestId>, bool)>,
+    pub(super) current: Option<(Vec<RequestId>, bool)>,
     /// Reloads asked for while it was: the requests that share the next reading.
-    next: Option<(Vec<RequestId>, bool)>,
+    pub(super) next: Option<(Vec<RequestId>, bool)>,
 }
 
 impl Supervisor {

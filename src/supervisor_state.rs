@@ -38,7 +38,7 @@ impl Supervisor {
         BASE.with(|b| b.set(Some(now)));
         let out = serde_json::to_vec(&Envelope {
             format: STATE_FORMAT,
-            version: env!("CARGO_PKG_VERSION").to_string(),
+            version: crate::version::get().to_string(),
             state: self,
         });
         BASE.with(|b| b.set(None));
@@ -69,6 +69,48 @@ impl Supervisor {
             .state;
         s.out.clear();
         Ok(s)
+    }
+}
+
+/// What the runtime asks of the machine around an upgrade in place.
+impl Supervisor {
+    /// Each process there is: its id, seat, generation and pid.
+    pub fn processes(&self) -> Vec<(super::WorkerId, super::Seat, u32, i32)> {
+        let mut out: Vec<_> = self
+            .workers
+            .iter()
+            .filter_map(|(&id, w)| Some((id, w.seat, w.generation, w.pid?)))
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
+    /// The generation of a process.
+    pub fn generation_of(&self, id: super::WorkerId) -> Option<u32> {
+        Some(self.workers.get(&id)?.generation)
+    }
+
+    /// Whether a reading of the config is under way (its outcome does not cross an exec: the
+    /// next image reads it again).
+    pub fn loading(&self) -> bool {
+        self.loads.current.is_some()
+    }
+
+    /// Whether corral is stopping.
+    pub fn stopping(&self) -> bool {
+        self.phase == super::Phase::Stopping
+    }
+
+    /// Whether systemd sees corral running and waits for nothing of it: its start is over,
+    /// and no reload it times is under way. Only then does an upgrade in place tell it
+    /// `RELOADING=1` and `READY=1` (a `READY=1` of the upgrade's own would end systemd's wait
+    /// for a start or a reload early).
+    pub fn systemd_idle(&self) -> bool {
+        let timed = self.roll.as_ref().is_some_and(|r| r.systemd_waits)
+            || self.queued.as_ref().is_some_and(|q| q.systemd_waits)
+            || self.loads.current.as_ref().is_some_and(|(_, w)| *w)
+            || self.loads.next.as_ref().is_some_and(|(_, w)| *w);
+        self.phase == super::Phase::Running && self.announced_ready && !timed
     }
 }
 

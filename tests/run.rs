@@ -1201,7 +1201,8 @@ fn stray_signals_to_corral_fail_no_request_and_leave_it_running() {
         "SIGUSR1 ignored: to send it to the workers, `corral signal demo USR1`",
         SECS(5),
     );
-    c.wait_for("SIGUSR2 ignored", SECS(5));
+    // SIGUSR2 upgrades in place (twice here), with the other signals arriving meanwhile.
+    c.wait_for("upgraded in place from corral", SECS(10));
     c.wait_for(
         "SIGTSTP ignored: corral is not in the foreground of a terminal",
         SECS(5),

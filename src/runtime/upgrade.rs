@@ -1,0 +1,721 @@
+//! Upgrade in place, the event loop's part: `corral upgrade APP` or SIGUSR2 makes corral
+//! execve(2) the binary now at its own path, keeping its pid, its workers and every socket.
+//!
+//! In order, the running image:
+//! 1. has the new binary read a state of the same shape (`corral upgrade-check`): a binary
+//!    that is missing, not executable, of another architecture, crashes or cannot read this
+//!    corral's state is refused while nothing has changed;
+//! 2. answers the control requests already queued, and stops the tasks that relay the
+//!    workers' output and read and write their Node.js channels: each gives back its
+//!    descriptor and what it held (a line half read, lines not written yet);
+//! 3. writes the machine, every generation's config, the listeners, the workers' pipes and
+//!    channels, the sockets, the keeper and the waiting control requests to a sealed memfd
+//!    (handover.rs), with copies of their descriptors that stay open across exec (carry.rs);
+//! 4. tells systemd `RELOADING=1`, blocks every signal (a handler does not survive exec, and
+//!    until the next image has its own, a SIGTERM would end corral and the workers with it:
+//!    blocked, it waits), and execs.
+//!
+//! The next image takes every descriptor over, starts the tasks again where they were, answers
+//! `corral upgrade`, tells systemd `READY=1`, unblocks the signals and reaps what exited
+//! meanwhile. A datagram on the notify or bus socket waits there across the exec. If it cannot
+//! take over, it execs the previous binary, carried open, with the same state: that one goes
+//! on, and `corral upgrade` says why the new one could not.
+
+use std::ffi::CString;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
+
+use nix::sys::signal::{SigSet, SigmaskHow};
+use tokio::sync::mpsc;
+use tracing::{error, info};
+
+use super::{Loop, Parts, Tasks, WorkerIo};
+use crate::carry::{Carry, Take};
+use crate::control::{Incoming, Reply, Response};
+use crate::handover::{self, State};
+use crate::listen::{Pool, Set};
+use crate::notify::{Notification, NotifySocket};
+use crate::supervisor::{Event, RequestId, Seat, Supervisor, WorkerId};
+
+/// How long the stopped tasks may take to give back what they hold.
+const TASKS_STOP: Duration = Duration::from_secs(5);
+
+/// The binary this process runs, by the path it was started from: an upgrade runs what is at
+/// that path then. Read at start, while it names the running binary (a package upgrade
+/// replaces the file, after which the kernel's link says "(deleted)").
+pub(super) fn own_binary() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .map(|p| match p.to_string_lossy().strip_suffix(" (deleted)") {
+            Some(t) => PathBuf::from(t),
+            None => p.clone(),
+        })
+        .unwrap_or_else(|| PathBuf::from("/proc/self/exe"))
+}
+
+/// What an image started by an upgrade in place is handed.
+pub(super) struct Resume {
+    pub state: State,
+    memfd: OwnedFd,
+    /// The previous binary, open, to put back.
+    fallback: Option<OwnedFd>,
+    /// Why the image before this one put this binary back (this is the previous binary).
+    failed: Option<String>,
+    /// The arguments and environment this image was given, for putting the previous back.
+    argv: Vec<CString>,
+    env: Vec<(Vec<u8>, Vec<u8>)>,
+    take: Option<Take>,
+    machine: Option<Supervisor>,
+    sets: Vec<(u32, Set)>,
+}
+
+impl Resume {
+    /// The state in `CORRAL_RESUME`, if this image was started by an upgrade in place. One
+    /// that cannot be read puts the previous binary back at once.
+    pub fn take() -> Option<Resume> {
+        use std::os::unix::ffi::OsStrExt;
+        let value = std::env::var(handover::RESUME_VAR).ok()?;
+        let env: Vec<(Vec<u8>, Vec<u8>)> = std::env::vars_os()
+            .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+            .collect();
+        let argv = handover::arguments(&handover::own_arguments());
+        let failed = std::env::var(handover::FAILED_VAR).ok();
+        std::env::remove_var(handover::RESUME_VAR);
+        std::env::remove_var(handover::FAILED_VAR);
+        let (memfd, fallback) = value.split_once(':').unwrap_or((&value, ""));
+        let adopt = |n: &str| {
+            n.parse::<i32>()
+                .ok()
+                .and_then(|n| crate::spawn::adopt_inherited_fd(n).ok())
+        };
+        let fallback = adopt(fallback);
+        let Some(memfd) = adopt(memfd) else {
+            put_back(
+                fallback.as_ref(),
+                &argv,
+                &env,
+                failed.is_some(),
+                "no state at CORRAL_RESUME",
+            );
+        };
+        let state = handover::read_memfd(&memfd)
+            .map_err(|e| format!("cannot read the state: {e}"))
+            .and_then(|b| handover::parse(&b));
+        match state {
+            Ok(state) => Some(Resume {
+                state,
+                memfd,
+                fallback,
+                failed,
+                argv,
+                env,
+                take: None,
+                machine: None,
+                sets: Vec::new(),
+            }),
+            Err(why) => put_back(fallback.as_ref(), &argv, &env, failed.is_some(), &why),
+        }
+    }
+
+    /// Takes the carried descriptors and reads the machine: what can fail before anything is
+    /// built.
+    pub fn check(&mut self) -> Result<(), String> {
+        self.take = Some(Take::inherited(&self.state.carried).map_err(|e| e.to_string())?);
+        self.machine = Some(self.state.machine()?);
+        Ok(())
+    }
+
+    /// The sockets and the keeper, taken over.
+    pub fn parts(&mut self, control_path: &std::path::Path) -> Result<Parts, String> {
+        let take = self.take.as_mut().ok_or("not checked")?;
+        let s = &mut self.state;
+        let listeners = std::mem::replace(&mut s.listeners, crate::listen::Saved::empty());
+        let (pool, sets): (Pool, _) =
+            Pool::restore(listeners, take).map_err(|e| format!("listeners: {e}"))?;
+        self.sets = sets;
+        let control_fd = take
+            .fd(s.control)
+            .map_err(|e| format!("control socket: {e}"))?;
+        let std = std::os::unix::net::UnixListener::from(
+            control_fd.try_clone().map_err(|e| e.to_string())?,
+        );
+        std.set_nonblocking(true).map_err(|e| e.to_string())?;
+        let control = tokio::net::UnixListener::from_std(std).map_err(|e| e.to_string())?;
+        let notify_path = crate::rundir::beside(control_path, "notify");
+        let notify = NotifySocket::adopt(
+            take.fd(s.notify)
+                .map_err(|e| format!("notify socket: {e}"))?,
+            &notify_path,
+        )
+        .map_err(|e| format!("notify socket: {e}"))?;
+        let bus_saved = std::mem::replace(&mut s.bus, crate::bus::Saved::empty());
+        let bus = crate::bus::Router::restore(bus_saved, take).map_err(|e| format!("bus: {e}"))?;
+        let keeper = match s.keeper {
+            Some((pid, fd)) => Some(crate::keeper::Keeper::adopt(
+                take.fd(fd).map_err(|e| format!("keeper: {e}"))?,
+                pid,
+            )),
+            None => None,
+        };
+        Ok(Parts {
+            server: crate::control::Server::adopt(control_path),
+            control,
+            control_fd,
+            notify,
+            bus,
+            keeper,
+            keeper_starts: s.keeper_starts,
+            pool,
+        })
+    }
+
+    /// This image cannot take over: the previous binary goes on (returns only if it cannot
+    /// be put back either).
+    pub fn fall_back(self, why: &str) -> crate::error::Error {
+        put_back(
+            self.fallback.as_ref(),
+            &self.argv,
+            &self.env,
+            self.failed.is_some(),
+            why,
+        )
+    }
+}
+
+/// Execs the previous binary (`fallback`) with the state this image was given, saying why; if
+/// there is none, or this image is the one put back already, or the exec fails, corral ends.
+fn put_back(
+    fallback: Option<&OwnedFd>,
+    argv: &[CString],
+    env: &[(Vec<u8>, Vec<u8>)],
+    is_put_back: bool,
+    why: &str,
+) -> ! {
+    eprintln!(
+        "corral: error: corral {} cannot take over from the previous corral: {why}",
+        crate::version::get()
+    );
+    if let (Some(fd), false) = (fallback, is_put_back) {
+        eprintln!("corral: putting the previous corral back");
+        let mut env: Vec<CString> = env
+            .iter()
+            .filter(|(k, _)| k != handover::FAILED_VAR.as_bytes())
+            .filter_map(|(k, v)| {
+                let mut e = k.clone();
+                e.push(b'=');
+                e.extend_from_slice(v);
+                CString::new(e).ok()
+            })
+            .collect();
+        let why = why.replace('\0', " ");
+        env.extend(CString::new(format!("{}={why}", handover::FAILED_VAR)).ok());
+        let e = handover::exec_fd(fd, argv, &env);
+        eprintln!("corral: error: cannot put the previous corral back: {e}");
+    }
+    std::process::exit(crate::error::exit::FAILED)
+}
+
+impl Loop {
+    /// `corral upgrade` (with `reply`) or SIGUSR2: execs the binary at corral's own path,
+    /// handing everything over; returns only if it did not happen, having said why.
+    pub(super) async fn upgrade(
+        &mut self,
+        reply: Option<Reply>,
+        from_control: &mut mpsc::Receiver<Incoming>,
+        ipc_noted: &mut mpsc::Receiver<(i32, Notification)>,
+        ipc_bused: &mut mpsc::Receiver<(i32, Vec<u8>)>,
+    ) {
+        let began = Instant::now();
+        let refuse = |reply: Option<Reply>, why: String| {
+            let msg = format!(
+                "cannot upgrade in place: {why}; corral {} runs on, nothing changed",
+                crate::version::get()
+            );
+            error!("{msg}");
+            if let Some(r) = reply {
+                r.send(Response::err(msg));
+            }
+        };
+        if self.exit.is_some() || self.machine.stopping() {
+            return refuse(reply, "corral is stopping".into());
+        }
+        // 1. The new binary reads a state of this shape, or nothing happens.
+        let checked = self
+            .save(
+                &mut Carry::default(),
+                Vec::new(),
+                None,
+                Vec::new(),
+                Vec::new(),
+            )
+            .map_err(|e| format!("cannot write the state: {e}"))
+            .and_then(|s| to_memfd(&s))
+            .and_then(|fd| handover::probe(&self.exe, &fd));
+        let said = match checked {
+            Ok(said) => said,
+            Err(why) => return refuse(reply, why),
+        };
+        info!("upgrading in place to {}: {said}", self.exe.display());
+        // 2. What is queued is answered here, what is waiting goes across.
+        while let Ok(incoming) = from_control.try_recv() {
+            if incoming.command == crate::control::Command::Upgrade {
+                incoming
+                    .reply
+                    .send(Response::err("an upgrade in place is under way"));
+            } else {
+                self.control(incoming);
+            }
+        }
+        let request = reply.map(|r| self.request(r));
+        self.handing.send_replace(true);
+        let workers = self.stop_tasks().await;
+        let mut notes = Vec::new();
+        while let Ok((pid, n)) = ipc_noted.try_recv() {
+            notes.push((pid, handover::Note::from(&n)));
+        }
+        let mut bus_lines = Vec::new();
+        while let Ok(line) = ipc_bused.try_recv() {
+            bus_lines.push(line);
+        }
+        // 3. The state, with its descriptors carried.
+        let mut carry = Carry::default();
+        let idle = self.machine.systemd_idle();
+        let state = self
+            .save(&mut carry, workers, request, notes, bus_lines)
+            .map_err(|e| format!("cannot write the state: {e}"));
+        let (memfd, fallback) = match state.and_then(|s| to_memfd(&s)) {
+            Ok(fd) => {
+                // The previous binary, to put back: /proc/self/exe opens it even once the
+                // package has replaced the file.
+                let fallback = std::fs::File::open("/proc/self/exe")
+                    .map(OwnedFd::from)
+                    .and_then(|f| carry.fd(&f));
+                (carry.fd(&fd), fallback.ok())
+            }
+            Err(e) => (Err(std::io::Error::other(e)), None),
+        };
+        let memfd = match memfd {
+            Ok(n) => n,
+            Err(e) => {
+                self.resume_tasks(Take::back(carry), None);
+                return self.answer(request, Err(format!("cannot write the state: {e}")));
+            }
+        };
+        // 4. systemd sees a reload; the signals wait; exec.
+        if idle {
+            self.sd_send(&reloading());
+            self.sd_send("STATUS=upgrading in place");
+        }
+        let resume = match fallback {
+            Some(f) => format!("{memfd}:{f}"),
+            None => memfd.to_string(),
+        };
+        let env = handover::environment(&self.own_env, &[(handover::RESUME_VAR, resume)]);
+        let argv = handover::arguments(&self.argv);
+        info!(
+            "upgrade: handing over after {} ms",
+            began.elapsed().as_millis()
+        );
+        self.output.flush(Duration::from_secs(2));
+        let mut old = SigSet::empty();
+        let _ = nix::sys::signal::sigprocmask(
+            SigmaskHow::SIG_SETMASK,
+            Some(&SigSet::all()),
+            Some(&mut old),
+        );
+        let e = handover::exec(&self.exe, &argv, &env);
+        // Still here: the exec failed, and this image goes on as it was.
+        let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
+        let why = format!("cannot execute {}: {e}", self.exe.display());
+        self.resume_tasks(Take::back(carry), None);
+        if idle {
+            self.sd_send("READY=1");
+        }
+        self.answer(request, Err(why));
+    }
+
+    /// Answers the request that asked for an upgrade: how it went.
+    fn answer(&mut self, request: Option<RequestId>, result: Result<String, String>) {
+        let result = result.map_err(|why| {
+            let msg = format!(
+                "cannot upgrade in place: {why}; corral {} runs on",
+                crate::version::get()
+            );
+            error!("{msg}");
+            msg
+        });
+        if let Ok(m) = &result {
+            info!("{m}");
+        }
+        if let Some(tx) = request.and_then(|r| self.pending.remove(&r)) {
+            tx.send(match result {
+                Ok(m) => Response::ok(m),
+                Err(e) => Response::err(e),
+            });
+        }
+    }
+
+    /// Stops every worker's tasks and collects what they held.
+    async fn stop_tasks(&mut self) -> Vec<(WorkerId, Stopped)> {
+        let mut out = Vec::new();
+        let deadline = tokio::time::Instant::now() + TASKS_STOP;
+        let ids: Vec<WorkerId> = self.worker_io.keys().copied().collect();
+        for id in ids {
+            let tasks = std::mem::take(&mut self.worker_io.get_mut(&id).expect("listed").tasks);
+            let mut stopped = Stopped::default();
+            let within = |h| tokio::time::timeout_at(deadline, h);
+            if let Some(h) = tasks.stdout {
+                stopped.stdout = within(h).await.ok().and_then(Result::ok).flatten();
+            }
+            if let Some(h) = tasks.stderr {
+                stopped.stderr = within(h).await.ok().and_then(Result::ok).flatten();
+            }
+            if let Some((reader, writer)) = tasks.channel {
+                let read = tokio::time::timeout_at(deadline, reader)
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .flatten();
+                let write = tokio::time::timeout_at(deadline, writer)
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .flatten();
+                stopped.channel = read.map(|(r, unread)| {
+                    let (w, unsent) = match write {
+                        Some((w, unsent)) => (Some(w), unsent),
+                        None => (None, Vec::new()),
+                    };
+                    (r, w, unread, unsent)
+                });
+            }
+            out.push((id, stopped));
+        }
+        out
+    }
+
+    /// The state for the next image; `workers`: what their stopped tasks gave back (none for
+    /// the state the new binary checks first).
+    fn save(
+        &mut self,
+        carry: &mut Carry,
+        workers: Vec<(WorkerId, Stopped)>,
+        upgrade: Option<RequestId>,
+        notes: Vec<(i32, handover::Note)>,
+        bus_lines: Vec<(i32, Vec<u8>)>,
+    ) -> std::io::Result<Vec<u8>> {
+        let now = Instant::now();
+        let saved_at = handover::monotonic_us();
+        let machine = String::from_utf8(self.machine.save(now)).map_err(std::io::Error::other)?;
+        let machine =
+            serde_json::value::RawValue::from_string(machine).map_err(std::io::Error::other)?;
+        let mut gens: Vec<u32> = self.gens.keys().copied().collect();
+        gens.sort_unstable();
+        let generations = gens
+            .iter()
+            .map(|g| (*g, self.gens[g].workers.config.clone()))
+            .collect();
+        let sets: Vec<(u32, &Set)> = gens
+            .iter()
+            .map(|g| (*g, &self.gens[g].workers.listeners))
+            .collect();
+        let listeners = self.pool.save(&sets, carry)?;
+        let mut io = Vec::new();
+        for (id, s) in workers {
+            let channel = match s.channel {
+                Some((read, write, unread, unsent)) => {
+                    // One socket: the halves' own descriptor is the same.
+                    let fd: OwnedFd = read.as_ref().as_fd().try_clone_to_owned()?;
+                    drop((read, write));
+                    Some(handover::Channel {
+                        fd: carry.fd(&fd)?,
+                        unread,
+                        unsent,
+                    })
+                }
+                None => None,
+            };
+            io.push(handover::WorkerIo {
+                id,
+                stdout: s.stdout.as_ref().map(|f| carry.fd(f)).transpose()?,
+                stderr: s.stderr.as_ref().map(|f| carry.fd(f)).transpose()?,
+                channel,
+            });
+        }
+        let mut requests = Vec::new();
+        for (id, r) in &self.pending {
+            if let Some(c) = &r.connection {
+                requests.push(handover::Request {
+                    id: *id,
+                    fd: carry.fd(c)?,
+                    systemd_waits: r.systemd_waits,
+                });
+            }
+        }
+        let keeper = match &self.keeper {
+            Some(k) => Some((k.pid, carry.fd(k)?)),
+            None => None,
+        };
+        let state = State {
+            format: handover::FORMAT,
+            version: crate::version::get().to_string(),
+            saved_at,
+            machine,
+            app: self.app.clone(),
+            config_path: self.config_path.clone(),
+            control_path: self.control_path.clone(),
+            generations,
+            next_gen: self.next_gen,
+            listeners,
+            workers: io,
+            notify: carry.fd(&self.notify)?,
+            control: carry.fd(&self.control_fd)?,
+            bus: self.bus.save(carry)?,
+            keeper,
+            keeper_starts: self.keeper_starts,
+            requests,
+            next_request: self.next_request,
+            upgrade,
+            notes,
+            bus_lines,
+            worker_nofile: self.worker_nofile,
+            upgrades: self.upgrades,
+            last_upgrade: self.last_upgrade.clone(),
+            exe: self.exe.clone(),
+            argv: self.argv.clone(),
+            own_env: self.own_env.clone(),
+            blocked: blocked_now(),
+            hup_ignored: self.nohup,
+            reloading_sent: self.machine.systemd_idle(),
+            carried: carry.numbers(),
+        };
+        serde_json::to_vec(&state).map_err(std::io::Error::other)
+    }
+
+    /// Starts the workers' tasks again from what was carried (`take`): in the next image, or
+    /// in this one when the exec failed.
+    fn resume_tasks(&mut self, mut take: Take, workers: Option<Vec<handover::WorkerIo>>) {
+        self.handing.send_replace(false);
+        let workers = workers.unwrap_or_default();
+        for w in workers {
+            let Some(pid) = self.machine.pid_of(w.id) else {
+                continue;
+            };
+            let (Some(seat), Some(generation)) =
+                (self.machine.seat_of(w.id), self.machine.generation_of(w.id))
+            else {
+                continue;
+            };
+            let stdout = w.stdout.and_then(|n| take.fd(n).ok());
+            let stderr = w.stderr.and_then(|n| take.fd(n).ok());
+            let channel = w.channel.and_then(|c| {
+                let fd = take.fd(c.fd).ok()?;
+                let std = std::os::unix::net::UnixStream::from(fd);
+                std.set_nonblocking(true).ok()?;
+                let (read, write) = tokio::net::UnixStream::from_std(std).ok()?.into_split();
+                Some((read, write, c.unread, c.unsent))
+            });
+            let tasks = self.start_tasks(pid, seat, generation, stdout, stderr, channel);
+            if let Some(io) = self.worker_io.get_mut(&w.id) {
+                io.tasks = tasks;
+            }
+        }
+        take.commit();
+    }
+}
+
+/// What a worker's stopped tasks gave back.
+#[derive(Default)]
+struct Stopped {
+    stdout: Option<OwnedFd>,
+    stderr: Option<OwnedFd>,
+    channel: Option<StoppedChannel>,
+}
+
+/// A stopped channel's halves (the writer's, unless it had given up), what was read of it and
+/// not handled, and the lines not written.
+type StoppedChannel = (
+    tokio::net::unix::OwnedReadHalf,
+    Option<tokio::net::unix::OwnedWriteHalf>,
+    Vec<u8>,
+    Vec<Vec<u8>>,
+);
+
+fn to_memfd(bytes: &[u8]) -> Result<OwnedFd, String> {
+    handover::to_memfd(bytes).map_err(|e| format!("cannot write the state: {e}"))
+}
+
+/// The signals blocked now, which the next image blocks again once it handles its own.
+fn blocked_now() -> Vec<i32> {
+    let mut now = SigSet::empty();
+    let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, None, Some(&mut now));
+    now.iter().map(|s| s as i32).collect()
+}
+
+/// systemd.service(5), Type=notify-reload: RELOADING=1 with the time it began.
+pub(super) fn reloading() -> String {
+    format!("RELOADING=1\nMONOTONIC_USEC={}", handover::monotonic_us())
+}
+
+impl Loop {
+    /// Takes over from the image before (see the module's comment). What cannot be taken over
+    /// puts that image's binary back.
+    pub(super) fn resume(&mut self, mut r: super::upgrade::Resume) {
+        let machine = r.machine.take().expect("checked");
+        let sets = std::mem::take(&mut r.sets);
+        let built = self.rebuild(&mut r, machine, sets);
+        let (workers, requests) = match built {
+            Ok(w) => w,
+            Err(why) => {
+                error!("cannot take over: {why}");
+                self.output.flush(Duration::from_secs(2));
+                let e = r.fall_back(&why);
+                error!("{e}");
+                std::process::exit(crate::error::exit::FAILED);
+            }
+        };
+        let Resume {
+            state,
+            memfd,
+            fallback,
+            failed,
+            mut take,
+            ..
+        } = r;
+        let mut take = take.take().expect("checked");
+        // Waiting control requests, on their connections.
+        for (id, fd, waits) in requests {
+            if let Ok(fd) = take.fd(fd) {
+                if let Ok(reply) = Reply::resume(fd, waits) {
+                    self.pending.insert(id, reply);
+                }
+            }
+        }
+        self.resume_tasks(take, Some(workers));
+        drop((memfd, fallback));
+        let from = state.version.clone();
+        let result = match &failed {
+            None => {
+                self.upgrades = state.upgrades + 1;
+                let now = SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                self.last_upgrade = Some((now, from.clone()));
+                let took =
+                    Duration::from_micros(handover::monotonic_us().saturating_sub(state.saved_at));
+                Ok(format!(
+                    "upgraded in place from corral {from} to {} (pid {}, {} worker(s) kept; \
+                     the new image took over in {} ms)",
+                    crate::version::get(),
+                    std::process::id(),
+                    self.machine.worker_pids().len(),
+                    took.as_millis()
+                ))
+            }
+            Some(why) => {
+                self.upgrades = state.upgrades;
+                self.last_upgrade = state.last_upgrade.clone();
+                Err(format!(
+                    "the new binary could not take over ({why}), and was put back"
+                ))
+            }
+        };
+        self.answer(state.upgrade, result);
+        for (pid, note) in state.notes {
+            if let Some(id) = self.machine.worker_by_pid(pid) {
+                self.step(Event::Notify {
+                    id,
+                    msg: note.into(),
+                });
+            }
+        }
+        for (pid, line) in state.bus_lines {
+            if let Some(id) = self.machine.worker_by_pid(pid) {
+                self.bus_message(id, &line, None);
+            }
+        }
+        if state.reloading_sent {
+            self.sd_send("READY=1");
+        }
+        self.sd_send(&format!(
+            "STATUS=corral {} (upgraded in place from {from})",
+            crate::version::get()
+        ));
+        // Signals sent meanwhile wait, blocked: now that they are handled, they come.
+        let mut mask = SigSet::empty();
+        for n in &state.blocked {
+            if let Ok(s) = nix::sys::signal::Signal::try_from(*n) {
+                mask.add(s);
+            }
+        }
+        let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&mask), None);
+        // What exited during the exec, and what was queued, is seen now.
+        self.drain_notify();
+        self.reap();
+        self.relisten();
+        if self.machine.loading() {
+            // The reading under way did not cross the exec: read again.
+            self.load();
+        }
+    }
+
+    /// The machine, the generations and the workers' records from the state; the workers'
+    /// descriptors and the requests' are taken after, once nothing can fail.
+    #[allow(clippy::type_complexity)]
+    fn rebuild(
+        &mut self,
+        r: &mut Resume,
+        machine: Supervisor,
+        mut sets: Vec<(u32, Set)>,
+    ) -> Result<(Vec<handover::WorkerIo>, Vec<(RequestId, i32, bool)>), String> {
+        let s = &mut r.state;
+        self.machine = machine;
+        self.next_gen = s.next_gen;
+        self.next_request = s.next_request;
+        self.nohup = s.hup_ignored;
+        for (gen, config) in std::mem::take(&mut s.generations) {
+            let set = match sets.iter().position(|(g, _)| *g == gen) {
+                Some(i) => sets.swap_remove(i).1,
+                None => Set::default(),
+            };
+            self.insert_generation(gen, config, set)?;
+        }
+        for (id, seat, generation, _pid) in self.machine.processes() {
+            let Some(g) = self.gens.get(&generation) else {
+                return Err(format!(
+                    "worker {id} is of generation {generation}, not handed over"
+                ));
+            };
+            let listeners = match seat {
+                Seat::Slot(_) => g.workers.listeners.clone(),
+                Seat::Agent => Set::default(),
+            };
+            let launch = match seat {
+                Seat::Slot(_) => &g.workers,
+                Seat::Agent => g.agent.as_ref().unwrap_or(&g.workers),
+            };
+            let inodes = if launch.config.readiness.mode == crate::config::ReadinessMode::Listen {
+                crate::probe::inodes_of(listeners.sockets_of(id).iter().map(|s| &**s))
+            } else {
+                Default::default()
+            };
+            self.worker_io.insert(
+                id,
+                WorkerIo {
+                    seat,
+                    listeners,
+                    inodes,
+                    tasks: Tasks::default(),
+                },
+            );
+        }
+        let workers = std::mem::take(&mut s.workers);
+        let requests = s
+            .requests
+            .iter()
+            .map(|q| (q.id, q.fd, q.systemd_waits))
+            .collect();
+        Ok((workers, requests))
+    }
+}
