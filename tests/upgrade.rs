@@ -230,7 +230,9 @@ fn a_binary_that_cannot_take_over_changes_nothing() {
     c.wait_ready(3, 1);
     let workers = c.pids("ready");
     let version = c.status()["version"].clone();
-    let cases: Vec<(&str, Box<dyn Fn()>, &str)> = vec![
+    // What each case does to the binary at corral's path, and what the refusal says.
+    type Case<'a> = (&'a str, Box<dyn Fn() + 'a>, &'a str);
+    let cases: Vec<Case> = vec![
         (
             "missing",
             Box::new(|| std::fs::remove_file(&exe).unwrap()),
