@@ -114,7 +114,7 @@ pub struct Request {
 }
 
 /// A [`Notification`] as the state holds it.
-#[derive(Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct Note {
     ready: bool,
     status: Option<String>,

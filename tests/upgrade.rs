@@ -73,11 +73,19 @@ fn install(path: &Path, bytes: &[u8], mode: u32) {
 
 /// corral running from its own copy of the binary, `<scratch>/bin/corral`.
 fn start(template: &str) -> (Corral, PathBuf) {
+    start_env(template, &[])
+}
+
+fn start_env(template: &str, env: &[(&str, &str)]) -> (Corral, PathBuf) {
     let bin = scratch_dir().join("bin");
     std::fs::create_dir_all(&bin).unwrap();
     let exe = bin.join("corral");
     install(&exe, &std::fs::read(CORRAL).unwrap(), 0o755);
     let e = exe.clone();
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     let c = Corral::start_with(template, move |cmd| {
         let args: Vec<_> = cmd.get_args().map(|a| a.to_owned()).collect();
         let mut new = Command::new(&e);
@@ -85,7 +93,8 @@ fn start(template: &str) -> (Corral, PathBuf) {
             .env_remove("NOTIFY_SOCKET")
             .env_remove("LISTEN_FDS")
             .env_remove("LISTEN_PID")
-            .env_remove("CORRAL_LOG");
+            .env_remove("CORRAL_LOG")
+            .envs(env);
         *cmd = new;
     });
     (c, exe)
@@ -278,4 +287,51 @@ fn a_binary_that_cannot_take_over_changes_nothing() {
         assert!(s["upgraded"].is_null(), "{what}");
         assert!(c.get("/").is_ok(), "{what}: still serving");
     }
+}
+
+/// A new image that fails after the exec, having taken the descriptors over, puts the previous
+/// binary back (carried open across the exec): the same pid, the same workers, every request
+/// served, and `corral upgrade` says why.
+#[test]
+fn a_new_image_that_fails_to_take_over_puts_the_previous_one_back() {
+    let (c, exe) = start_env(
+        &config("", ""),
+        &[("CORRAL_TEST_FAIL_TAKE_OVER", "6.6.6-broken")],
+    );
+    c.wait_ready(3, 1);
+    let before = c.status();
+    let workers = c.pids("ready");
+    install(&exe, &stamped("6.6.6-broken"), 0o755);
+    let load = Load::start(c.port);
+    let out = upgrade(&c);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("could not take over (failing as CORRAL_TEST_FAIL_TAKE_OVER asks)")
+            && err.contains("put back"),
+        "{err}"
+    );
+    // Load past it: the put-back image serves and hears its workers.
+    std::thread::sleep(SECS(1));
+    load.finish_without_failures(20);
+    let after = c.status();
+    assert_eq!(after["pid"], before["pid"]);
+    assert_eq!(
+        after["version"], before["version"],
+        "the previous binary runs"
+    );
+    assert!(after["upgraded"].is_null(), "no upgrade counted: {after}");
+    assert_eq!(c.pids("ready"), workers);
+    assert_eq!(after["restarts"], 0);
+
+    // And the next good binary upgrades it.
+    install(&exe, &stamped("6.6.7-fixed"), 0o755);
+    let out = upgrade(&c);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(c.status()["version"], "6.6.7-fixed");
+    assert_eq!(c.pids("ready"), workers);
 }

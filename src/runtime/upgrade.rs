@@ -122,6 +122,13 @@ impl Resume {
     /// built.
     pub fn check(&mut self) -> Result<(), String> {
         self.take = Some(Take::inherited(&self.state.carried).map_err(|e| e.to_string())?);
+        // A fault to inject, for the tests of putting the previous binary back: an image of
+        // this version fails here, having taken the descriptors, as a real failure would.
+        if std::env::var("CORRAL_TEST_FAIL_TAKE_OVER").ok().as_deref()
+            == Some(crate::version::get())
+        {
+            return Err("failing as CORRAL_TEST_FAIL_TAKE_OVER asks".into());
+        }
         self.machine = Some(self.state.machine()?);
         Ok(())
     }
@@ -242,13 +249,7 @@ impl Loop {
         }
         // 1. The new binary reads a state of this shape, or nothing happens.
         let checked = self
-            .save(
-                &mut Carry::default(),
-                Vec::new(),
-                None,
-                Vec::new(),
-                Vec::new(),
-            )
+            .save(&mut Carry::default(), &[], None, Vec::new(), Vec::new())
             .map_err(|e| format!("cannot write the state: {e}"))
             .and_then(|s| to_memfd(&s))
             .and_then(|fd| handover::probe(&self.exe, &fd));
@@ -282,7 +283,13 @@ impl Loop {
         let mut carry = Carry::default();
         let idle = self.machine.systemd_idle();
         let state = self
-            .save(&mut carry, workers, request, notes, bus_lines)
+            .save(
+                &mut carry,
+                &workers,
+                request,
+                notes.clone(),
+                bus_lines.clone(),
+            )
             .map_err(|e| format!("cannot write the state: {e}"));
         let (memfd, fallback) = match state.and_then(|s| to_memfd(&s)) {
             Ok(fd) => {
@@ -298,7 +305,8 @@ impl Loop {
         let memfd = match memfd {
             Ok(n) => n,
             Err(e) => {
-                self.resume_tasks(Take::back(carry), None);
+                drop(carry);
+                self.go_on(workers, notes, bus_lines);
                 return self.answer(request, Err(format!("cannot write the state: {e}")));
             }
         };
@@ -328,11 +336,57 @@ impl Loop {
         // Still here: the exec failed, and this image goes on as it was.
         let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
         let why = format!("cannot execute {}: {e}", self.exe.display());
-        self.resume_tasks(Take::back(carry), None);
+        drop(carry);
+        self.go_on(workers, notes, bus_lines);
         if idle {
             self.sd_send("READY=1");
         }
         self.answer(request, Err(why));
+    }
+
+    /// The upgrade did not happen: the tasks start again on what they gave back, and what was
+    /// queued for the next image is handled here.
+    fn go_on(
+        &mut self,
+        workers: Vec<(WorkerId, Stopped)>,
+        notes: Vec<(i32, handover::Note)>,
+        bus_lines: Vec<(i32, Vec<u8>)>,
+    ) {
+        self.handing.send_replace(false);
+        for (id, s) in workers {
+            let (Some(pid), Some(seat), Some(generation)) = (
+                self.machine.pid_of(id),
+                self.machine.seat_of(id),
+                self.machine.generation_of(id),
+            ) else {
+                continue;
+            };
+            let channel = s
+                .channel
+                .and_then(|(fd, unread, unsent)| channel_io(fd, unread, unsent));
+            let tasks = self.start_tasks(pid, seat, generation, s.stdout, s.stderr, channel);
+            if let Some(io) = self.worker_io.get_mut(&id) {
+                io.tasks = tasks;
+            }
+        }
+        self.handled(notes, bus_lines);
+    }
+
+    /// Notifications and bus messages from Node.js channels that were queued at the exec.
+    fn handled(&mut self, notes: Vec<(i32, handover::Note)>, bus_lines: Vec<(i32, Vec<u8>)>) {
+        for (pid, note) in notes {
+            if let Some(id) = self.machine.worker_by_pid(pid) {
+                self.step(Event::Notify {
+                    id,
+                    msg: note.into(),
+                });
+            }
+        }
+        for (pid, line) in bus_lines {
+            if let Some(id) = self.machine.worker_by_pid(pid) {
+                self.bus_message(id, &line, None);
+            }
+        }
     }
 
     /// Answers the request that asked for an upgrade: how it went.
@@ -382,12 +436,17 @@ impl Loop {
                     .ok()
                     .and_then(Result::ok)
                     .flatten();
-                stopped.channel = read.map(|(r, unread)| {
-                    let (w, unsent) = match write {
-                        Some((w, unsent)) => (Some(w), unsent),
-                        None => (None, Vec::new()),
+                stopped.channel = read.and_then(|(r, unread)| {
+                    let unsent = match write {
+                        Some((w, unsent)) => {
+                            drop(w);
+                            unsent
+                        }
+                        None => Vec::new(),
                     };
-                    (r, w, unread, unsent)
+                    // One socket: the halves' descriptor is the same one.
+                    let fd = r.as_ref().as_fd().try_clone_to_owned().ok()?;
+                    Some((fd, unread, unsent))
                 });
             }
             out.push((id, stopped));
@@ -400,7 +459,7 @@ impl Loop {
     fn save(
         &mut self,
         carry: &mut Carry,
-        workers: Vec<(WorkerId, Stopped)>,
+        workers: &[(WorkerId, Stopped)],
         upgrade: Option<RequestId>,
         notes: Vec<(i32, handover::Note)>,
         bus_lines: Vec<(i32, Vec<u8>)>,
@@ -423,21 +482,16 @@ impl Loop {
         let listeners = self.pool.save(&sets, carry)?;
         let mut io = Vec::new();
         for (id, s) in workers {
-            let channel = match s.channel {
-                Some((read, write, unread, unsent)) => {
-                    // One socket: the halves' own descriptor is the same.
-                    let fd: OwnedFd = read.as_ref().as_fd().try_clone_to_owned()?;
-                    drop((read, write));
-                    Some(handover::Channel {
-                        fd: carry.fd(&fd)?,
-                        unread,
-                        unsent,
-                    })
-                }
+            let channel = match &s.channel {
+                Some((fd, unread, unsent)) => Some(handover::Channel {
+                    fd: carry.fd(fd)?,
+                    unread: unread.clone(),
+                    unsent: unsent.clone(),
+                }),
                 None => None,
             };
             io.push(handover::WorkerIo {
-                id,
+                id: *id,
                 stdout: s.stdout.as_ref().map(|f| carry.fd(f)).transpose()?,
                 stderr: s.stderr.as_ref().map(|f| carry.fd(f)).transpose()?,
                 channel,
@@ -493,11 +547,8 @@ impl Loop {
         serde_json::to_vec(&state).map_err(std::io::Error::other)
     }
 
-    /// Starts the workers' tasks again from what was carried (`take`): in the next image, or
-    /// in this one when the exec failed.
-    fn resume_tasks(&mut self, mut take: Take, workers: Option<Vec<handover::WorkerIo>>) {
-        self.handing.send_replace(false);
-        let workers = workers.unwrap_or_default();
+    /// Starts the workers' tasks on what was carried (`take`), in the next image.
+    fn resume_tasks(&mut self, mut take: Take, workers: Vec<handover::WorkerIo>) {
         for w in workers {
             let Some(pid) = self.machine.pid_of(w.id) else {
                 continue;
@@ -509,13 +560,9 @@ impl Loop {
             };
             let stdout = w.stdout.and_then(|n| take.fd(n).ok());
             let stderr = w.stderr.and_then(|n| take.fd(n).ok());
-            let channel = w.channel.and_then(|c| {
-                let fd = take.fd(c.fd).ok()?;
-                let std = std::os::unix::net::UnixStream::from(fd);
-                std.set_nonblocking(true).ok()?;
-                let (read, write) = tokio::net::UnixStream::from_std(std).ok()?.into_split();
-                Some((read, write, c.unread, c.unsent))
-            });
+            let channel = w
+                .channel
+                .and_then(|c| channel_io(take.fd(c.fd).ok()?, c.unread, c.unsent));
             let tasks = self.start_tasks(pid, seat, generation, stdout, stderr, channel);
             if let Some(io) = self.worker_io.get_mut(&w.id) {
                 io.tasks = tasks;
@@ -530,17 +577,17 @@ impl Loop {
 struct Stopped {
     stdout: Option<OwnedFd>,
     stderr: Option<OwnedFd>,
-    channel: Option<StoppedChannel>,
+    /// The channel, what was read of it and not handled, and the lines not written to it.
+    channel: Option<(OwnedFd, Vec<u8>, Vec<Vec<u8>>)>,
 }
 
-/// A stopped channel's halves (the writer's, unless it had given up), what was read of it and
-/// not handled, and the lines not written.
-type StoppedChannel = (
-    tokio::net::unix::OwnedReadHalf,
-    Option<tokio::net::unix::OwnedWriteHalf>,
-    Vec<u8>,
-    Vec<Vec<u8>>,
-);
+/// A channel's socket made into the halves its tasks take.
+fn channel_io(fd: OwnedFd, unread: Vec<u8>, unsent: Vec<Vec<u8>>) -> Option<super::ChannelIo> {
+    let std = std::os::unix::net::UnixStream::from(fd);
+    std.set_nonblocking(true).ok()?;
+    let (read, write) = tokio::net::UnixStream::from_std(std).ok()?.into_split();
+    Some((read, write, unread, unsent))
+}
 
 fn to_memfd(bytes: &[u8]) -> Result<OwnedFd, String> {
     handover::to_memfd(bytes).map_err(|e| format!("cannot write the state: {e}"))
@@ -592,7 +639,7 @@ impl Loop {
                 }
             }
         }
-        self.resume_tasks(take, Some(workers));
+        self.resume_tasks(take, workers);
         drop((memfd, fallback));
         let from = state.version.clone();
         let result = match &failed {
@@ -622,19 +669,7 @@ impl Loop {
             }
         };
         self.answer(state.upgrade, result);
-        for (pid, note) in state.notes {
-            if let Some(id) = self.machine.worker_by_pid(pid) {
-                self.step(Event::Notify {
-                    id,
-                    msg: note.into(),
-                });
-            }
-        }
-        for (pid, line) in state.bus_lines {
-            if let Some(id) = self.machine.worker_by_pid(pid) {
-                self.bus_message(id, &line, None);
-            }
-        }
+        self.handled(state.notes, state.bus_lines);
         if state.reloading_sent {
             self.sd_send("READY=1");
         }
