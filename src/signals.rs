@@ -8,10 +8,11 @@
 //! - SIGTERM, SIGINT, SIGQUIT: a graceful stop; a second one kills the workers at once.
 //! - SIGHUP: a rolling reload, unless it is the hangup of the terminal corral runs in
 //!   (terminal.rs decides).
-//! - SIGUSR1, SIGUSR2: ignored, with a line saying how to send them to the workers (`corral
-//!   signal`). Node.js opens its inspector on SIGUSR1, and `systemctl kill` sends a signal to
-//!   every process of the unit already: passing it on would deliver it twice, or where it was
-//!   not meant to go.
+//! - SIGUSR1: ignored, with a line saying how to send it to the workers (`corral signal`).
+//!   Node.js opens its inspector on SIGUSR1, and `systemctl kill` sends a signal to every
+//!   process of the unit already: passing it on would deliver it twice, or where it was not
+//!   meant to go.
+//! - SIGUSR2: an upgrade in place (runtime/upgrade.rs), as nginx and einhorn read it.
 //! - SIGTSTP: stops corral (SIGSTOP) only while it runs in the foreground of its terminal, where
 //!   Ctrl-Z sends it; ignored anywhere else.
 //! - SIGALRM, SIGVTALRM, SIGPROF, SIGIO, SIGPWR, SIGXCPU, SIGXFSZ, SIGSTKFLT and the real-time

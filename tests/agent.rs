@@ -472,3 +472,70 @@ fn the_egg_style_example_runs_its_job_once_across_a_reload_under_load() {
     c.signal(Signal::SIGTERM);
     assert!(c.wait_exit(SECS(20)).is_some_and(|s| s.success()));
 }
+
+/// An upgrade in place keeps the agent, the workers' Node.js channels and the bus: after it, a
+/// restarted worker's greeting reaches the agent and its answer reaches every worker, the old
+/// ones through the channels carried across the exec; a reload's stop message reaches the old
+/// workers through them too (they ignore SIGTERM).
+#[test]
+fn the_agent_the_bus_and_nodejs_channels_go_on_across_an_upgrade() {
+    if !Path::new("/usr/bin/node").exists() {
+        skipped("node is not installed (.ci/run installs it)");
+        return;
+    }
+    let log = scratch_dir().join("jobs");
+    let c = Corral::start(&bus_config(&log, true));
+    c.wait_ready(3, 1);
+    welcomed(&c);
+    let (agent, workers) = (agent_pid(&c), worker_pids(&c));
+    let load = Load::start(c.port);
+    let out = c.ctl(&["upgrade", "demo"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(agent_pid(&c), agent, "the agent is kept");
+    assert_eq!(worker_pids(&c), workers, "the workers are kept");
+
+    // Worker 1 again: its greeting goes to the agent, whose answer to all reaches the two
+    // kept workers over their carried channels.
+    let out = c.ctl(&["restart", "demo", "--worker", "1"]);
+    assert!(out.status.success());
+    let greeted_1 = |bus: &serde_json::Value| {
+        bus.as_array().map_or(0, |m| {
+            m.iter().filter(|m| m["data"]["greeted"] == 1).count()
+        })
+    };
+    let deadline = std::time::Instant::now() + SECS(20);
+    loop {
+        let got = welcomed(&c);
+        if ["0", "2"].iter().all(|s| greeted_1(&got[*s]) >= 2) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{got:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // A reload: the kept workers get their stop message over the carried channels.
+    let mark = c.mark();
+    let out = c.ctl(&["reload", "demo"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for slot in [0, 2] {
+        c.wait_for_after(
+            mark,
+            &format!("slot {slot} got the shutdown message"),
+            SECS(10),
+        );
+    }
+    load.finish_without_failures(20);
+    assert!(
+        !c.lines()[mark..].iter().any(|l| l.contains("SIGKILL")),
+        "no worker had to be killed: {:?}",
+        &c.lines()[mark..]
+    );
+}

@@ -68,6 +68,58 @@ fn build(version: Option<&str>) -> (PathBuf, PathBuf) {
     (deb, rpm)
 }
 
+/// The package `deb` with its binary stamped with `version` (src/version.rs): the "newer"
+/// corral an upgrade moves to says it is that version, as a new build would.
+fn stamp_deb(deb: &Path, version: &str) -> PathBuf {
+    let dir = deb.with_extension("stamped");
+    let _ = std::fs::remove_dir_all(&dir);
+    run(
+        "dpkg-deb",
+        &["-R", deb.to_str().unwrap(), dir.to_str().unwrap()],
+    );
+    let bin = dir.join("usr/bin/corral");
+    let mut bytes = std::fs::read(&bin).unwrap();
+    let mark = b"corral-build-version:";
+    let at = bytes
+        .windows(mark.len())
+        .position(|w| w == mark)
+        .expect("the binary carries its version stamp")
+        + mark.len();
+    let end = at + bytes[at..].iter().position(|&b| b == 0).unwrap();
+    let room = end - at + bytes[end..].iter().take_while(|&&b| b == 0).count();
+    assert!(version.len() < room, "the version fits the stamp");
+    for (i, b) in bytes[at..at + room].iter_mut().enumerate() {
+        *b = version.as_bytes().get(i).copied().unwrap_or(0);
+    }
+    std::fs::write(&bin, &bytes).unwrap();
+    // The package's own checksum of the file, if it lists them, as a build would have made it.
+    let sums = dir.join("DEBIAN/md5sums");
+    if sums.exists() {
+        let digest = run("md5sum", &[bin.to_str().unwrap()]);
+        let digest = digest.split_whitespace().next().unwrap();
+        let text: String = std::fs::read_to_string(&sums)
+            .unwrap()
+            .lines()
+            .map(|l| match l.split_once("  ") {
+                Some((_, "usr/bin/corral")) => format!("{digest}  usr/bin/corral\n"),
+                _ => format!("{l}\n"),
+            })
+            .collect();
+        std::fs::write(&sums, text).unwrap();
+    }
+    let out = deb.with_extension("stamped.deb");
+    run(
+        "dpkg-deb",
+        &[
+            "--root-owner-group",
+            "-b",
+            dir.to_str().unwrap(),
+            out.to_str().unwrap(),
+        ],
+    );
+    out
+}
+
 /// Whether the package tests can run here: the tools .ci/run installs. Missing ones make the
 /// tests fail under CI=true and skip, with the reason, elsewhere (as the systemd sandbox does).
 fn tools_present() -> bool {
@@ -265,6 +317,7 @@ fn install_upgrade_under_load_and_purge_in_a_booted_systemd() {
     }
     let (deb, _) = build(None);
     let (deb2, _) = build(Some(&format!("{VERSION}+upgrade")));
+    let deb2 = stamp_deb(&deb2, &format!("{VERSION}+upgrade"));
     let Some(sb) = sandbox::boot() else { return };
     sb.install_workers();
     sb.copy_in(&deb, "/var/cache/corral-test/corral.deb", 0o644);
@@ -287,61 +340,94 @@ fn install_upgrade_under_load_and_purge_in_a_booted_systemd() {
     assert_eq!(answer["app"], "demo");
     let old_pid = sb.prop("corral@demo.service", "MainPID");
 
-    // Upgrade under load: the running app moves to the new binary; no connection fails.
+    // Upgrade under load: the running app's supervisor re-executes the new binary in place;
+    // its pid and its workers stay, no request fails, and systemd sees it active on the new
+    // version.
+    let workers = |unit_app: &str| -> Vec<i64> {
+        let s: serde_json::Value =
+            serde_json::from_str(&sb.ok(&format!("corral status {unit_app} --json"))).unwrap();
+        s["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["pid"].as_i64().unwrap())
+            .collect()
+    };
+    // Two more apps whose supervisors cannot be upgraded in place (here, a new image that
+    // fails to take over: corral puts the old one back). One is restarted, named; the other's
+    // config no longer passes `corral check` by the time of the upgrade: it runs on as it is,
+    // named.
+    let fault = format!("[Service]\nEnvironment=CORRAL_TEST_FAIL_TAKE_OVER={VERSION}+upgrade\n");
+    for (app, port) in [("other", "8081"), ("broken", "8082")] {
+        sb.write(
+            &format!("/etc/corral/{app}.toml"),
+            &APP.replace("{worker}", sandbox::WORKER_PY)
+                .replace("8080", port),
+        );
+        sb.write(
+            &format!("/etc/systemd/system/corral@{app}.service.d/fault.conf"),
+            &fault,
+        );
+    }
+    sb.ok("systemctl daemon-reload && systemctl start corral@other.socket corral@other.service corral@broken.socket corral@broken.service");
+    let pid = |app: &str| sb.prop(&format!("corral@{app}.service"), "MainPID");
+    let (other_pid, broken_pid) = (pid("other"), pid("broken"));
+    sb.write(
+        "/etc/corral/broken.toml",
+        "command = [\"x\"]\nworkers = \"lots\"\n",
+    );
+
+    let demo_workers = workers("demo");
     let ns = std::fs::File::open(format!("/proc/{}/ns/net", sb.pid)).unwrap();
     let load = Load::start_in(Some(ns), 8080);
     sb.in_netns(|| http_get(8080, "/")).unwrap();
-    let out = sb.ok("dpkg -i /var/cache/corral-test/corral-upgrade.deb");
+    let out = sb.ok("dpkg -i /var/cache/corral-test/corral-upgrade.deb 2>&1");
     assert!(
-        out.contains("corral: restarting corral@demo.service on the new version"),
+        out.contains(&format!(
+            "corral: corral@demo.service: upgraded in place from corral {VERSION} to \
+             {VERSION}+upgrade"
+        )),
         "{out}"
     );
     sb.in_netns(|| http_get(8080, "/")).unwrap();
     load.finish_without_failures(6);
-    assert_ne!(
+    assert_eq!(
         sb.prop("corral@demo.service", "MainPID"),
         old_pid,
-        "restarted on the new binary"
+        "the supervisor's pid is kept"
+    );
+    assert_eq!(workers("demo"), demo_workers, "every worker is kept");
+    assert_eq!(
+        sb.prop("corral@demo.service", "ActiveState"),
+        "active",
+        "systemd saw RELOADING=1 then READY=1"
+    );
+    let status = sb.ok("systemctl status corral@demo.service --no-pager");
+    assert!(
+        status.contains("active (running)")
+            && status.contains(&format!("corral {VERSION}+upgrade")),
+        "{status}"
     );
     assert_eq!(
         sb.ok("dpkg-query -W -f '${Version}' corral").trim(),
         format!("{VERSION}+upgrade")
     );
 
-    // An app whose config is broken at upgrade time keeps running as it is, and is named;
-    // the others move on (a reinstall runs the same upgrade path).
-    sb.write(
-        "/etc/corral/other.toml",
-        &APP.replace("{worker}", sandbox::WORKER_PY)
-            .replace("8080", "8081"),
-    );
-    sb.ok("systemctl daemon-reload && systemctl start corral@other.socket corral@other.service");
-    let (demo_pid, other_pid) = (
-        sb.prop("corral@demo.service", "MainPID"),
-        sb.prop("corral@other.service", "MainPID"),
-    );
-    sb.write(
-        "/etc/corral/other.toml",
-        "command = [\"x\"]\nworkers = \"lots\"\n",
-    );
-    let out = sb.sh("dpkg -i /var/cache/corral-test/corral-upgrade.deb 2>&1");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}");
     assert!(
-        text.contains("corral: not restarting corral@other.service"),
-        "{text}"
+        out.contains("corral: corral@other.service cannot be upgraded in place (")
+            && out.contains("restarting it on the new version"),
+        "{out}"
     );
-    assert_eq!(
-        sb.prop("corral@other.service", "MainPID"),
-        other_pid,
-        "left running"
+    assert!(
+        out.contains("corral: corral@broken.service cannot be upgraded in place (")
+            && out.contains("and is not restarted"),
+        "{out}"
     );
-    assert_ne!(
-        sb.prop("corral@demo.service", "MainPID"),
-        demo_pid,
-        "the good app restarted"
-    );
+    assert_ne!(pid("other"), other_pid, "restarted");
+    assert_eq!(pid("broken"), broken_pid, "left running, put back");
     sb.in_netns(|| http_get(8081, "/"))
+        .expect("the restarted app serves");
+    sb.in_netns(|| http_get(8082, "/"))
         .expect("the broken-config app still serves");
 
     // Purge: the running app is stopped, and said so; no file of the package is left; the
@@ -351,7 +437,10 @@ fn install_upgrade_under_load_and_purge_in_a_booted_systemd() {
         out.contains("corral: stopping") && out.contains("corral@demo.service"),
         "{out}"
     );
-    assert!(out.contains("left in place: demo.toml other.toml"), "{out}");
+    assert!(
+        out.contains("left in place: broken.toml demo.toml other.toml"),
+        "{out}"
+    );
     assert_eq!(sb.prop("corral@demo.service", "ActiveState"), "inactive");
     let left = sb.sh(
         "ls /usr/bin/corral /usr/lib/systemd/system-generators/corral-generator \
@@ -368,7 +457,7 @@ fn install_upgrade_under_load_and_purge_in_a_booted_systemd() {
         "the package is gone"
     );
     // With the admin's file gone too, a purge leaves no /etc/corral at all.
-    sb.ok("rm /etc/corral/demo.toml /etc/corral/other.toml && dpkg -i /var/cache/corral-test/corral.deb && dpkg --purge corral");
+    sb.ok("rm /etc/corral/demo.toml /etc/corral/other.toml /etc/corral/broken.toml && dpkg -i /var/cache/corral-test/corral.deb && dpkg --purge corral");
     assert!(
         !sb.sh("test -e /etc/corral").status.success(),
         "/etc/corral removed on purge"

@@ -439,7 +439,8 @@ impl Loop {
                 stopped.channel = read.and_then(|(r, unread)| {
                     let unsent = match write {
                         Some((w, unsent)) => {
-                            drop(w);
+                            // Dropped, the half would shut the socket down for writing.
+                            w.forget();
                             unsent
                         }
                         None => Vec::new(),
