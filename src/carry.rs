@@ -10,6 +10,16 @@ use std::collections::{HashMap, HashSet};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 
+/// Set while an image takes over from the one before (until [`Take::commit`]): what it built
+/// so far may be dropped for the previous binary to be put back, and a socket dropped then
+/// must leave its file where it is, for that binary still uses it.
+static ADOPTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether a socket's file must be left alone when it is dropped (see [`ADOPTING`]).
+pub fn adopting() -> bool {
+    ADOPTING.load(std::sync::atomic::Ordering::SeqCst)
+}
+
 /// The copies made for the next image; closed if this is dropped (the exec failed).
 #[derive(Default)]
 pub struct Carry {
@@ -48,6 +58,7 @@ pub struct Take {
 impl Take {
     /// The descriptors the previous image said it carried; fails if one is not open.
     pub fn inherited(given: &[RawFd]) -> io::Result<Take> {
+        ADOPTING.store(true, std::sync::atomic::Ordering::SeqCst);
         let mut held = HashMap::new();
         for &n in given {
             if held.contains_key(&n) {
@@ -97,6 +108,7 @@ impl Take {
     /// Taken over: the originals are closed, those taken live on as their copies.
     pub fn commit(self) {
         drop(self.held);
+        ADOPTING.store(false, std::sync::atomic::Ordering::SeqCst);
     }
 }
 

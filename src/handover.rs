@@ -80,6 +80,9 @@ pub struct State {
     /// The signals blocked before the exec blocked them all: the next image blocks these
     /// again, once it handles its own.
     pub blocked: Vec<i32>,
+    /// Stop and reload signals the previous image took and did not handle: sent again.
+    #[serde(default)]
+    pub signals: Vec<i32>,
     /// SIGHUP was ignored when the first image started (nohup).
     pub hup_ignored: bool,
     /// systemd was told `RELOADING=1`: the next image tells it `READY=1`.
@@ -261,7 +264,8 @@ pub fn read_memfd(fd: &impl AsFd) -> io::Result<Vec<u8>> {
 
 /// Has the binary at `exe` read the state in `memfd` (`corral upgrade-check`), within
 /// [`CHECK_TIMEOUT`]: what it says when it can, or why not.
-pub fn probe(exe: &Path, memfd: &OwnedFd) -> Result<String, String> {
+/// `exe` is what is run (a `/proc/PID/fd/N` of the binary opened once), `shown` its name.
+pub fn probe(exe: &Path, shown: &Path, memfd: &OwnedFd) -> Result<String, String> {
     use std::process::{Command, Stdio};
     let stdin = std::fs::File::from(memfd.try_clone().map_err(|e| e.to_string())?);
     let mut child = Command::new(exe)
@@ -272,7 +276,7 @@ pub fn probe(exe: &Path, memfd: &OwnedFd) -> Result<String, String> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("cannot run {}: {e}", exe.display()))?;
+        .map_err(|e| format!("cannot run {}: {e}", shown.display()))?;
     let deadline = Instant::now() + CHECK_TIMEOUT;
     let status = loop {
         match child.try_wait() {
@@ -283,11 +287,11 @@ pub fn probe(exe: &Path, memfd: &OwnedFd) -> Result<String, String> {
                 let _ = child.wait();
                 return Err(format!(
                     "{} did not read the state within {}s",
-                    exe.display(),
+                    shown.display(),
                     CHECK_TIMEOUT.as_secs()
                 ));
             }
-            Err(e) => return Err(format!("cannot wait for {}: {e}", exe.display())),
+            Err(e) => return Err(format!("cannot wait for {}: {e}", shown.display())),
         }
     };
     let said = |r: Option<std::process::ChildStdout>, e: Option<std::process::ChildStderr>| {
@@ -304,7 +308,7 @@ pub fn probe(exe: &Path, memfd: &OwnedFd) -> Result<String, String> {
     if status.success() {
         Ok(text)
     } else if text.is_empty() {
-        Err(format!("{} {status}", exe.display()))
+        Err(format!("{} {status}", shown.display()))
     } else {
         Err(text)
     }

@@ -50,6 +50,10 @@ impl std::os::fd::AsFd for ListenSocket {
 
 impl Drop for ListenSocket {
     fn drop(&mut self) {
+        // Not while taking over from an earlier image: that one may be put back, and uses it.
+        if crate::carry::adopting() {
+            return;
+        }
         if let Some((path, dev, ino)) = &self.unix_path {
             if let Ok(m) = std::fs::symlink_metadata(path) {
                 if m.dev() == *dev && m.ino() == *ino {

@@ -138,11 +138,13 @@ fn dispatch(cmd: Cmd) -> Result<i32, Error> {
             }
             remote(&path, Command::Restart { worker, agent }, "restarted", None)
         }
+        // Bounded: the new binary's check takes 10 s at most, the exec and take-over
+        // milliseconds; a new image that hangs is not waited for past this.
         Cmd::Upgrade { app, control } => remote(
             &control_path(&app, control),
             Command::Upgrade,
             "upgraded",
-            None,
+            Some(std::time::Duration::from_secs(60)),
         ),
         Cmd::UpgradeCheck => {
             use std::io::Read;

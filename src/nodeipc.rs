@@ -82,6 +82,8 @@ pub fn writer(
             let line = match pending.pop_front() {
                 Some(l) => l,
                 None => tokio::select! {
+                    // A line queued before the stop is written (or handed on) first.
+                    biased;
                     l = rx.recv() => match l {
                         Some(l) => l,
                         None => return None,

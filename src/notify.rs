@@ -219,7 +219,10 @@ impl NotifySocket {
 
 impl Drop for NotifySocket {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        // Not while taking over from an earlier image: that one may be put back, and uses it.
+        if !crate::carry::adopting() {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 

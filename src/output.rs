@@ -194,7 +194,11 @@ impl Output {
         let s = shared.clone();
         std::thread::Builder::new()
             .name("corral-output".into())
-            .spawn(move || writer(s, sink))
+            .spawn(move || {
+                // Signals are the event loop's, on the main thread (signals.rs).
+                crate::signals::block_in_this_thread();
+                writer(s, sink)
+            })
             .expect("spawn the output thread");
         Output {
             inner: Arc::new(Closer(shared)),

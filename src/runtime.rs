@@ -125,6 +125,7 @@ pub fn run(opts: RunOptions) -> Result<i32, Error> {
     }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .on_thread_start(crate::signals::block_in_this_thread)
         .build()
         .map_err(|e| Error::io("cannot start the event loop", e))?;
     // Workers are forked from this thread, the one block_on runs on for the process's whole
@@ -529,7 +530,18 @@ impl Loop {
                 // nginx's and einhorn's signal for a new binary (corral(1), SIGNALS).
                 _ = usr2.recv() => {
                     info!("SIGUSR2: upgrading in place");
-                    self.upgrade(None, &mut from_control, &mut ipc_noted, &mut ipc_bused).await;
+                    let queues = upgrade::Queues {
+                        control: &mut from_control,
+                        notes: &mut ipc_noted,
+                        bus: &mut ipc_bused,
+                    };
+                    let stops = crate::signals::Stops {
+                        term: &mut *term,
+                        int: &mut *int,
+                        quit: &mut *quit,
+                        hup: &mut signals.hup,
+                    };
+                    self.upgrade(None, queues, stops).await;
                 }
                 ready = notify_io.readable() => {
                     ready.map_err(|e| Error::io("notify socket", e))?;
@@ -562,9 +574,18 @@ impl Loop {
                 }
                 Some(incoming) = from_control.recv() => {
                     if incoming.command == Command::Upgrade {
-                        let reply = Some(incoming.reply);
-                        self.upgrade(reply, &mut from_control, &mut ipc_noted, &mut ipc_bused)
-                            .await;
+                        let queues = upgrade::Queues {
+                            control: &mut from_control,
+                            notes: &mut ipc_noted,
+                            bus: &mut ipc_bused,
+                        };
+                        let stops = crate::signals::Stops {
+                            term: &mut *term,
+                            int: &mut *int,
+                            quit: &mut *quit,
+                            hup: &mut signals.hup,
+                        };
+                        self.upgrade(Some(incoming.reply), queues, stops).await;
                     } else {
                         self.control(incoming);
                     }

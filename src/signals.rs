@@ -90,8 +90,54 @@ pub fn reserved() -> std::ops::Range<libc::c_int> {
     KERNEL_SIGRTMIN..libc::SIGRTMIN()
 }
 
+/// Blocks every signal in the calling thread, for good: corral's other threads (the output
+/// writer, the blocking pool) never take a signal, so that every one goes to the event loop's
+/// thread. There, an upgrade in place blocks them too, and what comes meanwhile waits, pending,
+/// for the next image (runtime/upgrade.rs) instead of being taken by a handler on another
+/// thread and lost with it at the exec.
+pub fn block_in_this_thread() {
+    let _ = nix::sys::signal::pthread_sigmask(
+        nix::sys::signal::SigmaskHow::SIG_BLOCK,
+        Some(&nix::sys::signal::SigSet::all()),
+        None,
+    );
+}
+
+/// The streams of the stop and reload signals, for an upgrade in place to empty.
+pub struct Stops<'a> {
+    pub term: &'a mut Signal,
+    pub int: &'a mut Signal,
+    pub quit: &'a mut Signal,
+    pub hup: &'a mut Signal,
+}
+
+impl Stops<'_> {
+    /// The signals taken and not yet handled (an upgrade in place hands them on), by number;
+    /// waits for nothing.
+    pub async fn drain(self) -> Vec<i32> {
+        let mut out = Vec::new();
+        for (n, s) in [
+            (libc::SIGTERM, self.term),
+            (libc::SIGINT, self.int),
+            (libc::SIGQUIT, self.quit),
+            (libc::SIGHUP, self.hup),
+        ] {
+            while let Ok(Some(())) = tokio::time::timeout(std::time::Duration::ZERO, s.recv()).await
+            {
+                out.push(n);
+            }
+        }
+        out
+    }
+}
+
 impl Signals {
     pub fn install() -> io::Result<Signals> {
+        if let Err(e) = crate::spawn::deep_signal_stack() {
+            tracing::warn!(
+                "cannot make the signal stack deeper ({e}): a burst of signals may end corral"
+            );
+        }
         // Read before corral's own SIGHUP handler replaces the disposition it was started with.
         let hup_ignored_at_start = crate::procfs::own_ignored_signals()
             .is_some_and(|mask| mask >> (libc::SIGHUP - 1) & 1 == 1);

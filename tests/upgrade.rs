@@ -323,6 +323,14 @@ fn a_new_image_that_fails_to_take_over_puts_the_previous_one_back() {
     assert!(after["upgraded"].is_null(), "no upgrade counted: {after}");
     assert_eq!(c.pids("ready"), workers);
     assert_eq!(after["restarts"], 0);
+    // The sockets' files are still there: a new worker says READY=1 on the notify socket.
+    let out = c.ctl(&["restart", "demo", "--worker", "0"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let workers = c.pids("ready");
 
     // And the next good binary upgrades it.
     install(&exe, &stamped("6.6.7-fixed"), 0o755);

@@ -22,8 +22,8 @@
 //! on, and `corral upgrade` says why the new one could not.
 
 use std::ffi::CString;
-use std::os::fd::{AsFd, OwnedFd};
-use std::path::PathBuf;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use nix::sys::signal::{SigSet, SigmaskHow};
@@ -122,13 +122,7 @@ impl Resume {
     /// built.
     pub fn check(&mut self) -> Result<(), String> {
         self.take = Some(Take::inherited(&self.state.carried).map_err(|e| e.to_string())?);
-        // A fault to inject, for the tests of putting the previous binary back: an image of
-        // this version fails here, having taken the descriptors, as a real failure would.
-        if std::env::var("CORRAL_TEST_FAIL_TAKE_OVER").ok().as_deref()
-            == Some(crate::version::get())
-        {
-            return Err("failing as CORRAL_TEST_FAIL_TAKE_OVER asks".into());
-        }
+
         self.machine = Some(self.state.machine()?);
         Ok(())
     }
@@ -158,6 +152,15 @@ impl Resume {
         .map_err(|e| format!("notify socket: {e}"))?;
         let bus_saved = std::mem::replace(&mut s.bus, crate::bus::Saved::empty());
         let bus = crate::bus::Router::restore(bus_saved, take).map_err(|e| format!("bus: {e}"))?;
+        // A fault to inject, for the tests of putting the previous binary back: an image of
+        // this version fails here, having taken over the sockets, which are dropped with the
+        // failure, as a real one would.
+        if std::env::var("CORRAL_TEST_FAIL_TAKE_OVER").ok().as_deref()
+            == Some(crate::version::get())
+        {
+            drop((notify, bus, pool));
+            return Err("failing as CORRAL_TEST_FAIL_TAKE_OVER asks".into());
+        }
         let keeper = match s.keeper {
             Some((pid, fd)) => Some(crate::keeper::Keeper::adopt(
                 take.fd(fd).map_err(|e| format!("keeper: {e}"))?,
@@ -229,9 +232,8 @@ impl Loop {
     pub(super) async fn upgrade(
         &mut self,
         reply: Option<Reply>,
-        from_control: &mut mpsc::Receiver<Incoming>,
-        ipc_noted: &mut mpsc::Receiver<(i32, Notification)>,
-        ipc_bused: &mut mpsc::Receiver<(i32, Vec<u8>)>,
+        queues: Queues<'_>,
+        signals: crate::signals::Stops<'_>,
     ) {
         let began = Instant::now();
         let refuse = |reply: Option<Reply>, why: String| {
@@ -247,18 +249,43 @@ impl Loop {
         if self.exit.is_some() || self.machine.stopping() {
             return refuse(reply, "corral is stopping".into());
         }
-        // 1. The new binary reads a state of this shape, or nothing happens.
-        let checked = self
-            .save(&mut Carry::default(), &[], None, Vec::new(), Vec::new())
-            .map_err(|e| format!("cannot write the state: {e}"))
-            .and_then(|s| to_memfd(&s))
-            .and_then(|fd| handover::probe(&self.exe, &fd));
-        let said = match checked {
-            Ok(said) => said,
-            Err(why) => return refuse(reply, why),
+        // From here, a signal waits, pending, for whichever image comes out of this (the
+        // other threads block them all: signals.rs).
+        let mut mask = SigSet::empty();
+        let _ = nix::sys::signal::sigprocmask(
+            SigmaskHow::SIG_SETMASK,
+            Some(&SigSet::all()),
+            Some(&mut mask),
+        );
+        if let Err(e) = crate::spawn::block_reserved_signals() {
+            tracing::debug!("cannot block signals 32 and 33: {e}");
+        }
+        let unblock = |mask: &SigSet| {
+            let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(mask), None);
         };
-        info!("upgrading in place to {}: {said}", self.exe.display());
+        // 1. The new binary reads a state of this shape, or nothing happens. It is opened
+        // once: what was checked is what is executed, whatever replaces the file meanwhile.
+        let exe = match std::fs::File::open(&self.exe) {
+            Ok(f) => OwnedFd::from(f),
+            Err(e) => {
+                unblock(&mask);
+                return refuse(reply, format!("cannot run {}: {e}", self.exe.display()));
+            }
+        };
+        let checked = match self.check_state(&exe).await {
+            Ok(said) => said,
+            Err(why) => {
+                unblock(&mask);
+                return refuse(reply, why);
+            }
+        };
+        info!("upgrading in place to {}: {checked}", self.exe.display());
         // 2. What is queued is answered here, what is waiting goes across.
+        let Queues {
+            control: from_control,
+            notes: ipc_noted,
+            bus: ipc_bused,
+        } = queues;
         while let Ok(incoming) = from_control.try_recv() {
             if incoming.command == crate::control::Command::Upgrade {
                 incoming
@@ -271,6 +298,15 @@ impl Loop {
         let request = reply.map(|r| self.request(r));
         self.handing.send_replace(true);
         let workers = self.stop_tasks().await;
+        // What came while the tasks stopped: a status is answered, anything else asked again.
+        while let Ok(incoming) = from_control.try_recv() {
+            match incoming.command {
+                crate::control::Command::Status => self.control(incoming),
+                _ => incoming.reply.send(Response::err(
+                    "corral is upgrading in place: ask again in a moment",
+                )),
+            }
+        }
         let mut notes = Vec::new();
         while let Ok((pid, n)) = ipc_noted.try_recv() {
             notes.push((pid, handover::Note::from(&n)));
@@ -279,38 +315,46 @@ impl Loop {
         while let Ok(line) = ipc_bused.try_recv() {
             bus_lines.push(line);
         }
+        // The answers just given are written by their connections' tasks, and a signal taken
+        // before the block reaches its stream.
+        for _ in 0..3 {
+            tokio::task::yield_now().await;
+        }
+        let taken = signals.drain().await;
         // 3. The state, with its descriptors carried.
         let mut carry = Carry::default();
         let idle = self.machine.systemd_idle();
-        let state = self
-            .save(
-                &mut carry,
-                &workers,
-                request,
-                notes.clone(),
-                bus_lines.clone(),
-            )
-            .map_err(|e| format!("cannot write the state: {e}"));
-        let (memfd, fallback) = match state.and_then(|s| to_memfd(&s)) {
-            Ok(fd) => {
-                // The previous binary, to put back: /proc/self/exe opens it even once the
-                // package has replaced the file.
-                let fallback = std::fs::File::open("/proc/self/exe")
-                    .map(OwnedFd::from)
-                    .and_then(|f| carry.fd(&f));
-                (carry.fd(&fd), fallback.ok())
-            }
-            Err(e) => (Err(std::io::Error::other(e)), None),
+        let saved = Handed {
+            workers: &workers,
+            upgrade: request,
+            notes: notes.clone(),
+            bus_lines: bus_lines.clone(),
+            blocked: mask.iter().map(|s| s as i32).collect(),
+            signals: taken.clone(),
         };
+        let state = self
+            .save(&mut carry, saved)
+            .map_err(|e| format!("cannot write the state: {e}"));
+        let memfd = state.and_then(|s| to_memfd(&s)).and_then(|fd| {
+            carry
+                .fd(&fd)
+                .map_err(|e| format!("cannot write the state: {e}"))
+        });
         let memfd = match memfd {
             Ok(n) => n,
-            Err(e) => {
+            Err(why) => {
                 drop(carry);
-                self.go_on(workers, notes, bus_lines);
-                return self.answer(request, Err(format!("cannot write the state: {e}")));
+                self.go_on(workers, notes, bus_lines, &taken, &mask);
+                return self.answer(request, Err(why));
             }
         };
-        // 4. systemd sees a reload; the signals wait; exec.
+        // The previous binary, to put back: /proc/self/exe opens it even once the package has
+        // replaced the file.
+        let fallback = std::fs::File::open("/proc/self/exe")
+            .map(OwnedFd::from)
+            .and_then(|f| carry.fd(&f))
+            .ok();
+        // 4. systemd sees a reload; exec.
         if idle {
             self.sd_send(&reloading());
             self.sd_send("STATUS=upgrading in place");
@@ -326,22 +370,38 @@ impl Loop {
             began.elapsed().as_millis()
         );
         self.output.flush(Duration::from_secs(2));
-        let mut old = SigSet::empty();
-        let _ = nix::sys::signal::sigprocmask(
-            SigmaskHow::SIG_SETMASK,
-            Some(&SigSet::all()),
-            Some(&mut old),
-        );
-        let e = handover::exec(&self.exe, &argv, &env);
+        self.sd_send("WATCHDOG=1");
+        let e = handover::exec_fd(&exe, &argv, &env);
         // Still here: the exec failed, and this image goes on as it was.
-        let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
         let why = format!("cannot execute {}: {e}", self.exe.display());
         drop(carry);
-        self.go_on(workers, notes, bus_lines);
+        self.go_on(workers, notes, bus_lines, &taken, &mask);
         if idle {
             self.sd_send("READY=1");
         }
         self.answer(request, Err(why));
+    }
+
+    /// Has the new binary (open at `exe`) read a state of this shape, the loop's tasks running
+    /// meanwhile and systemd's watchdog fed.
+    async fn check_state(&mut self, exe: &OwnedFd) -> Result<String, String> {
+        // The copies made for it are closed before the check runs: it inherits none of them.
+        let bytes = self
+            .save(&mut Carry::default(), Handed::default())
+            .map_err(|e| format!("cannot write the state: {e}"))?;
+        let memfd = to_memfd(&bytes)?;
+        let path = format!("/proc/{}/fd/{}", std::process::id(), exe.as_raw_fd());
+        let shown = self.exe.clone();
+        let mut check =
+            tokio::task::spawn_blocking(move || handover::probe(Path::new(&path), &shown, &memfd));
+        loop {
+            tokio::select! {
+                done = &mut check => {
+                    return done.map_err(|e| format!("the check did not run: {e}"))?;
+                }
+                _ = tokio::time::sleep(Duration::from_secs(1)) => self.sd_send("WATCHDOG=1"),
+            }
+        }
     }
 
     /// The upgrade did not happen: the tasks start again on what they gave back, and what was
@@ -351,7 +411,12 @@ impl Loop {
         workers: Vec<(WorkerId, Stopped)>,
         notes: Vec<(i32, handover::Note)>,
         bus_lines: Vec<(i32, Vec<u8>)>,
+        signals: &[i32],
+        mask: &SigSet,
     ) {
+        // The signals taken meanwhile come again, and those pending are delivered.
+        raise(signals);
+        let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(mask), None);
         self.handing.send_replace(false);
         for (id, s) in workers {
             let (Some(pid), Some(seat), Some(generation)) = (
@@ -457,14 +522,15 @@ impl Loop {
 
     /// The state for the next image; `workers`: what their stopped tasks gave back (none for
     /// the state the new binary checks first).
-    fn save(
-        &mut self,
-        carry: &mut Carry,
-        workers: &[(WorkerId, Stopped)],
-        upgrade: Option<RequestId>,
-        notes: Vec<(i32, handover::Note)>,
-        bus_lines: Vec<(i32, Vec<u8>)>,
-    ) -> std::io::Result<Vec<u8>> {
+    fn save(&mut self, carry: &mut Carry, handed: Handed<'_>) -> std::io::Result<Vec<u8>> {
+        let Handed {
+            workers,
+            upgrade,
+            notes,
+            bus_lines,
+            blocked,
+            signals,
+        } = handed;
         let now = Instant::now();
         let saved_at = handover::monotonic_us();
         let machine = String::from_utf8(self.machine.save(now)).map_err(std::io::Error::other)?;
@@ -540,7 +606,8 @@ impl Loop {
             exe: self.exe.clone(),
             argv: self.argv.clone(),
             own_env: self.own_env.clone(),
-            blocked: blocked_now(),
+            blocked,
+            signals,
             hup_ignored: self.nohup,
             reloading_sent: self.machine.systemd_idle(),
             carried: carry.numbers(),
@@ -594,11 +661,33 @@ fn to_memfd(bytes: &[u8]) -> Result<OwnedFd, String> {
     handover::to_memfd(bytes).map_err(|e| format!("cannot write the state: {e}"))
 }
 
-/// The signals blocked now, which the next image blocks again once it handles its own.
-fn blocked_now() -> Vec<i32> {
-    let mut now = SigSet::empty();
-    let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, None, Some(&mut now));
-    now.iter().map(|s| s as i32).collect()
+/// What the state holds besides what the loop knows: each worker's stopped tasks' descriptors
+/// and bytes, the request that asked, what the Node.js channels' readers had queued, the
+/// signal mask from before the upgrade, and the signals taken during it.
+#[derive(Default)]
+struct Handed<'a> {
+    workers: &'a [(WorkerId, Stopped)],
+    upgrade: Option<RequestId>,
+    notes: Vec<(i32, handover::Note)>,
+    bus_lines: Vec<(i32, Vec<u8>)>,
+    blocked: Vec<i32>,
+    signals: Vec<i32>,
+}
+
+/// The loop's queues an upgrade empties.
+pub(super) struct Queues<'a> {
+    pub control: &'a mut mpsc::Receiver<Incoming>,
+    pub notes: &'a mut mpsc::Receiver<(i32, Notification)>,
+    pub bus: &'a mut mpsc::Receiver<(i32, Vec<u8>)>,
+}
+
+/// Sends this process `signals` again: they wait, pending, until the mask lets them through.
+fn raise(signals: &[i32]) {
+    for &n in signals {
+        if let Ok(s) = nix::sys::signal::Signal::try_from(n) {
+            let _ = nix::sys::signal::kill(nix::unistd::getpid(), s);
+        }
+    }
 }
 
 /// systemd.service(5), Type=notify-reload: RELOADING=1 with the time it began.
@@ -678,7 +767,9 @@ impl Loop {
             "STATUS=corral {} (upgraded in place from {from})",
             crate::version::get()
         ));
-        // Signals sent meanwhile wait, blocked: now that they are handled, they come.
+        // Signals sent meanwhile wait, blocked, with those the previous image had taken: now
+        // that they are handled, they come.
+        raise(&state.signals);
         let mut mask = SigSet::empty();
         for n in &state.blocked {
             if let Ok(s) = nix::sys::signal::Signal::try_from(*n) {
