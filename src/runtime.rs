@@ -472,6 +472,8 @@ impl Loop {
                     None => std::future::pending().await,
                 }
             };
+            // Asked for in this turn, by SIGUSR2 (None) or a request (its reply).
+            let mut upgrade: Option<Option<Reply>> = None;
             tokio::select! {
                 _ = signals.chld.recv() => {
                     self.drain_notify();
@@ -530,18 +532,7 @@ impl Loop {
                 // nginx's and einhorn's signal for a new binary (corral(1), SIGNALS).
                 _ = usr2.recv() => {
                     info!("SIGUSR2: upgrading in place");
-                    let queues = upgrade::Queues {
-                        control: &mut from_control,
-                        notes: &mut ipc_noted,
-                        bus: &mut ipc_bused,
-                    };
-                    let stops = crate::signals::Stops {
-                        term: &mut *term,
-                        int: &mut *int,
-                        quit: &mut *quit,
-                        hup: &mut signals.hup,
-                    };
-                    self.upgrade(None, queues, stops).await;
+                    upgrade = Some(None);
                 }
                 ready = notify_io.readable() => {
                     ready.map_err(|e| Error::io("notify socket", e))?;
@@ -574,18 +565,7 @@ impl Loop {
                 }
                 Some(incoming) = from_control.recv() => {
                     if incoming.command == Command::Upgrade {
-                        let queues = upgrade::Queues {
-                            control: &mut from_control,
-                            notes: &mut ipc_noted,
-                            bus: &mut ipc_bused,
-                        };
-                        let stops = crate::signals::Stops {
-                            term: &mut *term,
-                            int: &mut *int,
-                            quit: &mut *quit,
-                            hup: &mut signals.hup,
-                        };
-                        self.upgrade(Some(incoming.reply), queues, stops).await;
+                        upgrade = Some(Some(incoming.reply));
                     } else {
                         self.control(incoming);
                     }
@@ -610,6 +590,20 @@ impl Loop {
                         warn!("{said}");
                     }
                 }
+            }
+            if let Some(reply) = upgrade {
+                let queues = upgrade::Queues {
+                    control: &mut from_control,
+                    notes: &mut ipc_noted,
+                    bus: &mut ipc_bused,
+                };
+                let stops = crate::signals::Stops {
+                    term: &mut *term,
+                    int: &mut *int,
+                    quit: &mut *quit,
+                    hup: &mut signals.hup,
+                };
+                self.upgrade(reply, queues, stops).await;
             }
         }
     }
@@ -1067,11 +1061,7 @@ impl Loop {
             (release(e.to_string()), cannot_execute)
         })?;
         drop((out_w, err_w));
-        let inodes = if g.config.readiness.mode == ReadinessMode::Listen {
-            crate::probe::inodes_of(sockets.iter().map(|s| &**s))
-        } else {
-            Default::default()
-        };
+        let inodes = listen_inodes(&g.config, &sockets);
         let channel = channel.map(|(theirs, read, write)| {
             drop(theirs);
             (read, write, Vec::new(), Vec::new())
@@ -1532,6 +1522,18 @@ impl Loop {
         );
         info!("{msg}");
         Response::ok(msg)
+    }
+}
+
+/// The inodes of a worker's listening sockets, which readiness mode `listen` looks for.
+fn listen_inodes(
+    config: &Config,
+    sockets: &[std::rc::Rc<listen::ListenSocket>],
+) -> std::collections::HashSet<u64> {
+    if config.readiness.mode == ReadinessMode::Listen {
+        crate::probe::inodes_of(sockets.iter().map(|s| &**s))
+    } else {
+        Default::default()
     }
 }
 

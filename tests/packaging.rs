@@ -68,8 +68,7 @@ fn build(version: Option<&str>) -> (PathBuf, PathBuf) {
     (deb, rpm)
 }
 
-/// The package `deb` with its binary stamped with `version` (src/version.rs): the "newer"
-/// corral an upgrade moves to says it is that version, as a new build would.
+/// The package `deb` with its binary stamped with `version` (`common::stamped`).
 fn stamp_deb(deb: &Path, version: &str) -> PathBuf {
     let dir = deb.with_extension("stamped");
     let _ = std::fs::remove_dir_all(&dir);
@@ -78,19 +77,7 @@ fn stamp_deb(deb: &Path, version: &str) -> PathBuf {
         &["-R", deb.to_str().unwrap(), dir.to_str().unwrap()],
     );
     let bin = dir.join("usr/bin/corral");
-    let mut bytes = std::fs::read(&bin).unwrap();
-    let mark = b"corral-build-version:";
-    let at = bytes
-        .windows(mark.len())
-        .position(|w| w == mark)
-        .expect("the binary carries its version stamp")
-        + mark.len();
-    let end = at + bytes[at..].iter().position(|&b| b == 0).unwrap();
-    let room = end - at + bytes[end..].iter().take_while(|&&b| b == 0).count();
-    assert!(version.len() < room, "the version fits the stamp");
-    for (i, b) in bytes[at..at + room].iter_mut().enumerate() {
-        *b = version.as_bytes().get(i).copied().unwrap_or(0);
-    }
+    let bytes = common::stamped(std::fs::read(&bin).unwrap(), version);
     std::fs::write(&bin, &bytes).unwrap();
     // The package's own checksum of the file, if it lists them, as a build would have made it.
     let sums = dir.join("DEBIAN/md5sums");

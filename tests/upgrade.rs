@@ -42,31 +42,24 @@ delay = "50ms"
 
 /// The build's bytes with its version stamp changed to `version`.
 fn stamped(version: &str) -> Vec<u8> {
-    let mut bytes = std::fs::read(CORRAL).unwrap();
-    let mark = b"corral-build-version:";
-    let at = bytes
-        .windows(mark.len())
-        .position(|w| w == mark)
-        .expect("the binary carries its version stamp")
-        + mark.len();
-    let room = bytes[at..].iter().position(|&b| b == 0).unwrap()
-        + bytes[at..]
-            .iter()
-            .skip_while(|&&b| b != 0)
-            .take_while(|&&b| b == 0)
-            .count();
-    assert!(version.len() < room, "the version fits the stamp");
-    for (i, b) in bytes[at..at + room].iter_mut().enumerate() {
-        *b = version.as_bytes().get(i).copied().unwrap_or(0);
-    }
-    bytes
+    common::stamped(std::fs::read(CORRAL).unwrap(), version)
 }
 
 /// Installs `bytes` at `path` as a package manager does: a new file renamed over the old one
 /// (the running binary's file stays, unlinked).
 fn install(path: &Path, bytes: &[u8], mode: u32) {
     let new = path.with_extension("new");
-    std::fs::write(&new, bytes).unwrap();
+    // Written by a child of its own: a file open for writing cannot be executed (ETXTBSY), and
+    // a process the test's other threads fork meanwhile would hold this process's descriptor
+    // until its own exec.
+    let mut cat = Command::new("sh")
+        .args(["-c", "cat > \"$1\"", "sh"])
+        .arg(&new)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut cat.stdin.take().unwrap(), bytes).unwrap();
+    assert!(cat.wait().unwrap().success());
     std::fs::set_permissions(&new, std::fs::Permissions::from_mode(mode)).unwrap();
     std::fs::rename(&new, path).unwrap();
 }

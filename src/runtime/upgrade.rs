@@ -822,11 +822,7 @@ impl Loop {
                 Seat::Slot(_) => &g.workers,
                 Seat::Agent => g.agent.as_ref().unwrap_or(&g.workers),
             };
-            let inodes = if launch.config.readiness.mode == crate::config::ReadinessMode::Listen {
-                crate::probe::inodes_of(listeners.sockets_of(id).iter().map(|s| &**s))
-            } else {
-                Default::default()
-            };
+            let inodes = super::listen_inodes(&launch.config, &listeners.sockets_of(id));
             self.worker_io.insert(
                 id,
                 WorkerIo {

@@ -18,6 +18,24 @@ use serde_json::Value;
 
 pub const CORRAL: &str = env!("CARGO_BIN_EXE_corral");
 
+/// A corral binary's bytes with its version stamp (src/version.rs) changed to `version`: the
+/// "newer" corral the upgrade tests move to says it is that version, as a new build would.
+pub fn stamped(mut bytes: Vec<u8>, version: &str) -> Vec<u8> {
+    let mark = b"corral-build-version:";
+    let at = bytes
+        .windows(mark.len())
+        .position(|w| w == mark)
+        .expect("the binary carries its version stamp")
+        + mark.len();
+    let end = at + bytes[at..].iter().position(|&b| b == 0).unwrap();
+    let room = end - at + bytes[end..].iter().take_while(|&&b| b == 0).count();
+    assert!(version.len() < room, "the version fits the stamp");
+    for (i, b) in bytes[at..at + room].iter_mut().enumerate() {
+        *b = version.as_bytes().get(i).copied().unwrap_or(0);
+    }
+    bytes
+}
+
 pub fn worker_py() -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/worker.py")
