@@ -522,10 +522,25 @@ fn line(r: &Response) -> String {
 
 /// Accepts connections forever, handing each request to the event loop. It never waits on a
 /// client: one too many is answered without waiting and closed.
-pub async fn serve(listener: UnixListener, to_loop: mpsc::Sender<Incoming>) {
+///
+/// While `handing` is set (an upgrade in place), it accepts nothing: new connections wait in
+/// the socket's queue for the next image, which answers them.
+pub async fn serve(
+    listener: UnixListener,
+    to_loop: mpsc::Sender<Incoming>,
+    mut handing: tokio::sync::watch::Receiver<bool>,
+) {
     let all = Arc::new(Mutex::new(Connections::default()));
     loop {
-        match listener.accept().await {
+        let upgrading = *handing.borrow();
+        if upgrading && handing.wait_for(|&h| !h).await.is_err() {
+            return;
+        }
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            Ok(_) = handing.wait_for(|&h| h) => continue,
+        };
+        match accepted {
             Ok((stream, _)) => match admit(&all) {
                 Some((slot, closed, evicted)) => {
                     tokio::spawn(connection(stream, to_loop.clone(), slot, closed));
@@ -786,11 +801,40 @@ pub fn request(
 }
 
 /// [`request`], handing each progress line of a long operation to `progress` as it comes.
+///
+/// A connection closed without a line of answer was not served: a supervisor that upgraded in
+/// place meanwhile (runtime/upgrade.rs) closes those it had not read at its exec, and hands on
+/// every request it took. A `status`, which changes nothing, is asked once more then; the
+/// new image answers it. Any other command says so, for the operator to look and ask again.
 pub fn request_with_progress(
     path: &Path,
     command: Command,
     timeout: Option<Duration>,
     mut progress: impl FnMut(&str),
+) -> Result<Response, Error> {
+    let again = command == Command::Status;
+    match request_once(path, command.clone(), timeout, &mut progress) {
+        Err(Error::Protocol(e)) if e.ends_with(UNANSWERED) => {
+            if again {
+                request_once(path, command, timeout, &mut progress)
+            } else {
+                Err(Error::Protocol(format!(
+                    "{e}: it did not take the request (it may have been upgrading in place);                      see `corral status` and ask again"
+                )))
+            }
+        }
+        other => other,
+    }
+}
+
+/// How a connection closed without an answer is reported.
+const UNANSWERED: &str = "closed the connection without an answer";
+
+fn request_once(
+    path: &Path,
+    command: Command,
+    timeout: Option<Duration>,
+    progress: &mut impl FnMut(&str),
 ) -> Result<Response, Error> {
     let trusted = trusted_uids(path)?;
     let stream = StdStream::connect(path).map_err(|e| match e.kind() {
@@ -832,10 +876,7 @@ pub fn request_with_progress(
             _ => Error::io(format!("cannot read from {}", path.display()), e),
         })?;
         if line.is_empty() {
-            return Err(Error::Protocol(format!(
-                "{} closed the connection without an answer",
-                path.display()
-            )));
+            return Err(Error::Protocol(format!("{} {UNANSWERED}", path.display())));
         }
         let value: serde_json::Value = serde_json::from_str(&line).map_err(|e| {
             Error::Protocol(format!(
@@ -939,7 +980,8 @@ mod tests {
         let path = dir.join("t.sock");
         let (_server, listener) = Server::bind(&path).unwrap();
         let (to_loop, mut incoming) = mpsc::channel(256);
-        tokio::spawn(serve(listener, to_loop));
+        let (_handing, not_handing) = tokio::sync::watch::channel(false);
+        tokio::spawn(serve(listener, to_loop, not_handing));
         let request = b"{\"version\":1,\"command\":\"status\"}\n";
         let first_line = |s: UnixStream| async move {
             let mut line = String::new();

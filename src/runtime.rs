@@ -443,7 +443,7 @@ impl Loop {
             .try_clone_std()
             .and_then(tokio::net::UnixDatagram::from_std)
             .map_err(|e| Error::io("bus socket", e))?;
-        tokio::spawn(control::serve(control, to_loop));
+        tokio::spawn(control::serve(control, to_loop, self.handing.subscribe()));
 
         match begin {
             Begin::Fresh { config, listeners } => self.start_fresh(*config, listeners)?,
