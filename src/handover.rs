@@ -356,6 +356,14 @@ pub fn exec(exe: &Path, argv: &[CString], env: &[CString]) -> io::Error {
     }
 }
 
+/// Whether the file at `path` is a script (`#!`): read as far as it can be.
+pub fn is_script(path: &Path) -> bool {
+    let mut head = [0u8; 2];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .is_ok_and(|()| &head == b"#!")
+}
+
 /// Puts back the binary open at `fd` (the previous image's); returns only if that fails.
 pub fn exec_fd(fd: &impl AsFd, argv: &[CString], env: &[CString]) -> io::Error {
     match nix::unistd::fexecve(fd, argv, env) {

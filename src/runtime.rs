@@ -114,20 +114,24 @@ pub fn run(opts: RunOptions) -> Result<i32, Error> {
     // Absolute: the notify socket and the Node.js preload are beside it, and workers that run
     // elsewhere (`directory`) find them by this path.
     let control_path = std::path::absolute(&control_path).unwrap_or(control_path);
-    let devnull: OwnedFd = std::fs::File::open("/dev/null")
-        .map_err(|e| Error::io("cannot open /dev/null", e))?
-        .into();
+    let devnull: OwnedFd = match std::fs::File::open("/dev/null") {
+        Ok(f) => f.into(),
+        Err(e) => return Err(failed(resume, Error::io("cannot open /dev/null", e))),
+    };
     // Orphans of a worker's tree (a process whose parent exited) are reparented here rather
     // than to init (prctl(2), PR_SET_CHILD_SUBREAPER): corral reaps them, and kills what is
     // left when it exits.
     if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
         warn!("cannot become a child subreaper: {e}");
     }
-    let rt = tokio::runtime::Builder::new_current_thread()
+    let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .on_thread_start(crate::signals::block_in_this_thread)
         .build()
-        .map_err(|e| Error::io("cannot start the event loop", e))?;
+    {
+        Ok(rt) => rt,
+        Err(e) => return Err(failed(resume, Error::io("cannot start the event loop", e))),
+    };
     // Workers are forked from this thread, the one block_on runs on for the process's whole
     // life: PR_SET_PDEATHSIG fires when the *thread* that forked exits (prctl(2)). An upgrade
     // in place execs from it too: exec is not an exit, and the workers stay.
@@ -219,6 +223,15 @@ pub fn run(opts: RunOptions) -> Result<i32, Error> {
     // outcome is of no use any more, and the thread goes with the process.
     rt.shutdown_timeout(ABANDON_LOAD_AFTER);
     code
+}
+
+/// `e` ended the start; an image started by an upgrade in place puts the previous one back
+/// instead (which returns only if it cannot).
+fn failed(resume: Option<upgrade::Resume>, e: Error) -> Error {
+    match resume {
+        Some(r) => r.fall_back(&e.to_string()),
+        None => e,
+    }
 }
 
 /// How a loop begins: with a config read now, or with what an earlier image handed over.
@@ -417,8 +430,19 @@ impl Loop {
         sd_watchdog: Option<Duration>,
         loaded: &mut mpsc::Receiver<Result<Config, crate::config::ConfigError>>,
     ) -> Result<i32, Error> {
-        let mut signals = crate::signals::Signals::install()
-            .map_err(|e| Error::io("cannot handle signals", e))?;
+        let resumed = |begin: Begin| match begin {
+            Begin::Resumed(r) => Some(*r),
+            Begin::Fresh { .. } => None,
+        };
+        let mut signals = match crate::signals::Signals::install() {
+            Ok(s) => s,
+            Err(e) => {
+                return Err(failed(
+                    resumed(begin),
+                    Error::io("cannot handle signals", e),
+                ))
+            }
+        };
         // SIGHUP ignored at start (nohup) is handled since: an earlier image says so.
         let nohup = match &begin {
             Begin::Resumed(r) => r.state.hup_ignored,
@@ -428,21 +452,27 @@ impl Loop {
         let mut terminal = crate::terminal::Terminal::new(crate::terminal::probe(), nohup);
         let [term, int, quit] = &mut signals.stop;
         let [usr1, usr2] = &mut signals.usr;
-        let notify_io = self
+        let notify_io = match self
             .notify
             .try_clone_std()
             .and_then(tokio::net::UnixDatagram::from_std)
-            .map_err(|e| Error::io("notify socket", e))?;
+        {
+            Ok(s) => s,
+            Err(e) => return Err(failed(resumed(begin), Error::io("notify socket", e))),
+        };
         let (to_loop, mut from_control) = mpsc::channel::<Incoming>(64);
         let (ipc_notes, mut ipc_noted) = mpsc::channel::<(i32, Notification)>(1024);
         self.ipc_notes = Some(ipc_notes);
         let (ipc_bus, mut ipc_bused) = mpsc::channel::<(i32, Vec<u8>)>(1024);
         self.ipc_bus = Some(ipc_bus);
-        let bus_io = self
+        let bus_io = match self
             .bus
             .try_clone_std()
             .and_then(tokio::net::UnixDatagram::from_std)
-            .map_err(|e| Error::io("bus socket", e))?;
+        {
+            Ok(s) => s,
+            Err(e) => return Err(failed(resumed(begin), Error::io("bus socket", e))),
+        };
         tokio::spawn(control::serve(control, to_loop, self.handing.subscribe()));
 
         match begin {

@@ -592,7 +592,8 @@ pub fn deep_signal_stack() -> io::Result<()> {
 /// Blocks signals 32 and 33 in the calling thread too, which glibc keeps for itself and its
 /// `sigprocmask` leaves out of any mask (nptl(7)): through an exec, until the next image has a
 /// handler for them, they would end it (their default action), and `kill -33` is enough to send
-/// one. The next image's own `sigprocmask`, which leaves them out, unblocks them again.
+/// one. glibc unblocks them again in the next image once it has its handlers (at its first
+/// thread), and in this one at its next `sigprocmask`, which leaves them out.
 pub fn block_reserved_signals() -> io::Result<()> {
     let set: u64 = (1 << (32 - 1)) | (1 << (33 - 1));
     // SAFETY: rt_sigprocmask(2) reads a kernel sigset (8 bytes on Linux) from a live local, and

@@ -336,3 +336,24 @@ fn a_new_image_that_fails_to_take_over_puts_the_previous_one_back() {
     assert_eq!(c.status()["version"], "6.6.7-fixed");
     assert_eq!(c.pids("ready"), workers);
 }
+
+/// A wrapper script at corral's path (`exec` of the real binary) is checked and executed as
+/// the binary would be: a script is executed by its path, its interpreter then reading it.
+#[test]
+fn a_wrapper_script_at_corrals_path_upgrades_too() {
+    let (c, exe) = start(&config("", ""));
+    c.wait_ready(3, 1);
+    let workers = c.pids("ready");
+    let script = format!("#!/bin/sh\nexec {CORRAL} \"$@\"\n");
+    install(&exe, script.as_bytes(), 0o755);
+    let out = upgrade(&c);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = c.status();
+    assert_eq!(s["upgraded"]["count"], 1);
+    assert_eq!(s["pid"].as_i64(), Some(c.pid as i64));
+    assert_eq!(c.pids("ready"), workers);
+}

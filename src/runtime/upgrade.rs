@@ -23,6 +23,7 @@
 
 use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -265,14 +266,24 @@ impl Loop {
         };
         // 1. The new binary reads a state of this shape, or nothing happens. It is opened
         // once: what was checked is what is executed, whatever replaces the file meanwhile.
-        let exe = match std::fs::File::open(&self.exe) {
+        // O_PATH: a binary that may be executed and not read (mode 0711) is one too.
+        let exe = match std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH)
+            .open(&self.exe)
+        {
             Ok(f) => OwnedFd::from(f),
             Err(e) => {
                 unblock(&mask);
                 return refuse(reply, format!("cannot run {}: {e}", self.exe.display()));
             }
         };
-        let checked = match self.check_state(&exe).await {
+        let Queues {
+            control: from_control,
+            notes: ipc_noted,
+            bus: ipc_bused,
+        } = queues;
+        let checked = match self.check_state(&exe, from_control).await {
             Ok(said) => said,
             Err(why) => {
                 unblock(&mask);
@@ -281,23 +292,20 @@ impl Loop {
         };
         info!("upgrading in place to {}: {checked}", self.exe.display());
         // 2. What is queued is answered here, what is waiting goes across.
-        let Queues {
-            control: from_control,
-            notes: ipc_noted,
-            bus: ipc_bused,
-        } = queues;
         while let Ok(incoming) = from_control.try_recv() {
-            if incoming.command == crate::control::Command::Upgrade {
-                incoming
-                    .reply
-                    .send(Response::err("an upgrade in place is under way"));
-            } else {
-                self.control(incoming);
-            }
+            self.control_during_upgrade(incoming);
         }
         let request = reply.map(|r| self.request(r));
+        // From here the control socket accepts nothing: new connections wait for the next
+        // image (control.rs, `serve`).
         self.handing.send_replace(true);
         let workers = self.stop_tasks().await;
+        // A signal taken before the block reaches its stream, and requests read meanwhile reach
+        // the queue.
+        for _ in 0..3 {
+            tokio::task::yield_now().await;
+        }
+        let taken = signals.drain().await;
         // What came while the tasks stopped: a status is answered, anything else asked again.
         while let Ok(incoming) = from_control.try_recv() {
             match incoming.command {
@@ -307,6 +315,10 @@ impl Loop {
                 )),
             }
         }
+        // The answers just given are written by their connections' tasks.
+        for _ in 0..3 {
+            tokio::task::yield_now().await;
+        }
         let mut notes = Vec::new();
         while let Ok((pid, n)) = ipc_noted.try_recv() {
             notes.push((pid, handover::Note::from(&n)));
@@ -315,12 +327,6 @@ impl Loop {
         while let Ok(line) = ipc_bused.try_recv() {
             bus_lines.push(line);
         }
-        // The answers just given are written by their connections' tasks, and a signal taken
-        // before the block reaches its stream.
-        for _ in 0..3 {
-            tokio::task::yield_now().await;
-        }
-        let taken = signals.drain().await;
         // 3. The state, with its descriptors carried.
         let mut carry = Carry::default();
         let idle = self.machine.systemd_idle();
@@ -371,7 +377,13 @@ impl Loop {
         );
         self.output.flush(Duration::from_secs(2));
         self.sd_send("WATCHDOG=1");
-        let e = handover::exec_fd(&exe, &argv, &env);
+        // A script's interpreter cannot open a descriptor that is close-on-exec (execveat(2)):
+        // it is executed by its path.
+        let e = if handover::is_script(&self.exe) {
+            handover::exec(&self.exe, &argv, &env)
+        } else {
+            handover::exec_fd(&exe, &argv, &env)
+        };
         // Still here: the exec failed, and this image goes on as it was.
         let why = format!("cannot execute {}: {e}", self.exe.display());
         drop(carry);
@@ -384,7 +396,12 @@ impl Loop {
 
     /// Has the new binary (open at `exe`) read a state of this shape, the loop's tasks running
     /// meanwhile and systemd's watchdog fed.
-    async fn check_state(&mut self, exe: &OwnedFd) -> Result<String, String> {
+    /// Control requests are served meanwhile, as at any time (but another upgrade).
+    async fn check_state(
+        &mut self,
+        exe: &OwnedFd,
+        from_control: &mut mpsc::Receiver<Incoming>,
+    ) -> Result<String, String> {
         // The copies made for it are closed before the check runs: it inherits none of them.
         let bytes = self
             .save(&mut Carry::default(), Handed::default())
@@ -400,7 +417,19 @@ impl Loop {
                     return done.map_err(|e| format!("the check did not run: {e}"))?;
                 }
                 _ = tokio::time::sleep(Duration::from_secs(1)) => self.sd_send("WATCHDOG=1"),
+                Some(incoming) = from_control.recv() => self.control_during_upgrade(incoming),
             }
+        }
+    }
+
+    /// A control request that comes before an upgrade hands over: served, but another upgrade.
+    fn control_during_upgrade(&mut self, incoming: Incoming) {
+        if incoming.command == crate::control::Command::Upgrade {
+            incoming
+                .reply
+                .send(Response::err("an upgrade in place is under way"));
+        } else {
+            self.control(incoming);
         }
     }
 
