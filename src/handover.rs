@@ -63,8 +63,8 @@ pub struct State {
     /// Control requests waiting for their answer, with their connections.
     pub requests: Vec<Request>,
     pub next_request: RequestId,
-    /// The request that asked for this upgrade, if one did (a signal did not).
-    pub upgrade: Option<RequestId>,
+    /// The requests that asked for this upgrade (none for a signal), to be told how it went.
+    pub upgrading: Vec<RequestId>,
     /// Notifications and bus messages from Node.js channels not yet handled.
     pub notes: Vec<(i32, Note)>,
     pub bus_lines: Vec<(i32, Vec<u8>)>,
@@ -95,8 +95,9 @@ pub struct State {
 #[derive(Serialize, Deserialize)]
 pub struct WorkerIo {
     pub id: WorkerId,
-    pub stdout: Option<i32>,
-    pub stderr: Option<i32>,
+    /// Each output pipe, with the part of a line its relay held.
+    pub stdout: Option<(i32, Vec<u8>)>,
+    pub stderr: Option<(i32, Vec<u8>)>,
     pub channel: Option<Channel>,
 }
 

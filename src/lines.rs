@@ -115,6 +115,14 @@ impl Lines {
         self.pay();
     }
 
+    /// The partial line held, given up (an upgrade in place hands it to the next image's
+    /// relay, which feeds it first).
+    pub fn take_partial(&mut self) -> Vec<u8> {
+        let held = std::mem::take(&mut self.partial);
+        self.pay();
+        held
+    }
+
     /// At EOF: the last line, even without its newline.
     pub fn finish(&mut self, emit: &mut impl FnMut(&[u8], Break)) {
         if !self.partial.is_empty() {

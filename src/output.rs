@@ -255,28 +255,30 @@ impl Output {
         s.wake_writer(&mut q);
     }
 
-    /// Reads a worker's pipe until EOF, queuing each line. Told to `stop` (an upgrade in
-    /// place), it queues what it holds of a line and gives the pipe back, with what is unread
-    /// still in it.
+    /// Reads a worker's pipe until EOF, queuing each line; `held` is the start of a line an
+    /// earlier image's relay had read (an upgrade in place). Told to `stop`, it gives the pipe
+    /// back, with what is unread still in it, and the part of a line it holds.
     pub async fn relay(
         self,
         fd: OwnedFd,
         tag: Tag,
         mut stop: tokio::sync::watch::Receiver<bool>,
-    ) -> Option<OwnedFd> {
+        held: Vec<u8>,
+    ) -> Option<(OwnedFd, Vec<u8>)> {
         let Ok(pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else {
             return None;
         };
         let prefix = format!("{}[{}]: ", tag.app, tag.seat);
         let mut lines = Lines::new(self.partials.clone());
         let mut emit = |text: &[u8], end: Break| self.emit(&tag, &prefix, text, end);
+        lines.feed(&held, &mut emit);
         loop {
             let readable = tokio::select! {
                 r = pipe.readable() => r,
                 // A sender gone (never an upgrade) disables this branch.
                 Ok(_) = stop.wait_for(|&s| s) => {
-                    lines.finish(&mut emit);
-                    return pipe.into_nonblocking_fd().ok();
+                    let held = lines.take_partial();
+                    return Some((pipe.into_nonblocking_fd().ok()?, held));
                 }
             };
             if readable.is_err() {
@@ -586,13 +588,16 @@ mod tests {
             .build()
             .unwrap();
         let (_stop, stopped) = tokio::sync::watch::channel(false);
-        assert!(rt.block_on(out.clone().relay(r, tag(), stopped)).is_none());
+        assert!(rt
+            .block_on(out.clone().relay(r, tag(), stopped, Vec::new()))
+            .is_none());
     }
 
-    /// Told to stop (an upgrade in place), a relay queues the partial line it holds and gives
-    /// the pipe back with what is unread still in it.
+    /// Told to stop (an upgrade in place), a relay gives the pipe back with what is unread
+    /// still in it, and the part of a line it holds; the next relay, given both, relays the
+    /// line whole.
     #[test]
-    fn a_stopped_relay_gives_its_pipe_back_with_what_is_unread() {
+    fn a_stopped_relay_hands_on_its_pipe_and_its_half_line() {
         let got = Arc::new(Mutex::new(Vec::new()));
         let out = Output::start_with(Sink::Stream(Box::new(Shared(got.clone()))));
         let (r, w) = nix::unistd::pipe().unwrap();
@@ -603,7 +608,7 @@ mod tests {
             .build()
             .unwrap();
         let (stop, stopped) = tokio::sync::watch::channel(false);
-        let task = rt.spawn(out.clone().relay(r, tag(), stopped));
+        let task = rt.spawn(out.clone().relay(r, tag(), stopped, Vec::new()));
         let deadline = Instant::now() + Duration::from_secs(5);
         rt.block_on(async {
             // Until the relay has read what is there: its whole line is written.
@@ -613,16 +618,20 @@ mod tests {
             }
         });
         stop.send(true).unwrap();
-        let pipe = rt.block_on(task).unwrap().expect("the pipe comes back");
-        w.write_all(b"after\n").unwrap();
+        let (pipe, held) = rt.block_on(task).unwrap().expect("the pipe comes back");
+        assert_eq!(held, b"half");
+        w.write_all(b" and the rest\nnext\n").unwrap();
+        drop(w);
+        let (_stop, stopped) = tokio::sync::watch::channel(false);
+        assert!(rt
+            .block_on(out.clone().relay(pipe, tag(), stopped, held))
+            .is_none());
         out.flush(Duration::from_secs(5));
         let text = String::from_utf8(got.lock().unwrap().clone()).unwrap();
-        assert_eq!(text, "app[0]: whole\napp[0]: half\n");
-        let mut rest = String::new();
-        drop(w);
-        std::io::Read::read_to_string(&mut std::fs::File::from(pipe), &mut rest)
-            .unwrap_or_default();
-        assert_eq!(rest, "after\n");
+        assert_eq!(
+            text,
+            "app[0]: whole\napp[0]: half and the rest\napp[0]: next\n"
+        );
     }
 
     /// Under journald, a piece that is not a whole line says why it ended, as journald's own

@@ -205,6 +205,7 @@ pub fn run(opts: RunOptions) -> Result<i32, Error> {
             argv: crate::handover::own_arguments(),
             own_env,
             nohup: false,
+            upgrading: Vec::new(),
             upgrades: 0,
             last_upgrade: None,
         };
@@ -355,10 +356,13 @@ struct WorkerIo {
 /// place).
 #[derive(Default)]
 struct Tasks {
-    stdout: Option<tokio::task::JoinHandle<Option<OwnedFd>>>,
-    stderr: Option<tokio::task::JoinHandle<Option<OwnedFd>>>,
+    stdout: Option<tokio::task::JoinHandle<Option<Pipe>>>,
+    stderr: Option<tokio::task::JoinHandle<Option<Pipe>>>,
     channel: Option<(crate::nodeipc::Reader, crate::nodeipc::Writer)>,
 }
+
+/// A worker's output pipe, and the part of a line its relay holds.
+type Pipe = (OwnedFd, Vec<u8>);
 
 /// A worker's Node.js channel, new or handed over: corral's halves, what was read of it and not
 /// handled, and the lines not written to it yet.
@@ -417,6 +421,8 @@ struct Loop {
     own_env: Vec<(Vec<u8>, Vec<u8>)>,
     /// SIGHUP was ignored when corral started (nohup(1)).
     nohup: bool,
+    /// The requests waiting for the upgrade in place under way.
+    upgrading: Vec<RequestId>,
     /// Upgrades in place so far, and the last one's time and the version it came from.
     upgrades: u32,
     last_upgrade: Option<(u64, String)>,
@@ -1096,7 +1102,8 @@ impl Loop {
             drop(theirs);
             (read, write, Vec::new(), Vec::new())
         });
-        let tasks = self.start_tasks(pid, seat, generation, Some(out_r), Some(err_r), channel);
+        let (out, err) = (Some((out_r, Vec::new())), Some((err_r, Vec::new())));
+        let tasks = self.start_tasks(pid, seat, generation, out, err, channel);
         self.worker_io.insert(
             id,
             WorkerIo {
@@ -1116,8 +1123,8 @@ impl Loop {
         pid: i32,
         seat: Seat,
         generation: u32,
-        stdout: Option<OwnedFd>,
-        stderr: Option<OwnedFd>,
+        stdout: Option<Pipe>,
+        stderr: Option<Pipe>,
         channel: Option<ChannelIo>,
     ) -> Tasks {
         let config = self.gens.get(&generation).map(|g| match seat {
@@ -1153,10 +1160,12 @@ impl Loop {
             priority: stderr_priority,
             ..tag.clone()
         };
-        let relay =
-            |fd, tag| tokio::spawn(self.output.clone().relay(fd, tag, self.handing.subscribe()));
-        tasks.stdout = stdout.map(|fd| relay(fd, tag));
-        tasks.stderr = stderr.map(|fd| relay(fd, err_tag));
+        let relay = |(fd, held): Pipe, tag| {
+            let stop = self.handing.subscribe();
+            tokio::spawn(self.output.clone().relay(fd, tag, stop, held))
+        };
+        tasks.stdout = stdout.map(|p| relay(p, tag));
+        tasks.stderr = stderr.map(|p| relay(p, err_tag));
         tasks
     }
 
@@ -1498,7 +1507,7 @@ impl Loop {
                 self.roll_to(config, listeners, workers, scope, Some(reply));
             }
             Command::Signal { signal, worker } => reply.send(self.signal_workers(&signal, worker)),
-            // Taken by the loop before it comes here; this is one queued behind another.
+            // Taken by the loop before it comes here (runtime/upgrade.rs).
             Command::Upgrade => reply.send(Response::err("an upgrade in place is under way")),
             Command::Scale { workers } => {
                 let target = match parse_scale(&workers, self.machine.desired()) {

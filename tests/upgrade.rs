@@ -338,22 +338,39 @@ fn a_new_image_that_fails_to_take_over_puts_the_previous_one_back() {
 }
 
 /// A wrapper script at corral's path (`exec` of the real binary) is checked and executed as
-/// the binary would be: a script is executed by its path, its interpreter then reading it.
+/// the binary would be: a script is executed by its path, its interpreter then reading it. This
+/// one takes a second over the check: a second `corral upgrade` asked meanwhile waits for the
+/// same upgrade, and both are told how it went.
 #[test]
-fn a_wrapper_script_at_corrals_path_upgrades_too() {
+fn a_wrapper_script_upgrades_too_and_two_asking_at_once_share_the_upgrade() {
     let (c, exe) = start(&config("", ""));
     c.wait_ready(3, 1);
     let workers = c.pids("ready");
-    let script = format!("#!/bin/sh\nexec {CORRAL} \"$@\"\n");
+    let script =
+        format!("#!/bin/sh\n[ \"$1\" = upgrade-check ] && sleep 1\nexec {CORRAL} \"$@\"\n");
     install(&exe, script.as_bytes(), 0o755);
-    let out = upgrade(&c);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let control = c.control.clone();
+    let first = std::thread::spawn(move || {
+        Command::new(CORRAL)
+            .args(["upgrade", "demo", "--control"])
+            .arg(&control)
+            .output()
+            .unwrap()
+    });
+    c.wait_for("upgrade: checking that", SECS(10));
+    let second = upgrade(&c);
+    let first = first.join().unwrap();
+    for out in [&first, &second] {
+        assert!(
+            out.status.success()
+                && String::from_utf8_lossy(&out.stdout).contains("upgraded in place"),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     let s = c.status();
-    assert_eq!(s["upgraded"]["count"], 1);
+    assert_eq!(s["upgraded"]["count"], 1, "one upgrade for both: {s}");
     assert_eq!(s["pid"].as_i64(), Some(c.pid as i64));
     assert_eq!(c.pids("ready"), workers);
 }

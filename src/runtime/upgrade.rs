@@ -237,18 +237,13 @@ impl Loop {
         signals: crate::signals::Stops<'_>,
     ) {
         let began = Instant::now();
-        let refuse = |reply: Option<Reply>, why: String| {
-            let msg = format!(
-                "cannot upgrade in place: {why}; corral {} runs on, nothing changed",
-                crate::version::get()
-            );
-            error!("{msg}");
-            if let Some(r) = reply {
-                r.send(Response::err(msg));
-            }
-        };
+        // Whoever asks for an upgrade while this one is under way gets its outcome too.
+        if let Some(r) = reply {
+            let id = self.request(r);
+            self.upgrading.push(id);
+        }
         if self.exit.is_some() || self.machine.stopping() {
-            return refuse(reply, "corral is stopping".into());
+            return self.answer(Err("corral is stopping; nothing changed".into()));
         }
         // From here, a signal waits, pending, for whichever image comes out of this (the
         // other threads block them all: signals.rs).
@@ -275,7 +270,8 @@ impl Loop {
             Ok(f) => OwnedFd::from(f),
             Err(e) => {
                 unblock(&mask);
-                return refuse(reply, format!("cannot run {}: {e}", self.exe.display()));
+                let why = format!("cannot run {}: {e}; nothing changed", self.exe.display());
+                return self.answer(Err(why));
             }
         };
         let Queues {
@@ -283,11 +279,15 @@ impl Loop {
             notes: ipc_noted,
             bus: ipc_bused,
         } = queues;
+        info!(
+            "upgrade: checking that {} reads this corral's state",
+            self.exe.display()
+        );
         let checked = match self.check_state(&exe, from_control).await {
             Ok(said) => said,
             Err(why) => {
                 unblock(&mask);
-                return refuse(reply, why);
+                return self.answer(Err(format!("{why}; nothing changed")));
             }
         };
         info!("upgrading in place to {}: {checked}", self.exe.display());
@@ -295,7 +295,6 @@ impl Loop {
         while let Ok(incoming) = from_control.try_recv() {
             self.control_during_upgrade(incoming);
         }
-        let request = reply.map(|r| self.request(r));
         // From here the control socket accepts nothing: new connections wait for the next
         // image (control.rs, `serve`).
         self.handing.send_replace(true);
@@ -310,6 +309,7 @@ impl Loop {
         while let Ok(incoming) = from_control.try_recv() {
             match incoming.command {
                 crate::control::Command::Status => self.control(incoming),
+                crate::control::Command::Upgrade => self.control_during_upgrade(incoming),
                 _ => incoming.reply.send(Response::err(
                     "corral is upgrading in place: ask again in a moment",
                 )),
@@ -332,7 +332,6 @@ impl Loop {
         let idle = self.machine.systemd_idle();
         let saved = Handed {
             workers: &workers,
-            upgrade: request,
             notes: notes.clone(),
             bus_lines: bus_lines.clone(),
             blocked: mask.iter().map(|s| s as i32).collect(),
@@ -351,7 +350,7 @@ impl Loop {
             Err(why) => {
                 drop(carry);
                 self.go_on(workers, notes, bus_lines, &taken, &mask);
-                return self.answer(request, Err(why));
+                return self.answer(Err(why));
             }
         };
         // The previous binary, to put back: /proc/self/exe opens it even once the package has
@@ -391,7 +390,7 @@ impl Loop {
         if idle {
             self.sd_send("READY=1");
         }
-        self.answer(request, Err(why));
+        self.answer(Err(why));
     }
 
     /// Has the new binary (open at `exe`) read a state of this shape, the loop's tasks running
@@ -425,9 +424,8 @@ impl Loop {
     /// A control request that comes before an upgrade hands over: served, but another upgrade.
     fn control_during_upgrade(&mut self, incoming: Incoming) {
         if incoming.command == crate::control::Command::Upgrade {
-            incoming
-                .reply
-                .send(Response::err("an upgrade in place is under way"));
+            let id = self.request(incoming.reply);
+            self.upgrading.push(id);
         } else {
             self.control(incoming);
         }
@@ -483,8 +481,8 @@ impl Loop {
         }
     }
 
-    /// Answers the request that asked for an upgrade: how it went.
-    fn answer(&mut self, request: Option<RequestId>, result: Result<String, String>) {
+    /// Answers the requests that asked for the upgrade: how it went.
+    fn answer(&mut self, result: Result<String, String>) {
         let result = result.map_err(|why| {
             let msg = format!(
                 "cannot upgrade in place: {why}; corral {} runs on",
@@ -496,11 +494,13 @@ impl Loop {
         if let Ok(m) = &result {
             info!("{m}");
         }
-        if let Some(tx) = request.and_then(|r| self.pending.remove(&r)) {
-            tx.send(match result {
-                Ok(m) => Response::ok(m),
-                Err(e) => Response::err(e),
-            });
+        for r in std::mem::take(&mut self.upgrading) {
+            if let Some(tx) = self.pending.remove(&r) {
+                tx.send(match &result {
+                    Ok(m) => Response::ok(m.clone()),
+                    Err(e) => Response::err(e.clone()),
+                });
+            }
         }
     }
 
@@ -554,7 +554,6 @@ impl Loop {
     fn save(&mut self, carry: &mut Carry, handed: Handed<'_>) -> std::io::Result<Vec<u8>> {
         let Handed {
             workers,
-            upgrade,
             notes,
             bus_lines,
             blocked,
@@ -588,8 +587,14 @@ impl Loop {
             };
             io.push(handover::WorkerIo {
                 id: *id,
-                stdout: s.stdout.as_ref().map(|f| carry.fd(f)).transpose()?,
-                stderr: s.stderr.as_ref().map(|f| carry.fd(f)).transpose()?,
+                stdout: match &s.stdout {
+                    Some((fd, held)) => Some((carry.fd(fd)?, held.clone())),
+                    None => None,
+                },
+                stderr: match &s.stderr {
+                    Some((fd, held)) => Some((carry.fd(fd)?, held.clone())),
+                    None => None,
+                },
                 channel,
             });
         }
@@ -626,7 +631,7 @@ impl Loop {
             keeper_starts: self.keeper_starts,
             requests,
             next_request: self.next_request,
-            upgrade,
+            upgrading: self.upgrading.clone(),
             notes,
             bus_lines,
             worker_nofile: self.worker_nofile,
@@ -655,8 +660,11 @@ impl Loop {
             else {
                 continue;
             };
-            let stdout = w.stdout.and_then(|n| take.fd(n).ok());
-            let stderr = w.stderr.and_then(|n| take.fd(n).ok());
+            let mut pipe = |p: Option<(i32, Vec<u8>)>| {
+                let (n, held) = p?;
+                Some((take.fd(n).ok()?, held))
+            };
+            let (stdout, stderr) = (pipe(w.stdout), pipe(w.stderr));
             let channel = w
                 .channel
                 .and_then(|c| channel_io(take.fd(c.fd).ok()?, c.unread, c.unsent));
@@ -672,8 +680,8 @@ impl Loop {
 /// What a worker's stopped tasks gave back.
 #[derive(Default)]
 struct Stopped {
-    stdout: Option<OwnedFd>,
-    stderr: Option<OwnedFd>,
+    stdout: Option<super::Pipe>,
+    stderr: Option<super::Pipe>,
     /// The channel, what was read of it and not handled, and the lines not written to it.
     channel: Option<(OwnedFd, Vec<u8>, Vec<Vec<u8>>)>,
 }
@@ -691,12 +699,11 @@ fn to_memfd(bytes: &[u8]) -> Result<OwnedFd, String> {
 }
 
 /// What the state holds besides what the loop knows: each worker's stopped tasks' descriptors
-/// and bytes, the request that asked, what the Node.js channels' readers had queued, the
-/// signal mask from before the upgrade, and the signals taken during it.
+/// and bytes, what the Node.js channels' readers had queued, the signal mask from before the
+/// upgrade, and the signals taken during it.
 #[derive(Default)]
 struct Handed<'a> {
     workers: &'a [(WorkerId, Stopped)],
-    upgrade: Option<RequestId>,
     notes: Vec<(i32, handover::Note)>,
     bus_lines: Vec<(i32, Vec<u8>)>,
     blocked: Vec<i32>,
@@ -787,7 +794,8 @@ impl Loop {
                 ))
             }
         };
-        self.answer(state.upgrade, result);
+        self.upgrading = state.upgrading.clone();
+        self.answer(result);
         self.handled(state.notes, state.bus_lines);
         if state.reloading_sent {
             self.sd_send("READY=1");
