@@ -47,6 +47,9 @@ pub enum To {
     Agent,
     /// Every worker (not the agent), the sender too if it is one.
     All,
+    /// One worker, each in turn: a ready one, or one that runs while none is ready (Egg's
+    /// `sendRandom`: work to share out).
+    Any,
     /// One slot's worker: its newest (a reload's new one as soon as it runs).
     Slot(u32),
     /// One process, by the pid a message from it carried (`{"pid": N}`): an answer reaches
@@ -87,6 +90,7 @@ pub fn parse(bytes: &[u8]) -> Result<Option<Message>, String> {
     let to = match serde_json::from_str::<Value>(to.get()) {
         Ok(Value::String(s)) if s == "agent" => To::Agent,
         Ok(Value::String(s)) if s == "all" => To::All,
+        Ok(Value::String(s)) if s == "any" => To::Any,
         Ok(Value::Number(n)) => match n.as_u64().and_then(|n| u32::try_from(n).ok()) {
             Some(n) => To::Slot(n),
             None => return Err(format!("\"to\": {n} is no slot")),
@@ -99,7 +103,7 @@ pub fn parse(bytes: &[u8]) -> Result<Option<Message>, String> {
         }
         _ => {
             return Err(format!(
-                "\"to\": {} is not \"agent\", \"all\", a slot number or {{\"pid\": N}}",
+                "\"to\": {} is not \"agent\", \"all\", \"any\", a slot number or {{\"pid\": N}}",
                 to.get()
             ))
         }
@@ -253,6 +257,8 @@ pub struct Router {
     buf: Vec<u8>,
     unreported: u64,
     reported_at: Option<Instant>,
+    /// Where `"any"` goes next among the ready workers.
+    turn: usize,
 }
 
 impl Router {
@@ -273,6 +279,7 @@ impl Router {
             buf: vec![0u8; MAX_MESSAGE + 1],
             unreported: 0,
             reported_at: None,
+            turn: 0,
         }
     }
 
@@ -357,7 +364,7 @@ impl Router {
         &mut self,
         from: Sent<'_>,
         now: Instant,
-        targets: impl FnOnce(To) -> Vec<(WorkerId, i32)>,
+        targets: impl Fn(To) -> Vec<(WorkerId, i32)>,
         channels: &Channels,
     ) -> Result<(), String> {
         if let Some(a) = from.address {
@@ -371,7 +378,24 @@ impl Router {
                 return Err(e);
             }
         };
-        let targets = targets(m.to);
+        let targets = match m.to {
+            To::Any => {
+                // One it can reach (a worker that has sent nothing yet has no address): ready,
+                // or while none is, any that runs.
+                let reachable = |mut v: Vec<(WorkerId, i32)>| {
+                    v.retain(|(id, pid)| {
+                        channels.contains_key(pid) || self.outbox.contains_key(id)
+                    });
+                    v
+                };
+                let mut some = reachable(targets(To::Any));
+                if some.is_empty() {
+                    some = reachable(targets(To::All));
+                }
+                self.in_turn(some)
+            }
+            to => targets(to),
+        };
         if targets.is_empty() {
             self.count_dropped(1);
             return Err(format!("nobody to pass it to ({:?})", m.to));
@@ -405,6 +429,16 @@ impl Router {
             }
         }
         Ok(())
+    }
+
+    /// The next of `ready` in turn, for `"any"`.
+    fn in_turn(&mut self, ready: Vec<(WorkerId, i32)>) -> Vec<(WorkerId, i32)> {
+        if ready.is_empty() {
+            return ready;
+        }
+        let i = self.turn % ready.len();
+        self.turn = self.turn.wrapping_add(1);
+        vec![ready[i]]
     }
 
     /// Where `id` receives from now on: a socket connected to `address`, made once per
@@ -495,6 +529,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn any_goes_to_each_ready_worker_in_turn() {
+        let dir = std::env::temp_dir().join(format!("corral-bus-any-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut r = Router::bind(&dir.join("bus")).unwrap();
+        let ready = vec![(1, 101), (2, 102), (3, 103)];
+        let got: Vec<i32> = (0..6).map(|_| r.in_turn(ready.clone())[0].1).collect();
+        assert_eq!(got, [101, 102, 103, 101, 102, 103]);
+        assert!(r.in_turn(Vec::new()).is_empty(), "none ready: nobody");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn messages_name_where_they_go() {
         let m = |s: &str| parse(s.as_bytes());
         let one = m(r#"{"to":"agent","data":{"job":1}}"#).unwrap().unwrap();
@@ -503,6 +549,7 @@ mod tests {
             (To::Agent, r#"{"job":1}"#)
         );
         assert_eq!(m(r#"{"to":"all"}"#).unwrap().unwrap().to, To::All);
+        assert_eq!(m(r#"{"to":"any"}"#).unwrap().unwrap().to, To::Any);
         assert_eq!(
             m(r#"{"corral":"bus","to":3,"data":"x"}"#)
                 .unwrap()

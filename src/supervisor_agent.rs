@@ -315,6 +315,22 @@ impl Supervisor {
                 .filter(|(_, w)| matches!(w.seat, Seat::Slot(_)))
                 .filter_map(|(&id, _)| running(id))
                 .collect(),
+            // Those ready, in slot order: the router picks one in turn (bus.rs).
+            To::Any => {
+                let mut ready: Vec<(Seat, WorkerId)> = self
+                    .workers
+                    .iter()
+                    .filter(|(_, w)| {
+                        matches!(w.seat, Seat::Slot(_)) && w.state == WorkerState::Ready
+                    })
+                    .map(|(&id, w)| (w.seat, id))
+                    .collect();
+                ready.sort_unstable();
+                ready
+                    .into_iter()
+                    .filter_map(|(_, id)| running(id))
+                    .collect()
+            }
             // The newest: a reload's new worker, which an answer to its greeting must reach.
             To::Slot(n) => self
                 .slots

@@ -381,6 +381,12 @@ fn the_bus_reaches_the_agent_each_slot_and_every_worker_but_none_that_stops() {
     check_eq!(h, pids(&h, To::Agent), vec![h.pid(agent)]);
     check_eq!(h, pids(&h, To::Slot(1)), vec![h.pid(w1)]);
     check_eq!(h, pids(&h, To::All), vec![h.pid(w0), h.pid(w1)]);
+    check_eq!(
+        h,
+        pids(&h, To::Any),
+        vec![h.pid(w0), h.pid(w1)],
+        "the ready ones"
+    );
     check_eq!(h, pids(&h, To::Slot(2)), Vec::<i32>::new(), "no slot 2");
     check_eq!(h, h.sup.seat_of(agent), Some(Seat::Agent));
     // During a roll: the new worker of slot 0 is reached, the old one once it stops no more.
@@ -404,4 +410,9 @@ fn the_bus_reaches_the_agent_each_slot_and_every_worker_but_none_that_stops() {
     // w0 stops; slot 1's new worker starts and is reached too.
     let n1 = h.spawn_of(1, 2);
     check_eq!(h, pids(&h, To::All), vec![h.pid(w1), h.pid(n0), h.pid(n1)]);
+    // "any": only those ready, the starting n1 and the stopping w0 not (the router falls back
+    // to "all" while none is).
+    let mut any = vec![h.pid(w1), h.pid(n0)];
+    any.sort();
+    check_eq!(h, pids(&h, To::Any), any);
 }

@@ -8,7 +8,8 @@ tests read to count who ran the job and when. On SIGTERM it writes "stop PID" th
   AGENT_TAG         printed at start, to tell configs apart
   AGENT_BUS=1       on corral's bus (CORRAL_BUS): a worker's {"hello": N} is written to the
                     log as "hello N from N", answered to that process with {"welcome": N} and
-                    told every worker as {"greeted": N}; {"flood": i} is written as "flood"
+                    told every worker as {"greeted": N} and one ready worker ("any") as
+                    {"share": N}; {"flood": i} is written as "flood"
 """
 
 import json
@@ -53,6 +54,7 @@ def bus_loop(s):
             answer = {"to": {"pid": m["pid"]}, "data": {"welcome": m["from"]}}
             s.sendto(json.dumps(answer).encode(), bus)
             s.sendto(json.dumps({"to": "all", "data": {"greeted": m["from"]}}).encode(), bus)
+            s.sendto(json.dumps({"to": "any", "data": {"share": m["from"]}}).encode(), bus)
         elif "flood" in data:
             write("flood")
 

@@ -351,6 +351,24 @@ fn the_bus_carries_messages_between_the_agent_and_workers_in_python_and_node() {
         for n in 0..3 {
             assert!(text.contains(&format!("hello {n} from {n}")), "{text}");
         }
+        // "any": each greeting's share reached exactly one worker.
+        let deadline = std::time::Instant::now() + SECS(10);
+        loop {
+            let mut shares: Vec<u64> = welcomed(&c)
+                .values()
+                .flat_map(|b| b.as_array().cloned().unwrap_or_default())
+                .filter_map(|m| m["data"]["share"].as_u64())
+                .collect();
+            shares.sort();
+            if shares == [0, 1, 2] {
+                break;
+            }
+            assert!(
+                shares.len() < 3 && std::time::Instant::now() < deadline,
+                "each share once (node: {node}): {shares:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let s = c.status();
         assert!(s["bus"]["delivered"].as_u64().unwrap() >= 3 + 3 * 3, "{s}");
         c.signal(Signal::SIGTERM);

@@ -7,6 +7,7 @@
 //   messenger.broadcast(action, data)     to the agent and every worker
 //   messenger.sendTo(pid, action, data)   to one process, by pid, as Egg's
 //   messenger.sendToSlot(slot, action, data)   to one slot's (newest) worker
+//   messenger.sendRandom(action, data)   to one ready worker, each in turn, as Egg's
 //   messenger.on(action, (data, from, pid) => ...)   from: "agent" or a slot number
 const handlers = new Map();
 
@@ -28,6 +29,7 @@ module.exports = {
   },
   sendTo: (pid, action, data) => send({ pid }, action, data),
   sendToSlot: (slot, action, data) => send(slot, action, data),
+  sendRandom: (action, data) => send("any", action, data),
   on: (action, fn) => {
     handlers.set(action, [...(handlers.get(action) || []), fn]);
   },
