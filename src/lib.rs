@@ -5,10 +5,12 @@
 //! - [`envfile`]: systemd's `EnvironmentFile=` format, for the config's `environment_file`;
 //! - [`escape`]: others' text (a worker's status, a config's key names) made safe to show;
 //! - [`supervisor`]: the pure decision core, `step(event, now) -> actions`;
-//! - [`runtime`]: the single event loop that performs those actions;
+//! - [`runtime`]: the single event loop that performs those actions (and, in `runtime::upgrade`,
+//!   its upgrade in place);
 //! - [`signals`]: what each signal sent to the supervisor does;
 //! - [`terminal`]: the terminal corral runs in, and whether a SIGHUP is its hangup;
-//! - [`spawn`]: fork/exec of workers (with [`ebpf`], the only `unsafe` in corral);
+//! - [`spawn`]: fork/exec of workers, and the other foreign calls (with [`ebpf`], the only
+//!   `unsafe` in corral);
 //! - [`notify`]: the sd_notify protocol, both as a receiver for workers and a sender to systemd;
 //! - [`listen`]: listening sockets, inherited from systemd or bound here;
 //! - [`balance`]: balanced listeners, a socket per worker with connections steered by corral;
@@ -18,6 +20,10 @@
 //! - [`node`]: the Node.js preload and PM2's variables;
 //! - [`nofile`]: corral's own open-file limit, sized for its workers;
 //! - [`output`]: relay of worker stdout/stderr lines;
+//! - [`own_log`]: corral's own events, as lines or journal entries;
+//! - [`handover`]: the state an upgrade in place hands to the next binary across execve(2);
+//! - [`carry`]: the descriptors carried across that exec;
+//! - [`version`]: the version the binary says it is;
 //! - [`lines`]: worker output cut into lines, within one budget for the partial lines;
 //! - [`procfs`]: what /proc says about processes, and workers' process trees;
 //! - [`rundir`]: the runtime directory and the sockets and files corral keeps there;
@@ -45,6 +51,7 @@ pub mod nodeipc;
 pub mod nofile;
 pub mod notify;
 pub mod output;
+pub mod own_log;
 pub mod probe;
 pub mod procfs;
 pub mod rundir;
