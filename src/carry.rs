@@ -15,7 +15,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 /// must leave its file where it is, for that binary still uses it.
 static ADOPTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-/// Whether a socket's file must be left alone when it is dropped (see [`ADOPTING`]).
+/// Whether a socket's file must be left alone when it is dropped (see `ADOPTING`).
 pub fn adopting() -> bool {
     ADOPTING.load(std::sync::atomic::Ordering::SeqCst)
 }

@@ -7,7 +7,7 @@
 //! the new one is ready. At start the agent is ready before the first worker starts (unless
 //! `agent.workers_wait = false`); at a stop, the workers go first and the agent last. A crashed
 //! agent is restarted with the same backoff and crash-loop rules as a slot, while the workers
-//! serve on. Its process is a [`Worker`] in its own seat ([`Seat::Agent`]), so its readiness,
+//! serve on. Its process is a `Worker` in its own seat ([`Seat::Agent`]), so its readiness,
 //! watchdog and stop steps are the workers'.
 
 use std::time::Instant;
