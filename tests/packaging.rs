@@ -399,6 +399,19 @@ fn install_upgrade_under_load_and_purge_in_a_booted_systemd() {
         sb.ok("dpkg-query -W -f '${Version}' corral").trim(),
         format!("{VERSION}+upgrade")
     );
+    // SIGUSR2 to the main process, as systemd sends it, does the same.
+    let cursor = sb.cursor();
+    sb.ok("systemctl kill --kill-whom=main --signal=USR2 corral@demo.service");
+    sb.wait_journal(
+        &cursor,
+        "-u corral@demo.service",
+        &format!("upgraded in place from corral {VERSION}+upgrade to {VERSION}+upgrade"),
+        std::time::Duration::from_secs(20),
+    );
+    assert_eq!(sb.prop("corral@demo.service", "MainPID"), old_pid);
+    assert_eq!(workers("demo"), demo_workers);
+    let s: serde_json::Value = serde_json::from_str(&sb.ok("corral status demo --json")).unwrap();
+    assert_eq!(s["upgraded"]["count"], 2, "{s}");
 
     assert!(
         out.contains("corral: corral@other.service cannot be upgraded in place (")
