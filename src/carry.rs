@@ -74,18 +74,6 @@ impl Take {
         })
     }
 
-    /// This image's own copies, from an exec that failed.
-    pub fn back(carry: Carry) -> Take {
-        Take {
-            held: carry
-                .kept
-                .into_iter()
-                .map(|fd| (fd.as_raw_fd(), fd))
-                .collect(),
-            taken: HashSet::new(),
-        }
-    }
-
     /// A close-on-exec copy of what was carried as `n`.
     pub fn fd(&mut self, n: RawFd) -> io::Result<OwnedFd> {
         let Some(fd) = self.held.get(&n) else {
@@ -124,7 +112,15 @@ mod tests {
         let flags = nix::fcntl::fcntl(&carry.kept[0], nix::fcntl::FcntlArg::F_GETFD).unwrap();
         assert_eq!(flags & libc::FD_CLOEXEC, 0, "the copy is not close-on-exec");
         assert_eq!(carry.numbers(), vec![n]);
-        let mut take = Take::back(carry);
+        // As the next image would find them.
+        let mut take = Take {
+            held: carry
+                .kept
+                .into_iter()
+                .map(|fd| (fd.as_raw_fd(), fd))
+                .collect(),
+            taken: HashSet::new(),
+        };
         let fd = take.fd(n).unwrap();
         let flags = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_GETFD).unwrap();
         assert_ne!(

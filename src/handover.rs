@@ -11,7 +11,7 @@
 
 use std::ffi::{CString, OsString};
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -376,20 +376,6 @@ pub fn exec_fd(fd: &impl AsFd, argv: &[CString], env: &[CString]) -> io::Error {
 /// The arguments this process was started with.
 pub fn own_arguments() -> Vec<Vec<u8>> {
     std::env::args_os().map(OsString::into_vec).collect()
-}
-
-/// The number in `CORRAL_RESUME`, taken out of the environment (the workers never see it).
-pub fn take_resume_var() -> Option<(i32, Option<String>)> {
-    let v = std::env::var(RESUME_VAR).ok();
-    let failed = std::env::var(FAILED_VAR).ok();
-    std::env::remove_var(RESUME_VAR);
-    std::env::remove_var(FAILED_VAR);
-    Some((v?.parse().ok()?, failed))
-}
-
-/// The raw number of a descriptor, for the state.
-pub fn number(fd: &impl AsRawFd) -> i32 {
-    fd.as_raw_fd()
 }
 
 #[cfg(test)]
