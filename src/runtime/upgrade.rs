@@ -2,24 +2,29 @@
 //! execve(2) the binary now at its own path, keeping its pid, its workers and every socket.
 //!
 //! In order, the running image:
-//! 1. has the new binary read a state of the same shape (`corral upgrade-check`): a binary
-//!    that is missing, not executable, of another architecture, crashes or cannot read this
-//!    corral's state is refused while nothing has changed;
-//! 2. answers the control requests already queued, and stops the tasks that relay the
-//!    workers' output and read and write their Node.js channels: each gives back its
-//!    descriptor and what it held (a line half read, lines not written yet);
-//! 3. writes the machine, every generation's config, the listeners, the workers' pipes and
-//!    channels, the sockets, the keeper and the waiting control requests to a sealed memfd
-//!    (handover.rs), with copies of their descriptors that stay open across exec (carry.rs);
-//! 4. tells systemd `RELOADING=1`, blocks every signal (a handler does not survive exec, and
-//!    until the next image has its own, a SIGTERM would end corral and the workers with it:
-//!    blocked, it waits), and execs.
+//! 1. blocks every signal, 32 and 33 too (a handler does not survive exec, and until the next
+//!    image has its own, a SIGTERM would end corral and the workers with it: blocked, it waits
+//!    for whichever image comes out of this; corral's other threads block them all for good);
+//! 2. opens the binary once, and has it read a state of the same shape (`corral
+//!    upgrade-check`), serving control requests and feeding systemd's watchdog meanwhile: a
+//!    binary that is missing, not executable, of another architecture, crashes or cannot read
+//!    this corral's state is refused while nothing has changed;
+//! 3. stops accepting control connections (new ones wait in the socket's queue for the next
+//!    image), and stops the tasks that relay the workers' output and read and write their
+//!    Node.js channels: each gives back its descriptor and what it held (part of a line,
+//!    lines not written yet);
+//! 4. writes the machine, every generation's config, the listeners, the workers' pipes and
+//!    channels, the sockets, the keeper, the waiting control requests and the signals taken
+//!    meanwhile to a sealed memfd (handover.rs), with copies of their descriptors that stay
+//!    open across exec (carry.rs);
+//! 5. tells systemd `RELOADING=1` and execs the binary it opened.
 //!
 //! The next image takes every descriptor over, starts the tasks again where they were, answers
-//! `corral upgrade`, tells systemd `READY=1`, unblocks the signals and reaps what exited
-//! meanwhile. A datagram on the notify or bus socket waits there across the exec. If it cannot
-//! take over, it execs the previous binary, carried open, with the same state: that one goes
-//! on, and `corral upgrade` says why the new one could not.
+//! whoever asked for the upgrade, tells systemd `READY=1`, sends itself the signals taken
+//! before, unblocks the signals and reaps what exited meanwhile. A datagram on the notify or
+//! bus socket waits there across the exec. If it cannot take over, it execs the previous
+//! binary, carried open, with the same state: that one goes on, and `corral upgrade` says why
+//! the new one could not. An exec that fails leaves this image going on as it was.
 
 use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
