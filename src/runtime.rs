@@ -226,6 +226,14 @@ pub fn run(opts: RunOptions) -> Result<i32, Error> {
     code
 }
 
+/// systemd.service(5), Type=notify-reload: RELOADING=1 with the time it began.
+fn reloading() -> String {
+    format!(
+        "RELOADING=1\nMONOTONIC_USEC={}",
+        crate::handover::monotonic_us()
+    )
+}
+
 /// `e` ended the start; an image started by an upgrade in place puts the previous one back
 /// instead (which returns only if it cannot).
 fn failed(resume: Option<upgrade::Resume>, e: Error) -> Error {
@@ -841,13 +849,7 @@ impl Loop {
                     // watchdog: systemd then has none to reset.
                     self.sd_send("WATCHDOG=1");
                 }
-                supervisor::Systemd::Reloading => {
-                    // systemd.service(5), Type=notify-reload: RELOADING=1 with the time it began.
-                    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-                        .map(|t| t.tv_sec() as u64 * 1_000_000 + t.tv_nsec() as u64 / 1000)
-                        .unwrap_or(0);
-                    self.sd_send(&format!("RELOADING=1\nMONOTONIC_USEC={now}"));
-                }
+                supervisor::Systemd::Reloading => self.sd_send(&reloading()),
                 supervisor::Systemd::Status(s) => {
                     info!("{s}");
                     self.sd_send(&format!("STATUS={s}"));

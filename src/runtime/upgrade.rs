@@ -366,7 +366,7 @@ impl Loop {
             .ok();
         // 4. systemd sees a reload; exec.
         if idle {
-            self.sd_send(&reloading());
+            self.sd_send(&super::reloading());
             self.sd_send("STATUS=upgrading in place");
         }
         let resume = match fallback {
@@ -729,11 +729,6 @@ fn raise(signals: &[i32]) {
             let _ = nix::sys::signal::kill(nix::unistd::getpid(), s);
         }
     }
-}
-
-/// systemd.service(5), Type=notify-reload: RELOADING=1 with the time it began.
-pub(super) fn reloading() -> String {
-    format!("RELOADING=1\nMONOTONIC_USEC={}", handover::monotonic_us())
 }
 
 impl Loop {
