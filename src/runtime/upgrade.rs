@@ -42,7 +42,7 @@ use crate::control::{Incoming, Reply, Response};
 use crate::handover::{self, State};
 use crate::listen::{Pool, Set};
 use crate::notify::{Notification, NotifySocket};
-use crate::supervisor::{Event, RequestId, Seat, Supervisor, WorkerId};
+use crate::supervisor::{Event, Seat, Supervisor, WorkerId};
 
 /// How long the stopped tasks may take to give back what they hold.
 const TASKS_STOP: Duration = Duration::from_secs(5);
@@ -128,7 +128,6 @@ impl Resume {
     /// built.
     pub fn check(&mut self) -> Result<(), String> {
         self.take = Some(Take::inherited(&self.state.carried).map_err(|e| e.to_string())?);
-
         self.machine = Some(self.state.machine()?);
         Ok(())
     }
@@ -451,20 +450,10 @@ impl Loop {
         let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(mask), None);
         self.handing.send_replace(false);
         for (id, s) in workers {
-            let (Some(pid), Some(seat), Some(generation)) = (
-                self.machine.pid_of(id),
-                self.machine.seat_of(id),
-                self.machine.generation_of(id),
-            ) else {
-                continue;
-            };
             let channel = s
                 .channel
                 .and_then(|(fd, unread, unsent)| channel_io(fd, unread, unsent));
-            let tasks = self.start_tasks(pid, seat, generation, s.stdout, s.stderr, channel);
-            if let Some(io) = self.worker_io.get_mut(&id) {
-                io.tasks = tasks;
-            }
+            self.restart_tasks(id, s.stdout, s.stderr, channel);
         }
         self.handled(notes, bus_lines);
     }
@@ -517,24 +506,15 @@ impl Loop {
         for id in ids {
             let tasks = std::mem::take(&mut self.worker_io.get_mut(&id).expect("listed").tasks);
             let mut stopped = Stopped::default();
-            let within = |h| tokio::time::timeout_at(deadline, h);
             if let Some(h) = tasks.stdout {
-                stopped.stdout = within(h).await.ok().and_then(Result::ok).flatten();
+                stopped.stdout = given_back(h, deadline).await;
             }
             if let Some(h) = tasks.stderr {
-                stopped.stderr = within(h).await.ok().and_then(Result::ok).flatten();
+                stopped.stderr = given_back(h, deadline).await;
             }
             if let Some((reader, writer)) = tasks.channel {
-                let read = tokio::time::timeout_at(deadline, reader)
-                    .await
-                    .ok()
-                    .and_then(Result::ok)
-                    .flatten();
-                let write = tokio::time::timeout_at(deadline, writer)
-                    .await
-                    .ok()
-                    .and_then(Result::ok)
-                    .flatten();
+                let read = given_back(reader, deadline).await;
+                let write = given_back(writer, deadline).await;
                 stopped.channel = read.and_then(|(r, unread)| {
                     let unsent = match write {
                         Some((w, unsent)) => {
@@ -657,14 +637,6 @@ impl Loop {
     /// Starts the workers' tasks on what was carried (`take`), in the next image.
     fn resume_tasks(&mut self, mut take: Take, workers: Vec<handover::WorkerIo>) {
         for w in workers {
-            let Some(pid) = self.machine.pid_of(w.id) else {
-                continue;
-            };
-            let (Some(seat), Some(generation)) =
-                (self.machine.seat_of(w.id), self.machine.generation_of(w.id))
-            else {
-                continue;
-            };
             let mut pipe = |p: Option<(i32, Vec<u8>)>| {
                 let (n, held) = p?;
                 Some((take.fd(n).ok()?, held))
@@ -673,12 +645,31 @@ impl Loop {
             let channel = w
                 .channel
                 .and_then(|c| channel_io(take.fd(c.fd).ok()?, c.unread, c.unsent));
-            let tasks = self.start_tasks(pid, seat, generation, stdout, stderr, channel);
-            if let Some(io) = self.worker_io.get_mut(&w.id) {
-                io.tasks = tasks;
-            }
+            self.restart_tasks(w.id, stdout, stderr, channel);
         }
         take.commit();
+    }
+
+    /// Starts a worker's tasks again on its pipes and channel (a process gone meanwhile has
+    /// none to start: what it had is closed).
+    fn restart_tasks(
+        &mut self,
+        id: WorkerId,
+        stdout: Option<super::Pipe>,
+        stderr: Option<super::Pipe>,
+        channel: Option<super::ChannelIo>,
+    ) {
+        let (Some(pid), Some(seat), Some(generation)) = (
+            self.machine.pid_of(id),
+            self.machine.seat_of(id),
+            self.machine.generation_of(id),
+        ) else {
+            return;
+        };
+        let tasks = self.start_tasks(pid, seat, generation, stdout, stderr, channel);
+        if let Some(io) = self.worker_io.get_mut(&id) {
+            io.tasks = tasks;
+        }
     }
 }
 
@@ -689,6 +680,15 @@ struct Stopped {
     stderr: Option<super::Pipe>,
     /// The channel, what was read of it and not handled, and the lines not written to it.
     channel: Option<(OwnedFd, Vec<u8>, Vec<Vec<u8>>)>,
+}
+
+/// What a stopped task gave back, if it stopped by `deadline` (one that ended before, at its
+/// descriptor's end, has nothing to give).
+async fn given_back<T>(
+    task: tokio::task::JoinHandle<Option<T>>,
+    deadline: tokio::time::Instant,
+) -> Option<T> {
+    tokio::time::timeout_at(deadline, task).await.ok()?.ok()?
 }
 
 /// A channel's socket made into the halves its tasks take.
@@ -737,19 +737,15 @@ impl Loop {
     pub(super) fn resume(&mut self, mut r: super::upgrade::Resume) {
         let machine = r.machine.take().expect("checked");
         let sets = std::mem::take(&mut r.sets);
-        let built = self.rebuild(&mut r, machine, sets);
-        let (workers, requests) = match built {
-            Ok(w) => w,
-            Err(why) => {
-                error!("cannot take over: {why}");
-                self.output.flush(Duration::from_secs(2));
-                let e = r.fall_back(&why);
-                error!("{e}");
-                std::process::exit(crate::error::exit::FAILED);
-            }
-        };
+        if let Err(why) = self.rebuild(&mut r, machine, sets) {
+            error!("cannot take over: {why}");
+            self.output.flush(Duration::from_secs(2));
+            let e = r.fall_back(&why);
+            error!("{e}");
+            std::process::exit(crate::error::exit::FAILED);
+        }
         let Resume {
-            state,
+            mut state,
             memfd,
             fallback,
             failed,
@@ -758,14 +754,14 @@ impl Loop {
         } = r;
         let mut take = take.take().expect("checked");
         // Waiting control requests, on their connections.
-        for (id, fd, waits) in requests {
-            if let Ok(fd) = take.fd(fd) {
-                if let Ok(reply) = Reply::resume(fd, waits) {
-                    self.pending.insert(id, reply);
+        for q in std::mem::take(&mut state.requests) {
+            if let Ok(fd) = take.fd(q.fd) {
+                if let Ok(reply) = Reply::resume(fd, q.systemd_waits) {
+                    self.pending.insert(q.id, reply);
                 }
             }
         }
-        self.resume_tasks(take, workers);
+        self.resume_tasks(take, std::mem::take(&mut state.workers));
         drop((memfd, fallback));
         let from = state.version.clone();
         let result = match &failed {
@@ -794,7 +790,7 @@ impl Loop {
                 ))
             }
         };
-        self.upgrading = state.upgrading.clone();
+        self.upgrading = std::mem::take(&mut state.upgrading);
         self.answer(result);
         self.handled(state.notes, state.bus_lines);
         if state.reloading_sent {
@@ -826,13 +822,12 @@ impl Loop {
 
     /// The machine, the generations and the workers' records from the state; the workers'
     /// descriptors and the requests' are taken after, once nothing can fail.
-    #[allow(clippy::type_complexity)]
     fn rebuild(
         &mut self,
         r: &mut Resume,
         machine: Supervisor,
         mut sets: Vec<(u32, Set)>,
-    ) -> Result<(Vec<handover::WorkerIo>, Vec<(RequestId, i32, bool)>), String> {
+    ) -> Result<(), String> {
         let s = &mut r.state;
         self.machine = machine;
         self.next_gen = s.next_gen;
@@ -870,12 +865,6 @@ impl Loop {
                 },
             );
         }
-        let workers = std::mem::take(&mut s.workers);
-        let requests = s
-            .requests
-            .iter()
-            .map(|q| (q.id, q.fd, q.systemd_waits))
-            .collect();
-        Ok((workers, requests))
+        Ok(())
     }
 }
