@@ -317,21 +317,20 @@ pub fn probe(exe: &Path, shown: &Path, memfd: &OwnedFd) -> Result<String, String
 
 use std::os::unix::process::CommandExt;
 
-/// The environment for the next image: this process's, the supervisor's own variables it was
-/// started with (systemd's, taken out at start), and `extra`.
-pub fn environment(own: &[(Vec<u8>, Vec<u8>)], extra: &[(&str, String)]) -> Vec<CString> {
-    let mut env: Vec<(Vec<u8>, Vec<u8>)> = std::env::vars_os()
+/// This process's environment, as bytes.
+pub fn own_environment() -> Vec<(Vec<u8>, Vec<u8>)> {
+    std::env::vars_os()
         .map(|(k, v)| (k.into_vec(), v.into_vec()))
-        .filter(|(k, _)| k != RESUME_VAR.as_bytes() && k != FAILED_VAR.as_bytes())
-        .collect();
-    for (k, v) in own {
-        env.retain(|(ek, _)| ek != k);
-        env.push((k.clone(), v.clone()));
+        .collect()
+}
+
+/// `base` with each of `set` in place of the variable of its name, as execve(2) takes them.
+pub fn environment(mut base: Vec<(Vec<u8>, Vec<u8>)>, set: &[(Vec<u8>, Vec<u8>)]) -> Vec<CString> {
+    for (k, v) in set {
+        base.retain(|(bk, _)| bk != k);
+        base.push((k.clone(), v.clone()));
     }
-    for (k, v) in extra {
-        env.push((k.as_bytes().to_vec(), v.as_bytes().to_vec()));
-    }
-    env.into_iter()
+    base.into_iter()
         .filter_map(|(mut k, v)| {
             k.push(b'=');
             k.extend_from_slice(&v);

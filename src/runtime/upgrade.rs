@@ -80,11 +80,8 @@ impl Resume {
     /// The state in `CORRAL_RESUME`, if this image was started by an upgrade in place. One
     /// that cannot be read puts the previous binary back at once.
     pub fn take() -> Option<Resume> {
-        use std::os::unix::ffi::OsStrExt;
         let value = std::env::var(handover::RESUME_VAR).ok()?;
-        let env: Vec<(Vec<u8>, Vec<u8>)> = std::env::vars_os()
-            .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
-            .collect();
+        let env = handover::own_environment();
         let argv = handover::arguments(&handover::own_arguments());
         let failed = std::env::var(handover::FAILED_VAR).ok();
         std::env::remove_var(handover::RESUME_VAR);
@@ -213,18 +210,11 @@ fn put_back(
     );
     if let (Some(fd), false) = (fallback, is_put_back) {
         eprintln!("corral: putting the previous corral back");
-        let mut env: Vec<CString> = env
-            .iter()
-            .filter(|(k, _)| k != handover::FAILED_VAR.as_bytes())
-            .filter_map(|(k, v)| {
-                let mut e = k.clone();
-                e.push(b'=');
-                e.extend_from_slice(v);
-                CString::new(e).ok()
-            })
-            .collect();
-        let why = why.replace('\0', " ");
-        env.extend(CString::new(format!("{}={why}", handover::FAILED_VAR)).ok());
+        let failed = (
+            handover::FAILED_VAR.into(),
+            why.replace('\0', " ").into_bytes(),
+        );
+        let env = handover::environment(env.to_vec(), &[failed]);
         let e = handover::exec_fd(fd, argv, &env);
         eprintln!("corral: error: cannot put the previous corral back: {e}");
     }
@@ -372,7 +362,9 @@ impl Loop {
             Some(f) => format!("{memfd}:{f}"),
             None => memfd.to_string(),
         };
-        let env = handover::environment(&self.own_env, &[(handover::RESUME_VAR, resume)]);
+        let mut set = self.own_env.clone();
+        set.push((handover::RESUME_VAR.into(), resume.into_bytes()));
+        let env = handover::environment(handover::own_environment(), &set);
         let argv = handover::arguments(&self.argv);
         info!(
             "upgrade: handing over after {} ms",
