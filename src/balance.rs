@@ -700,35 +700,34 @@ enum SavedDealer {
 }
 
 impl Group {
-    /// The group for an upgrade in place; `index` gives each socket's place in the handover.
-    pub fn save(
-        &self,
-        index: &mut dyn FnMut(&Rc<ListenSocket>) -> io::Result<usize>,
-        carry: &mut crate::carry::Carry,
-    ) -> io::Result<Saved> {
+    /// The group for an upgrade in place, its sockets numbered by `sockets`.
+    pub fn save(&self, sockets: &mut crate::listen::Sockets) -> io::Result<Saved> {
         let i = self.inner.borrow();
-        let mut all =
-            |v: &[Rc<ListenSocket>]| v.iter().map(&mut *index).collect::<io::Result<Vec<_>>>();
+        let mut all = |v: &[Rc<ListenSocket>]| {
+            v.iter()
+                .map(|s| sockets.index(s))
+                .collect::<io::Result<Vec<_>>>()
+        };
         let order = all(&i.order)?;
         let spare = all(&i.spare)?;
         let mut by_worker = Vec::new();
         for (w, (slot, s)) in &i.by_worker {
-            by_worker.push((*w, *slot, index(s)?));
+            by_worker.push((*w, *slot, sockets.index(s)?));
         }
         let mut kept = Vec::new();
         for (slot, s) in &i.kept {
-            kept.push((*slot, index(s)?));
+            kept.push((*slot, sockets.index(s)?));
         }
         let mut keys = Vec::new();
         for k in &i.keys {
             keys.push(match k {
-                Some(s) => Some(index(s)?),
+                Some(s) => Some(sockets.index(s)?),
                 None => None,
             });
         }
         let dealer = match &i.dealer {
             None => SavedDealer::None,
-            Some(Ok(d)) => SavedDealer::Loaded(d.carry(carry)?),
+            Some(Ok(d)) => SavedDealer::Loaded(d.carry(sockets.carry())?),
             Some(Err((e, perm))) => SavedDealer::Failed(e.clone(), *perm),
         };
         Ok(Saved {

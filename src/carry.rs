@@ -35,11 +35,6 @@ impl Carry {
         Ok(n)
     }
 
-    /// Takes over another's copies.
-    pub fn absorb(&mut self, other: Carry) {
-        self.kept.extend(other.kept);
-    }
-
     /// Every number carried.
     pub fn numbers(&self) -> Vec<RawFd> {
         self.kept.iter().map(AsRawFd::as_raw_fd).collect()

@@ -311,64 +311,56 @@ impl Saved {
     }
 }
 
+/// Numbers each socket once while saving, carrying its descriptor (carry.rs).
+pub struct Sockets<'a> {
+    carry: &'a mut crate::carry::Carry,
+    list: Vec<Rc<ListenSocket>>,
+    saved: Vec<SavedSocket>,
+}
+
+impl Sockets<'_> {
+    /// The socket's number in the handover.
+    pub fn index(&mut self, s: &Rc<ListenSocket>) -> io::Result<usize> {
+        if let Some(i) = self.list.iter().position(|o| Rc::ptr_eq(o, s)) {
+            return Ok(i);
+        }
+        let fd = self.carry.fd(&s.fd)?;
+        self.list.push(s.clone());
+        self.saved.push(SavedSocket {
+            fd,
+            unix_path: s.unix_path.clone(),
+        });
+        Ok(self.list.len() - 1)
+    }
+
+    /// Where other descriptors are carried (a group's eBPF dealer).
+    pub fn carry(&mut self) -> &mut crate::carry::Carry {
+        self.carry
+    }
+}
+
 /// Numbers each socket and group once while saving.
 struct Saver<'a> {
-    carry: &'a mut crate::carry::Carry,
-    sockets: Vec<Rc<ListenSocket>>,
-    saved: Vec<SavedSocket>,
+    sockets: Sockets<'a>,
     groups: Vec<Rc<Group>>,
     saved_groups: Vec<crate::balance::Saved>,
 }
 
 impl Saver<'_> {
-    fn socket(&mut self, s: &Rc<ListenSocket>) -> io::Result<usize> {
-        if let Some(i) = self.sockets.iter().position(|o| Rc::ptr_eq(o, s)) {
-            return Ok(i);
-        }
-        let fd = self.carry.fd(&s.fd)?;
-        self.sockets.push(s.clone());
-        self.saved.push(SavedSocket {
-            fd,
-            unix_path: s.unix_path.clone(),
-        });
-        Ok(self.sockets.len() - 1)
-    }
-
     fn group(&mut self, g: &Rc<Group>) -> io::Result<usize> {
         if let Some(i) = self.groups.iter().position(|o| Rc::ptr_eq(o, g)) {
             return Ok(i);
         }
-        let mut sockets = std::mem::take(&mut self.sockets);
-        let mut saved = std::mem::take(&mut self.saved);
-        let carry = &mut *self.carry;
-        let mut dealer_carry = crate::carry::Carry::default();
-        let result = g.save(
-            &mut |s| {
-                if let Some(i) = sockets.iter().position(|o| Rc::ptr_eq(o, s)) {
-                    return Ok(i);
-                }
-                let fd = carry.fd(&s.fd)?;
-                sockets.push(s.clone());
-                saved.push(SavedSocket {
-                    fd,
-                    unix_path: s.unix_path.clone(),
-                });
-                Ok(sockets.len() - 1)
-            },
-            &mut dealer_carry,
-        );
-        carry.absorb(dealer_carry);
-        self.sockets = sockets;
-        self.saved = saved;
+        let saved = g.save(&mut self.sockets)?;
         self.groups.push(g.clone());
-        self.saved_groups.push(result?);
+        self.saved_groups.push(saved);
         Ok(self.groups.len() - 1)
     }
 
     fn set(&mut self, set: &Set) -> io::Result<SavedSet> {
         let mut sockets = Vec::new();
         for s in &set.sockets {
-            sockets.push(self.socket(s)?);
+            sockets.push(self.sockets.index(s)?);
         }
         let mut groups = Vec::new();
         for g in &set.groups {
@@ -391,9 +383,11 @@ impl Pool {
     /// The pool and the sets of the live generations, for an upgrade in place.
     pub fn save(&self, sets: &[(u32, &Set)], carry: &mut crate::carry::Carry) -> io::Result<Saved> {
         let mut s = Saver {
-            carry,
-            sockets: Vec::new(),
-            saved: Vec::new(),
+            sockets: Sockets {
+                carry,
+                list: Vec::new(),
+                saved: Vec::new(),
+            },
             groups: Vec::new(),
             saved_groups: Vec::new(),
         };
@@ -405,7 +399,7 @@ impl Pool {
             Pool::Systemd(inherited, groups) => {
                 let mut i = Vec::new();
                 for (name, sock) in inherited {
-                    i.push((name.clone(), s.socket(sock)?));
+                    i.push((name.clone(), s.sockets.index(sock)?));
                 }
                 let mut g = Vec::new();
                 for (name, group) in groups.borrow().iter() {
@@ -421,7 +415,7 @@ impl Pool {
                 let mut b = Vec::new();
                 for (address, weak) in bound.borrow().iter() {
                     if let Some(sock) = weak.upgrade() {
-                        b.push((address.clone(), s.socket(&sock)?));
+                        b.push((address.clone(), s.sockets.index(&sock)?));
                     }
                 }
                 let mut g = Vec::new();
@@ -437,7 +431,7 @@ impl Pool {
             }
         };
         Ok(Saved {
-            sockets: s.saved,
+            sockets: s.sockets.saved,
             groups: s.saved_groups,
             pool,
             sets: saved_sets,
