@@ -88,7 +88,9 @@ pub fn writer(
                         Some(l) => l,
                         None => return None,
                     },
-                    Ok(_) = stop.wait_for(|&s| s) => return Some((channel, Vec::new())),
+                    Ok(_) = stop.wait_for(|&s| s) => {
+                        return Some((channel, left(Vec::new(), pending, &mut rx)));
+                    }
                 },
             };
             let mut at = 0;
@@ -104,25 +106,30 @@ pub fn writer(
                     },
                     _ = &mut give_up => return None,
                     Ok(_) = stop.wait_for(|&s| s) => {
-                        let mut left = vec![line[at..].to_vec()];
-                        left.extend(pending);
-                        while let Ok(l) = rx.try_recv() {
-                            left.push(l);
-                        }
-                        return Some((channel, left));
+                        return Some((channel, left(vec![line[at..].to_vec()], pending, &mut rx)));
                     }
                 }
             }
             if *stop.borrow() {
-                let mut left: Vec<Vec<u8>> = pending.into();
-                while let Ok(l) = rx.try_recv() {
-                    left.push(l);
-                }
-                return Some((channel, left));
+                return Some((channel, left(Vec::new(), pending, &mut rx)));
             }
         }
     });
     (tx, task)
+}
+
+/// What a stopped writer had not written: `first` (the rest of a line it was writing), then the
+/// lines it held, then those queued.
+fn left(
+    mut first: Vec<Vec<u8>>,
+    pending: std::collections::VecDeque<Vec<u8>>,
+    rx: &mut mpsc::Receiver<Vec<u8>>,
+) -> Vec<Vec<u8>> {
+    first.extend(pending);
+    while let Ok(l) = rx.try_recv() {
+        first.push(l);
+    }
+    first
 }
 
 /// A reader task: when stopped, its half of the channel and what it read and did not handle.
