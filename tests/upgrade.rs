@@ -265,6 +265,8 @@ fn a_binary_that_cannot_take_over_changes_nothing() {
     for (what, make, why) in cases {
         make();
         let load = Load::start(c.port);
+        // Under way before the upgrade is asked for: a refusal takes milliseconds.
+        assert!(load.wait_for_requests(1, SECS(10)), "{what}: the load runs");
         let out = upgrade(&c);
         load.finish_without_failures(1);
         let err = String::from_utf8_lossy(&out.stderr);

@@ -347,6 +347,8 @@ pub fn wait_gone(pid: i32, timeout: Duration) -> bool {
 /// Continuous load: one new connection per request, from a thread, until told to stop.
 pub struct Load {
     stop: Arc<std::sync::atomic::AtomicBool>,
+    /// Requests that went through so far.
+    done: Arc<std::sync::atomic::AtomicU64>,
     handle: std::thread::JoinHandle<(u64, Vec<String>)>,
 }
 
@@ -358,7 +360,8 @@ impl Load {
     /// The same from inside a network namespace (a systemd sandbox's `/proc/PID/ns/net`).
     pub fn start_in(netns: Option<std::fs::File>, port: u16) -> Load {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let s = stop.clone();
+        let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (s, d) = (stop.clone(), done.clone());
         let handle = std::thread::spawn(move || {
             if let Some(ns) = netns {
                 nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
@@ -368,13 +371,28 @@ impl Load {
             let limit = Instant::now() + Duration::from_secs(120);
             while !s.load(Ordering::SeqCst) && Instant::now() < limit {
                 match http_get(port, "/") {
-                    Ok(_) => ok += 1,
+                    Ok(_) => {
+                        ok += 1;
+                        d.store(ok, Ordering::SeqCst);
+                    }
                     Err(e) => failures.push(e.to_string()),
                 }
             }
             (ok, failures)
         });
-        Load { stop, handle }
+        Load { stop, done, handle }
+    }
+
+    /// Waits until `n` requests have gone through, for at most `timeout`; whether they did.
+    pub fn wait_for_requests(&self, n: u64, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while self.done.load(Ordering::SeqCst) < n {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::yield_now();
+        }
+        true
     }
 
     /// Stops the load and checks what a user under it would: no request failed, and at least
